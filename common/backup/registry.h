@@ -1,0 +1,57 @@
+/* nbdkit-backup
+ * Copyright (C) 2026 the nbdkit-backup authors.
+ * SPDX-License-Identifier: BSD-3-Clause
+ */
+
+/* The process-wide registry: which of the suite's filters are loaded
+ * in this nbdkit process, and their named objects (bitmaps,
+ * snapshots, jobs).  It lives in libnbdkit-backup.so, which every
+ * filter of the suite links, so there is exactly one per process.
+ * All calls are thread-safe.
+ */
+
+#ifndef NBDKIT_BACKUP_REGISTRY_H
+#define NBDKIT_BACKUP_REGISTRY_H
+
+#include <stdbool.h>
+
+/* Record that filter name is loaded (call from .load).  0 or -1. */
+extern int registry_add_filter (const char *name);
+
+/* Forget filter name (call from .unload). */
+extern void registry_remove_filter (const char *name);
+
+/* True if filter name is loaded in this process. */
+extern bool registry_has_filter (const char *name);
+
+/* The loaded filters' names, space-separated, in load order; the
+ * caller frees it.  NULL on allocation failure.
+ */
+extern char *registry_list_filters (void);
+
+/* Add a named object of a kind ("job", "snapshot", "bitmap").
+ * Returns 0, or -1 with nbdkit_error called if the name is taken.
+ */
+extern int registry_add_object (const char *kind, const char *name,
+                                void *obj);
+
+/* The object, or NULL. */
+extern void *registry_find_object (const char *kind, const char *name);
+
+/* Remove it; returns the object that was there, or NULL. */
+extern void *registry_remove_object (const char *kind, const char *name);
+
+/* Call fn for every object of kind, in insertion order, with the
+ * registry locked: fn must not call back into the registry.
+ */
+extern void registry_foreach (const char *kind,
+                              void (*fn) (const char *name, void *obj,
+                                          void *opaque),
+                              void *opaque);
+
+/* The address of the registry's state: equal in every filter of one
+ * process, which the tests use to prove there is only one.
+ */
+extern const void *registry_instance (void);
+
+#endif /* NBDKIT_BACKUP_REGISTRY_H */

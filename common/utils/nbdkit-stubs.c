@@ -1,0 +1,65 @@
+/* nbdkit-backup
+ * Copyright (C) 2026 the nbdkit-backup authors.
+ * SPDX-License-Identifier: BSD-3-Clause
+ */
+
+/* nbdkit_error and nbdkit_debug for programs that link common/ code
+ * outside an nbdkit server: the unit tests and the nbdbackup tool.
+ * Errors go to stderr; debug messages only when NBDKIT_BACKUP_DEBUG
+ * is set in the environment.
+ */
+
+#include <config.h>
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "nbdkit-stubs.h"
+
+const char *stub_program_name = "nbdkit-backup";
+
+void
+nbdkit_verror (const char *fs, va_list args)
+{
+  fprintf (stderr, "%s: ", stub_program_name);
+  vfprintf (stderr, fs, args);   /* glibc's printf knows %m */
+  fputc ('\n', stderr);
+}
+
+void
+nbdkit_error (const char *fs, ...)
+{
+  va_list args;
+  int saved = errno;
+
+  va_start (args, fs);
+  errno = saved;
+  nbdkit_verror (fs, args);
+  va_end (args);
+  errno = saved;
+}
+
+void
+nbdkit_vdebug (const char *fs, va_list args)
+{
+  if (getenv ("NBDKIT_BACKUP_DEBUG") == NULL)
+    return;
+  fprintf (stderr, "%s: debug: ", stub_program_name);
+  vfprintf (stderr, fs, args);
+  fputc ('\n', stderr);
+}
+
+void
+nbdkit_debug (const char *fs, ...)
+{
+  va_list args;
+  int saved = errno;
+
+  va_start (args, fs);
+  errno = saved;
+  nbdkit_vdebug (fs, args);
+  va_end (args);
+  errno = saved;
+}

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# nbdkit-backup
+# Copyright (C) 2026 the nbdkit-backup authors.  BSD-3-Clause.
+#
+# One command from a fresh Debian 12 machine to a working build:
+#   bash setup.sh demo     install what is missing, build, run the demo
+#   bash setup.sh check    install what is missing, build, run the tests
+#   bash setup.sh build    install what is missing, build
+#   bash setup.sh bench    install what is missing, build, run bench/
+set -euo pipefail
+cd "$(dirname "$0")"
+
+what="${1:-build}"
+case "$what" in
+    demo|check|build|bench) ;;
+    *) echo "usage: bash setup.sh demo|check|build|bench" >&2; exit 2 ;;
+esac
+
+# The Debian packages the project needs to build, test and benchmark.
+packages=(
+    autoconf automake libtool pkg-config make gcc perl
+    nbdkit nbdkit-plugin-dev libnbd-dev libnbd-bin
+    zlib1g-dev libzstd-dev libjson-c-dev
+    bats qemu-utils qemu-system-common
+    clang libclang-rt-14-dev
+)
+
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null |
+        grep -q '^install ok installed$' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: installing ${missing[*]}"
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q "${missing[@]}"
+fi
+
+jobs="$(nproc 2>/dev/null || echo 2)"
+if [ ! -x configure ] || [ configure.ac -nt configure ]; then
+    autoreconf -fi
+fi
+if [ ! -f Makefile ] || [ configure -nt config.status ]; then
+    ./configure --enable-gcc-warnings
+fi
+make -j"$jobs"
+
+case "$what" in
+    demo)  exec ./demo.sh ;;
+    check)
+        if ! make -j"$jobs" check; then
+            # Show what failed, for CI logs.
+            find . -name test-suite.log -exec sh -c \
+                'grep -q "^# FAIL: *[1-9]\|^# ERROR: *[1-9]" "$1" && cat "$1"' _ {} \;
+            exit 1
+        fi ;;
+    bench) make bench ;;
+esac

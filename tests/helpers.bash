@@ -1,0 +1,107 @@
+# nbdkit-backup
+# Copyright (C) 2026 the nbdkit-backup authors.  BSD-3-Clause.
+#
+# Shared helpers for the bats suites.  Servers listen on short Unix
+# socket names in /tmp, write a pidfile, exit with their parent, and
+# are stopped by PID only.
+
+bats_require_minimum_version 1.5.0
+
+: "${abs_top_builddir:=$(cd "$BATS_TEST_DIRNAME/.." && pwd)}"
+: "${abs_top_srcdir:=$(cd "$BATS_TEST_DIRNAME/.." && pwd)}"
+export PATH="$abs_top_builddir/tests:$abs_top_builddir/tools/nbdbackup:$PATH"
+
+filter_path () { echo "$abs_top_builddir/filters/$1/.libs/nbdkit-$1-filter.so"; }
+plugin_path () { echo "$abs_top_builddir/plugins/$1/.libs/nbdkit-$1-plugin.so"; }
+
+# requires CMD...: skip the test when a command is missing.
+requires () {
+    local c
+    for c in "$@"; do
+        command -v "$c" >/dev/null 2>&1 || skip "$c not installed"
+    done
+}
+
+# A fresh short socket path in /tmp (sun_path is 108 bytes).
+new_socket () {
+    mktemp -u /tmp/nbdkit-test-sock.XXXXXX
+}
+
+# start_nbdkit NAME ARGS...: start nbdkit in the background on the
+# socket in $NAME_sock, log in $BATS_TEST_TMPDIR/NAME.log, wait for
+# its pidfile.  Sets ${NAME}_sock, ${NAME}_pid and ${NAME}_uri.
+start_nbdkit () {
+    local name="$1"; shift
+    local sock pidfile log i
+    sock="$(new_socket)"
+    pidfile="$BATS_TEST_TMPDIR/$name.pid"
+    log="$BATS_TEST_TMPDIR/$name.log"
+    rm -f "$pidfile"
+    nbdkit --exit-with-parent -f -v -U "$sock" -P "$pidfile" "$@" \
+        >"$log" 2>&1 3>&- &
+    for i in $(seq 300); do
+        [ -s "$pidfile" ] && break
+        if ! kill -0 $! 2>/dev/null; then
+            echo "nbdkit exited at start:" >&2; cat "$log" >&2; return 1
+        fi
+        sleep 0.1
+    done
+    [ -s "$pidfile" ] || { echo "nbdkit did not start" >&2; cat "$log" >&2; return 1; }
+    printf -v "${name}_sock" '%s' "$sock"
+    printf -v "${name}_pid" '%s' "$(cat "$pidfile")"
+    printf -v "${name}_uri" '%s' "nbd+unix:///?socket=$sock"
+    echo "$(cat "$pidfile") $sock" >>"$BATS_TEST_TMPDIR/servers"
+}
+
+# stop_nbdkit NAME: SIGTERM the server we started and wait for it to
+# exit (its cleanup may finish a backup first).
+stop_nbdkit () {
+    local name="$1" pidvar="${1}_pid" sockvar="${1}_sock" i
+    local pid="${!pidvar}"
+    [ -n "$pid" ] || return 0
+    kill "$pid" 2>/dev/null || :
+    for i in $(seq 1200); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    ! kill -0 "$pid" 2>/dev/null
+    rm -f "${!sockvar}"
+    printf -v "$pidvar" '%s' ""
+}
+
+# Stop every server this test started (call from teardown).
+stop_all_nbdkit () {
+    local pid sock
+    [ -f "$BATS_TEST_TMPDIR/servers" ] || return 0
+    while read -r pid sock; do
+        kill "$pid" 2>/dev/null || :
+        rm -f "$sock"
+    done <"$BATS_TEST_TMPDIR/servers"
+    rm -f "$BATS_TEST_TMPDIR/servers"
+}
+
+# Print the log of server NAME (for failure messages).
+server_log () { cat "$BATS_TEST_TMPDIR/$1.log"; }
+
+# Allocated bytes of a file.
+allocated_bytes () { echo $(( $(stat -c %b "$1") * $(stat -c %B "$1") )); }
+
+# make_disk FILE SIZE SEED: a sparse test disk of SIZE bytes with
+# random data in scattered 192 KiB runs at unaligned offsets, holes
+# elsewhere, and an all-zero but allocated run.
+make_disk () {
+    local f="$1" size="$2" seed="${3:-1}"
+    rm -f "$f"
+    truncate -s "$size" "$f"
+    awk -v size="$size" -v seed="$seed" 'BEGIN {
+        srand(seed); n = int(size / (1024*1024)); if (n < 4) n = 4;
+        for (i = 0; i < n; i++) {
+            off = int(rand() * (size - 196608));
+            printf "%d\n", off;
+        }
+    }' | while read -r off; do
+        head -c 196608 /dev/urandom |
+            dd of="$f" bs=4096 seek="$off" oflag=seek_bytes conv=notrunc status=none
+    done
+    dd if=/dev/zero of="$f" bs=65536 seek=3 count=2 conv=notrunc status=none
+}
