@@ -8,11 +8,19 @@
 #ifndef NBDKIT_BACKUP_MINMAX_H
 #define NBDKIT_BACKUP_MINMAX_H
 
+/* Unique local names, so MIN (MAX (a, b), c) does not shadow. */
+#define MINMAX_CAT_(a, b) a##b
+#define MINMAX_CAT(a, b) MINMAX_CAT_ (a, b)
+#define MINMAX_IMPL_(a, b, op, x, y) \
+  ({ __typeof__ (a) x = (a); __typeof__ (b) y = (b); x op y ? x : y; })
+
 #undef MIN
-#define MIN(a, b) ({ __typeof__ (a) _a = (a); __typeof__ (b) _b = (b); \
-                     _a < _b ? _a : _b; })
+#define MIN(a, b) \
+  MINMAX_IMPL_ (a, b, <, MINMAX_CAT (_mina, __COUNTER__), \
+                MINMAX_CAT (_minb, __COUNTER__))
 #undef MAX
-#define MAX(a, b) ({ __typeof__ (a) _a = (a); __typeof__ (b) _b = (b); \
-                     _a > _b ? _a : _b; })
+#define MAX(a, b) \
+  MINMAX_IMPL_ (a, b, >, MINMAX_CAT (_maxa, __COUNTER__), \
+                MINMAX_CAT (_maxb, __COUNTER__))
 
 #endif /* NBDKIT_BACKUP_MINMAX_H */

@@ -3,13 +3,62 @@
  * SPDX-License-Identifier: BSD-3-Clause
  */
 
+/* nbdkit-cbw-filter: live, point-in-time backup of the disk below it.
+ *
+ * The snapshot instant is server start (.after_fork, before any
+ * client can connect): every cluster is protected then.  From that
+ * moment every pwrite, zero and trim first has the copy-before-write
+ * engine (common/backup/engine.c) copy the old contents of each
+ * protected cluster it touches to the target; for sync=full a
+ * background job (common/backup/job.c) copies the rest.  The job reads
+ * through a shared next context opened in .after_fork, so it runs
+ * whether or not any client is connected.
+ *
+ * Outcome: the raw target is written as PATH.incomplete and renamed
+ * to PATH only once every cluster is on it and it has been flushed;
+ * the status file and the debug log say the same.
+ */
+
 #include <config.h>
 
+#include <errno.h>
+#include <inttypes.h>
+#include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include <nbdkit-filter.h>
 
+#include "engine.h"
+#include "gate.h"
+#include "ispowerof2.h"
+#include "job.h"
 #include "registry.h"
+#include "target.h"
+
+/* Log every cluster copy (-D cbw.engine=1). */
+NBDKIT_DLL_PUBLIC int cbw_debug_engine = 0;
+
+enum sync_mode { SYNC_FULL, SYNC_NONE };
+
+/* Parameters, set in .config and never changed afterwards. */
+static char *target_path;               /* cbw-target */
+static enum sync_mode sync_mode = SYNC_FULL; /* cbw-sync */
+static unsigned cluster_size = 65536;   /* cbw-cluster-size */
+static char *status_path;               /* cbw-status */
+static unsigned workers = 4;            /* cbw-workers */
+static bool finish_on_exit = true;      /* cbw-on-exit */
+static enum cbw_on_error on_error = CBW_BREAK_SNAPSHOT; /* cbw-on-error */
+static char *source_file;               /* the plugin's file=, if any */
+
+/* Set up in .after_fork, torn down in .cleanup.  Connections only
+ * exist in between, so the data callbacks read these without a lock.
+ */
+static nbdkit_next *job_next;
+static struct target *target;
+static struct engine *engine;
+static struct job *job;
 
 static void
 cbw_load (void)
@@ -17,22 +66,262 @@ cbw_load (void)
   registry_add_filter ("cbw");
 }
 
+static void
+cbw_unload (void)
+{
+  registry_remove_filter ("cbw");
+  free (target_path);
+  free (status_path);
+  free (source_file);
+}
+
+static int
+cbw_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
+            const char *key, const char *value)
+{
+  if (strcmp (key, "cbw-target") == 0) {
+    free (target_path);
+    target_path = nbdkit_absolute_path (value);
+    return target_path ? 0 : -1;
+  }
+  else if (strcmp (key, "cbw-sync") == 0) {
+    if (strcmp (value, "full") == 0)
+      sync_mode = SYNC_FULL;
+    else if (strcmp (value, "none") == 0)
+      sync_mode = SYNC_NONE;
+    else {
+      nbdkit_error ("cbw-sync: unknown sync mode '%s' "
+                    "(expecting full or none)", value);
+      return -1;
+    }
+    return 0;
+  }
+  else if (strcmp (key, "cbw-cluster-size") == 0) {
+    int64_t r = nbdkit_parse_size (value);
+    if (r == -1)
+      return -1;
+    if (r < 4096 || r > 16 * 1024 * 1024 || !is_power_of_2 (r)) {
+      nbdkit_error ("cbw-cluster-size: '%s' must be a power of two "
+                    "from 4K to 16M", value);
+      return -1;
+    }
+    cluster_size = r;
+    return 0;
+  }
+  else if (strcmp (key, "cbw-status") == 0) {
+    free (status_path);
+    status_path = nbdkit_absolute_path (value);
+    return status_path ? 0 : -1;
+  }
+  else if (strcmp (key, "cbw-workers") == 0) {
+    unsigned r;
+    if (nbdkit_parse_unsigned ("cbw-workers", value, &r) == -1)
+      return -1;
+    if (r < 1 || r > JOB_MAX_WORKERS) {
+      nbdkit_error ("cbw-workers: '%s' must be from 1 to %u",
+                    value, JOB_MAX_WORKERS);
+      return -1;
+    }
+    workers = r;
+    return 0;
+  }
+  else if (strcmp (key, "cbw-on-exit") == 0) {
+    if (strcmp (value, "finish") == 0)
+      finish_on_exit = true;
+    else if (strcmp (value, "cancel") == 0)
+      finish_on_exit = false;
+    else {
+      nbdkit_error ("cbw-on-exit: unknown value '%s' "
+                    "(expecting finish or cancel)", value);
+      return -1;
+    }
+    return 0;
+  }
+  else if (strcmp (key, "cbw-on-error") == 0) {
+    if (strcmp (value, "break-snapshot") == 0)
+      on_error = CBW_BREAK_SNAPSHOT;
+    else if (strcmp (value, "fail-write") == 0)
+      on_error = CBW_FAIL_WRITE;
+    else {
+      nbdkit_error ("cbw-on-error: unknown policy '%s' "
+                    "(expecting break-snapshot or fail-write)", value);
+      return -1;
+    }
+    return 0;
+  }
+
+  /* Remember the file plugin's disk so the target can't be it. */
+  if (strcmp (key, "file") == 0) {
+    free (source_file);
+    source_file = nbdkit_absolute_path (value);
+  }
+  return next (nxdata, key, value);
+}
+
+static int
+cbw_config_complete (nbdkit_next_config_complete *next,
+                     nbdkit_backend *nxdata)
+{
+  if (target_path == NULL) {
+    nbdkit_error ("cbw-target parameter was not set: "
+                  "name the file to back up into");
+    return -1;
+  }
+  if (target_file_check ("cbw-target", target_path, source_file) == -1)
+    return -1;
+  if (status_path && strcmp (status_path, target_path) == 0) {
+    nbdkit_error ("cbw-status: must not be the target file");
+    return -1;
+  }
+  if (status_path &&
+      job_write_initial_status (status_path, "starting") == -1) {
+    nbdkit_error ("cbw-status: cannot write %s: %m", status_path);
+    return -1;
+  }
+  return next (nxdata);
+}
+
+#define cbw_config_help \
+  "cbw-target=<FILE>         (required) Back up into this raw file.\n" \
+  "cbw-sync=full|none        What to copy (default full).\n" \
+  "cbw-cluster-size=<N>      Copy granularity (default 64K).\n" \
+  "cbw-status=<FILE>         Write JSON job status here.\n" \
+  "cbw-workers=<N>           Parallel copy threads (default 4).\n" \
+  "cbw-on-exit=finish|cancel Finish the job when nbdkit exits (default).\n" \
+  "cbw-on-error=break-snapshot|fail-write\n" \
+  "                          Target failure policy (default break-snapshot)."
+
 static int
 cbw_get_ready (int thread_model)
 {
   char *list = registry_list_filters ();
 
+  backup_debug_engine |= cbw_debug_engine;
   nbdkit_debug ("cbw: registry %p holds: %s",
                 registry_instance (), list ? list : "?");
   free (list);
   return 0;
 }
 
+static void
+cbw_cleanup (nbdkit_backend *backend)
+{
+  if (job) {
+    enum job_state s = job_finish (job, finish_on_exit);
+    nbdkit_debug ("cbw: backup %s", job_state_name (s));
+    job_free (job);
+    job = NULL;
+  }
+  engine_free (engine);
+  engine = NULL;
+  if (target) {
+    target->ops->close (target);
+    target = NULL;
+  }
+  if (job_next) {
+    job_next->finalize (job_next);
+    nbdkit_next_context_close (job_next);
+    job_next = NULL;
+  }
+}
+
+/* The snapshot instant: before any client can connect. */
+static int
+cbw_after_fork (nbdkit_backend *backend)
+{
+  struct job_params p = {
+    .name = "cbw",
+    .sync = sync_mode == SYNC_FULL ? "full" : "none",
+    .background_copy = sync_mode == SYNC_FULL,
+    .workers = workers,
+    .status_path = status_path,
+  };
+  int64_t size;
+  int r;
+
+  job_next = nbdkit_next_context_open (backend, 1, "", 1);
+  if (job_next == NULL) {
+    nbdkit_error ("cbw: cannot open the source for the backup job");
+    return -1;
+  }
+  if (job_next->prepare (job_next) == -1)
+    goto err;
+  size = job_next->get_size (job_next);
+  if (size == -1)
+    goto err;
+  /* Zero extents let the job skip reading what reads as zero. */
+  r = job_next->can_extents (job_next);
+  if (r == -1)
+    goto err;
+  p.use_extents = r > 0;
+
+  target = target_file_open ("cbw-target", target_path, size);
+  if (target == NULL)
+    goto err;
+  engine = engine_new ("cbw", size, cluster_size, target, on_error);
+  if (engine == NULL)
+    goto err;
+  engine_protect (engine, 0, engine->nr_clusters);
+  engine_activate (engine);
+  job = job_start (&p, engine, job_next);
+  if (job == NULL)
+    goto err;
+  return 0;
+
+ err:
+  if (status_path)
+    job_write_initial_status (status_path, "failed");
+  cbw_cleanup (backend);
+  return -1;
+}
+
+static int
+cbw_pwrite (nbdkit_next *next, void *handle, const void *buf,
+            uint32_t count, uint64_t offset, uint32_t flags, int *err)
+{
+  GATE_FOR_CURRENT_SCOPE ();
+
+  if (engine && engine_before_write (engine, next, offset, count, err) == -1)
+    return -1;
+  return next->pwrite (next, buf, count, offset, flags, err);
+}
+
+static int
+cbw_zero (nbdkit_next *next, void *handle, uint32_t count, uint64_t offset,
+          uint32_t flags, int *err)
+{
+  GATE_FOR_CURRENT_SCOPE ();
+
+  if (engine && engine_before_write (engine, next, offset, count, err) == -1)
+    return -1;
+  return next->zero (next, count, offset, flags, err);
+}
+
+static int
+cbw_trim (nbdkit_next *next, void *handle, uint32_t count, uint64_t offset,
+          uint32_t flags, int *err)
+{
+  GATE_FOR_CURRENT_SCOPE ();
+
+  if (engine && engine_before_write (engine, next, offset, count, err) == -1)
+    return -1;
+  return next->trim (next, count, offset, flags, err);
+}
+
 static struct nbdkit_filter filter = {
   .name              = "cbw",
   .longname          = "nbdkit copy-before-write backup filter",
   .load              = cbw_load,
+  .unload            = cbw_unload,
+  .config            = cbw_config,
+  .config_complete   = cbw_config_complete,
+  .config_help       = cbw_config_help,
   .get_ready         = cbw_get_ready,
+  .after_fork        = cbw_after_fork,
+  .cleanup           = cbw_cleanup,
+  .pwrite            = cbw_pwrite,
+  .zero              = cbw_zero,
+  .trim              = cbw_trim,
 };
 
 NBDKIT_REGISTER_FILTER (filter)

@@ -1,0 +1,390 @@
+/* nbdkit-backup
+ * Copyright (C) 2026 the nbdkit-backup authors.
+ * SPDX-License-Identifier: BSD-3-Clause
+ */
+
+/* Notes on the design of the copy-before-write engine:
+ *
+ * Each cluster has a two-bit state (engine.h).  At the snapshot
+ * instant the protected clusters become PENDING; everything else is
+ * CLEAN.  A cluster leaves PENDING exactly once, when somebody claims
+ * it (PENDING -> COPYING) under the lock.  The claimant then copies it
+ * without the lock, and marks it COPIED, or PENDING again if the copy
+ * failed and the snapshot survives.  So:
+ *
+ *  - two writers touching the same cluster copy it once: the second
+ *    finds it COPYING and waits on the condition variable;
+ *  - the job and writers never copy the same cluster twice;
+ *  - no lock is held across I/O: the lock only guards state changes;
+ *  - while a cluster is COPYING, nobody writes it, so the copier reads
+ *    the point-in-time data from the source.
+ *
+ * A write goes down only once every protected cluster it touches is
+ * COPIED (or protection has ended), so the target gets the old data.
+ * Waiters are woken by one broadcast per state change; that is cheap
+ * because waits are rare (only same-cluster races).
+ *
+ * Deliberately not done: partial-cluster copies (a write of one byte
+ * copies the whole cluster, as QEMU does), and per-cluster wait
+ * queues (one condition variable is simpler and waits are rare).
+ */
+
+#include <config.h>
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <nbdkit-filter.h>
+
+#include "cleanup.h"
+#include "engine.h"
+#include "ispowerof2.h"
+#include "iszero.h"
+#include "minmax.h"
+
+/* Extra debugging: each filter sets it from its own -D flag. */
+int backup_debug_engine = 0;
+
+struct engine *
+engine_new (const char *name, uint64_t size, unsigned cluster_size,
+            struct target *target, enum cbw_on_error on_error)
+{
+  struct engine *e = calloc (1, sizeof *e);
+
+  if (e == NULL) {
+    nbdkit_error ("calloc: %m");
+    return NULL;
+  }
+  e->name = name;
+  e->size = size;
+  e->cluster_size = cluster_size;
+  e->cluster_bits = log_2_bits (cluster_size);
+  e->nr_clusters = (size + cluster_size - 1) >> e->cluster_bits;
+  e->target = target;
+  e->on_error = on_error;
+  atomic_init (&e->active, false);
+  pthread_mutex_init (&e->lock, NULL);
+  pthread_cond_init (&e->cond, NULL);
+  bitmap_init (&e->state, cluster_size, 2);
+  if (bitmap_resize (&e->state, size) == -1) {
+    engine_free (e);
+    return NULL;
+  }
+  return e;
+}
+
+void
+engine_free (struct engine *e)
+{
+  if (e == NULL)
+    return;
+  bitmap_free (&e->state);
+  pthread_mutex_destroy (&e->lock);
+  pthread_cond_destroy (&e->cond);
+  free (e->error);
+  free (e);
+}
+
+void
+engine_protect (struct engine *e, uint64_t first, uint64_t end)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&e->lock);
+
+  end = MIN (end, e->nr_clusters);
+  if (first >= end)
+    return;
+  /* Only CLEAN clusters become PENDING; the rest already count. */
+  e->pending += bitmap_count (&e->state, first, end, CLUSTER_CLEAN);
+  /* Walk runs so COPIED/COPYING are kept. */
+  while (first < end) {
+    uint64_t a = bitmap_find (&e->state, first, end, CLUSTER_CLEAN);
+    uint64_t b = bitmap_find_not (&e->state, a, end, CLUSTER_CLEAN);
+    bitmap_set_range (&e->state, a, b, CLUSTER_PENDING);
+    first = b;
+  }
+}
+
+void
+engine_activate (struct engine *e)
+{
+  atomic_store (&e->active, true);
+}
+
+void
+engine_deactivate (struct engine *e)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&e->lock);
+  atomic_store (&e->active, false);
+  pthread_cond_broadcast (&e->cond);
+}
+
+/* Call with the lock held. */
+static void
+break_locked (struct engine *e, const char *msg)
+{
+  if (!e->broken) {
+    e->broken = true;
+    e->error = strdup (msg);
+    nbdkit_debug ("%s: snapshot broken: %s", e->name, msg);
+  }
+  atomic_store (&e->active, false);
+  pthread_cond_broadcast (&e->cond);
+}
+
+void
+engine_break (struct engine *e, const char *msg)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&e->lock);
+  break_locked (e, msg);
+}
+
+/* Claim the first run of PENDING clusters in [c0, c1), at most max
+ * long.  Lock held.  Returns the run length (0 if none); *first set.
+ */
+static uint64_t
+claim_run_locked (struct engine *e, uint64_t c0, uint64_t c1, uint64_t max,
+                  uint64_t *first)
+{
+  uint64_t a = bitmap_find (&e->state, c0, c1, CLUSTER_PENDING);
+  uint64_t b;
+
+  if (a >= c1)
+    return 0;
+  b = bitmap_find_not (&e->state, a, MIN (c1, a + max), CLUSTER_PENDING);
+  bitmap_set_range (&e->state, a, b, CLUSTER_COPYING);
+  *first = a;
+  return b - a;
+}
+
+int
+engine_before_write (struct engine *e, nbdkit_next *next,
+                     uint64_t offset, uint64_t count, int *err)
+{
+  uint64_t c0, c1, first, n;
+  /* Copy at most this many clusters per claim, so a huge write does
+   * not hold a huge buffer.
+   */
+  const uint64_t max_run = MAX (1, (4 * 1024 * 1024) >> e->cluster_bits);
+
+  if (!atomic_load (&e->active) || count == 0)
+    return 0;
+  c0 = offset >> e->cluster_bits;
+  c1 = MIN (((offset + count - 1) >> e->cluster_bits) + 1, e->nr_clusters);
+
+  pthread_mutex_lock (&e->lock);
+  for (;;) {
+    if (!atomic_load (&e->active))
+      break;
+    n = claim_run_locked (e, c0, c1, max_run, &first);
+    if (n > 0) {
+      int r;
+
+      pthread_mutex_unlock (&e->lock);
+      r = engine_copy (e, next, first, n, false, true);
+      pthread_mutex_lock (&e->lock);
+      if (r == -1 && e->on_error == CBW_FAIL_WRITE && !e->broken) {
+        pthread_mutex_unlock (&e->lock);
+        *err = EIO;
+        return -1;
+      }
+      continue;
+    }
+    /* Nothing left to claim; wait for other people's copies. */
+    if (bitmap_find (&e->state, c0, c1, CLUSTER_COPYING) < c1) {
+      pthread_cond_wait (&e->cond, &e->lock);
+      continue;
+    }
+    break;
+  }
+  pthread_mutex_unlock (&e->lock);
+  return 0;
+}
+
+uint64_t
+engine_claim (struct engine *e, uint64_t *cursor, uint64_t max_clusters,
+              uint64_t *first, bool wait)
+{
+  uint64_t n;
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&e->lock);
+
+  for (;;) {
+    if (!atomic_load (&e->active))
+      return 0;
+    n = claim_run_locked (e, *cursor, e->nr_clusters, max_clusters, first);
+    if (n == 0 && *cursor > 0)  /* Failed copies may be PENDING again. */
+      n = claim_run_locked (e, 0, *cursor, max_clusters, first);
+    if (n > 0) {
+      *cursor = *first + n;
+      return n;
+    }
+    if (!wait || e->pending == 0)
+      return 0;
+    pthread_cond_wait (&e->cond, &e->lock);
+  }
+}
+
+/* Mark [first, first+n) as copied or, after a failure, pending again;
+ * account and wake waiters.
+ */
+static void
+finish_claim (struct engine *e, uint64_t first, uint64_t n, bool ok,
+              uint64_t data_bytes, uint64_t zero_bytes, bool by_write,
+              const char *failure)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&e->lock);
+
+  if (ok) {
+    bitmap_set_range (&e->state, first, first + n, CLUSTER_COPIED);
+    e->pending -= n;
+    e->stats.bytes_copied += data_bytes;
+    e->stats.bytes_zero += zero_bytes;
+    if (by_write)
+      e->stats.bytes_by_writes += data_bytes + zero_bytes;
+  }
+  else {
+    bitmap_set_range (&e->state, first, first + n, CLUSTER_PENDING);
+    if (e->on_error == CBW_BREAK_SNAPSHOT || !by_write)
+      break_locked (e, failure);
+  }
+  pthread_cond_broadcast (&e->cond);
+}
+
+/* Write buf (the source's data for [offset, offset+len)) to the
+ * target one cluster at a time, leaving zero clusters unwritten on a
+ * known-zero target and unmapping them otherwise.  Runs of the same
+ * kind go in one call.  Adds to *data and *zero.
+ */
+static int
+store (struct engine *e, const char *buf, uint64_t offset, uint64_t len,
+       uint64_t *data, uint64_t *zero)
+{
+  struct target *t = e->target;
+  uint64_t pos = 0;
+
+  while (pos < len) {
+    uint64_t end = pos;
+    bool z = is_zero (buf + pos, MIN ((uint64_t) e->cluster_size, len - pos));
+
+    do
+      end = MIN (end + e->cluster_size, len);
+    while (end < len &&
+           is_zero (buf + end, MIN ((uint64_t) e->cluster_size,
+                                    len - end)) == z);
+    if (z) {
+      if (!t->known_zero &&
+          t->ops->zero (t, end - pos, offset + pos) == -1)
+        return -1;
+      *zero += end - pos;
+    }
+    else {
+      if (t->ops->pwrite (t, buf + pos, end - pos, offset + pos) == -1)
+        return -1;
+      *data += end - pos;
+    }
+    pos = end;
+  }
+  return 0;
+}
+
+int
+engine_copy (struct engine *e, nbdkit_next *next, uint64_t first,
+             uint64_t n, bool use_extents, bool by_write)
+{
+  uint64_t offset = first << e->cluster_bits;
+  uint64_t len = MIN (n << e->cluster_bits, e->size - offset);
+  uint64_t data = 0, zero = 0, pos = 0;
+  CLEANUP_FREE char *buf = NULL;
+  struct nbdkit_extents *exts = NULL;
+  char failure[256] = "";
+  int err = 0;
+  bool ok = false;
+
+  if (backup_debug_engine)
+    nbdkit_debug ("%s: copy clusters %" PRIu64 "+%" PRIu64 " (%s)",
+                  e->name, first, n, by_write ? "before write" : "job");
+
+  buf = malloc (len);
+  if (buf == NULL) {
+    snprintf (failure, sizeof failure, "malloc: %s", strerror (errno));
+    nbdkit_error ("%s", failure);
+    goto out;
+  }
+
+  /* Skip what the source says reads as zero, without reading it. */
+  if (use_extents) {
+    exts = nbdkit_extents_full (next, len, offset, 0, &err);
+    if (exts == NULL)
+      nbdkit_debug ("%s: extents failed, reading everything", e->name);
+  }
+
+  while (pos < len) {
+    uint64_t run = len - pos;
+    bool zero_run = false;
+
+    if (exts) {
+      size_t i, count = nbdkit_extents_count (exts);
+      for (i = 0; i < count; ++i) {
+        struct nbdkit_extent x = nbdkit_get_extent (exts, i);
+        if (x.offset <= offset + pos && offset + pos < x.offset + x.length) {
+          run = MIN (run, x.offset + x.length - (offset + pos));
+          zero_run = (x.type & NBDKIT_EXTENT_ZERO) != 0;
+          break;
+        }
+      }
+    }
+    if (zero_run) {
+      if (!e->target->known_zero &&
+          e->target->ops->zero (e->target, run, offset + pos) == -1) {
+        snprintf (failure, sizeof failure,
+                  "writing the target at offset %" PRIu64 " failed: %s",
+                  offset + pos, strerror (errno));
+        goto out;
+      }
+      zero += run;
+    }
+    else {
+      run = MIN (run, len - pos);
+      if (next->pread (next, buf + pos, run, offset + pos, 0, &err) == -1) {
+        snprintf (failure, sizeof failure,
+                  "reading the source at offset %" PRIu64 " failed: %s",
+                  offset + pos, strerror (err ? err : EIO));
+        goto out;
+      }
+      if (store (e, buf + pos, offset + pos, run, &data, &zero) == -1) {
+        snprintf (failure, sizeof failure,
+                  "writing the target at offset %" PRIu64 " failed: %s",
+                  offset + pos, strerror (errno));
+        goto out;
+      }
+    }
+    pos += run;
+  }
+  ok = true;
+
+ out:
+  if (exts)
+    nbdkit_extents_free (exts);
+  if (!ok)
+    nbdkit_error ("%s: %s", e->name, failure);
+  finish_claim (e, first, n, ok, data, zero, by_write, failure);
+  return ok ? 0 : -1;
+}
+
+void
+engine_get_stats (struct engine *e, struct engine_stats *stats,
+                  uint64_t *pending, bool *broken, char **error)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&e->lock);
+
+  if (stats)
+    *stats = e->stats;
+  if (pending)
+    *pending = e->pending;
+  if (broken)
+    *broken = e->broken;
+  if (error)
+    *error = e->error ? strdup (e->error) : NULL;
+}

@@ -1,0 +1,137 @@
+/* nbdkit-backup
+ * Copyright (C) 2026 the nbdkit-backup authors.
+ * SPDX-License-Identifier: BSD-3-Clause
+ */
+
+/* The copy-before-write engine, shared by the cbw and fleece filters.
+ *
+ * It keeps the state of every cluster of the snapshot and copies a
+ * cluster's old contents to a target before anything overwrites it.
+ * The background job (job.h) and writers claim clusters through the
+ * same calls, so each cluster is copied exactly once, and nobody
+ * holds the engine lock across I/O.
+ */
+
+#ifndef NBDKIT_BACKUP_ENGINE_H
+#define NBDKIT_BACKUP_ENGINE_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <nbdkit-filter.h>
+
+#include "bitmap.h"
+#include "target.h"
+
+/* Cluster states, two bits each. */
+enum cluster_state {
+  CLUSTER_CLEAN   = 0,  /* Not protected: writes pass straight down. */
+  CLUSTER_PENDING = 1,  /* Protected, old data not yet on the target. */
+  CLUSTER_COPYING = 2,  /* Claimed: a copy is in flight; others wait. */
+  CLUSTER_COPIED  = 3,  /* Old data is on the target. */
+};
+
+/* What to do when copying fails (the target or the source failed). */
+enum cbw_on_error {
+  CBW_BREAK_SNAPSHOT,   /* Abandon the backup; writes go on (default). */
+  CBW_FAIL_WRITE,       /* Fail the write with EIO; keep the snapshot. */
+};
+
+struct engine_stats {
+  uint64_t bytes_copied;        /* Data written to the target. */
+  uint64_t bytes_zero;          /* Zero clusters (no data written). */
+  uint64_t bytes_by_writes;     /* Of both, copied before writes. */
+};
+
+struct engine {
+  /* Fields set by engine_new and never changed. */
+  uint64_t size;
+  unsigned cluster_size;
+  unsigned cluster_bits;
+  uint64_t nr_clusters;
+  struct target *target;
+  enum cbw_on_error on_error;
+  const char *name;             /* For messages: "cbw", "fleece". */
+
+  /* True while clusters are protected.  Read without the lock on the
+   * write fast path; it only becomes true while no write is in flight
+   * (server start, or a transaction with the write gate closed).
+   */
+  atomic_bool active;
+
+  /* This lock protects the fields below. */
+  pthread_mutex_t lock;
+  pthread_cond_t cond;          /* Broadcast when any cluster changes. */
+  struct bitmap state;          /* enum cluster_state per cluster. */
+  uint64_t pending;             /* Clusters PENDING or COPYING. */
+  bool broken;                  /* A copy failed under break-snapshot. */
+  char *error;                  /* First error message, if broken. */
+  struct engine_stats stats;
+};
+
+/* A new engine for a disk of size bytes, copying to target (which the
+ * engine does not own).  Nothing is protected yet.  NULL on error.
+ */
+extern struct engine *engine_new (const char *name, uint64_t size,
+                                  unsigned cluster_size,
+                                  struct target *target,
+                                  enum cbw_on_error on_error);
+
+/* Log every copy (set from a filter's -D <name>.engine=1). */
+extern int backup_debug_engine;
+
+/* Free the engine (after every user has stopped). */
+extern void engine_free (struct engine *e);
+
+/* Protect clusters [first, end) (the snapshot instant for them).
+ * Call before activating, or with the write gate closed.
+ */
+extern void engine_protect (struct engine *e, uint64_t first, uint64_t end);
+
+/* Start (or stop) copy-before-write. */
+extern void engine_activate (struct engine *e);
+extern void engine_deactivate (struct engine *e);
+
+/* Before a write, zero or trim of [offset, offset+count): copy every
+ * protected cluster it touches that is not yet on the target, or wait
+ * for the copy already in flight.  next reads the source.  Returns 0
+ * when the request may go down; -1 with *err set when it must fail
+ * (only under CBW_FAIL_WRITE).
+ */
+extern int engine_before_write (struct engine *e, nbdkit_next *next,
+                                uint64_t offset, uint64_t count, int *err);
+
+/* For the background job: claim up to max_clusters contiguous PENDING
+ * clusters at or after *cursor (wrapping to 0 once).  Returns the
+ * number claimed (their first cluster in *first, *cursor moved past
+ * them), or 0 when none is PENDING; then, if wait is true, it first
+ * waits until no copy is in flight either, so 0 means all done (or
+ * the engine stopped).
+ */
+extern uint64_t engine_claim (struct engine *e, uint64_t *cursor,
+                              uint64_t max_clusters, uint64_t *first,
+                              bool wait);
+
+/* Copy claimed clusters [first, first+n) from next to the target and
+ * mark them COPIED (or PENDING again on failure).  use_extents skips
+ * reading what the source reports as zero.  by_write counts the bytes
+ * as copy-before-write.  0, or -1 (reported, and the engine broken or
+ * not according to the policy).
+ */
+extern int engine_copy (struct engine *e, nbdkit_next *next,
+                        uint64_t first, uint64_t n, bool use_extents,
+                        bool by_write);
+
+/* Snapshot of counters and state under the lock. */
+extern void engine_get_stats (struct engine *e, struct engine_stats *stats,
+                              uint64_t *pending, bool *broken,
+                              char **error);
+
+/* Record a failure that breaks the snapshot (e.g. the job's own
+ * error): stops protection, wakes every waiter.  msg is copied.
+ */
+extern void engine_break (struct engine *e, const char *msg);
+
+#endif /* NBDKIT_BACKUP_ENGINE_H */

@@ -1,0 +1,354 @@
+/* nbdkit-backup
+ * Copyright (C) 2026 the nbdkit-backup authors.
+ * SPDX-License-Identifier: BSD-3-Clause
+ */
+
+/* The background copy.  A controller thread starts the workers; each
+ * worker claims runs of PENDING clusters from a shared cursor and
+ * copies them, skipping what the source reports as zero.  Writers'
+ * copy-before-write claims clusters through the same engine, so the
+ * job simply never sees those again.  When no cluster is pending the
+ * controller flushes and publishes the target, and only then says
+ * "completed".
+ */
+
+#include <config.h>
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <json-c/json.h>
+
+#include <nbdkit-filter.h>
+
+#include "cleanup.h"
+#include "files.h"
+#include "job.h"
+#include "minmax.h"
+
+/* Bytes a worker claims at a time: large enough for good throughput,
+ * small enough that writers rarely wait behind the job.
+ */
+#define JOB_CHUNK (1024 * 1024)
+
+/* Status file rewrites at most this often while running. */
+#define STATUS_INTERVAL 0.5
+
+const char *
+job_state_name (enum job_state s)
+{
+  switch (s) {
+  case JOB_RUNNING:   return "running";
+  case JOB_COMPLETED: return "completed";
+  case JOB_FAILED:    return "failed";
+  case JOB_CANCELLED: return "cancelled";
+  }
+  return "unknown";
+}
+
+/* Progress: bytes of the snapshot that are safe on the target. */
+static uint64_t
+bytes_done (struct job *j, uint64_t pending)
+{
+  uint64_t left = pending << j->e->cluster_bits;
+
+  return left >= j->bytes_total ? 0 : j->bytes_total - left;
+}
+
+static int
+write_json (const char *path, json_object *o)
+{
+  const char *s = json_object_to_json_string_ext (o, JSON_C_TO_STRING_PLAIN);
+  CLEANUP_FREE char *line = NULL;
+
+  if (asprintf (&line, "%s\n", s) == -1)
+    return -1;
+  return replace_file_atomically (path, line, strlen (line));
+}
+
+int
+job_write_initial_status (const char *path, const char *state)
+{
+  json_object *o = json_object_new_object ();
+  int r;
+
+  json_object_object_add (o, "state", json_object_new_string (state));
+  json_object_object_add (o, "error", NULL);
+  r = write_json (path, o);
+  json_object_put (o);
+  return r;
+}
+
+int
+job_write_status (struct job *j)
+{
+  struct engine_stats st;
+  uint64_t pending, done;
+  bool broken;
+  CLEANUP_FREE char *eerr = NULL;
+  enum job_state state;
+  double now = monotonic_seconds (), elapsed;
+  json_object *o;
+  int r;
+
+  if (j->status_path == NULL)
+    return 0;
+  engine_get_stats (j->e, &st, &pending, &broken, &eerr);
+  done = bytes_done (j, pending);
+
+  o = json_object_new_object ();
+  pthread_mutex_lock (&j->lock);
+  state = j->state;
+  elapsed = (j->finished ? j->end_time : now) - j->start_time;
+  j->last_status = now;
+  json_object_object_add (o, "state",
+                          json_object_new_string (job_state_name (state)));
+  json_object_object_add (o, "sync", json_object_new_string (j->p.sync));
+  json_object_object_add (o, "target",
+                          json_object_new_string (j->e->target->name));
+  json_object_object_add (o, "target_in_progress",
+                          j->e->target->working_name && state != JOB_COMPLETED
+                          ? json_object_new_string (j->e->target->working_name)
+                          : NULL);
+  json_object_object_add (o, "cluster_size",
+                          json_object_new_int64 (j->e->cluster_size));
+  json_object_object_add (o, "disk_size", json_object_new_int64 (j->e->size));
+  json_object_object_add (o, "bytes_done", json_object_new_int64 (done));
+  json_object_object_add (o, "bytes_total",
+                          json_object_new_int64 (j->bytes_total));
+  json_object_object_add (o, "bytes_written",
+                          json_object_new_int64 (st.bytes_copied));
+  json_object_object_add (o, "bytes_zero",
+                          json_object_new_int64 (st.bytes_zero));
+  json_object_object_add (o, "bytes_before_writes",
+                          json_object_new_int64 (st.bytes_by_writes));
+  json_object_object_add (o, "elapsed_seconds",
+                          json_object_new_double (elapsed));
+  json_object_object_add (o, "rate_mib_per_second",
+                          json_object_new_double (elapsed > 0
+                                                  ? done / elapsed / 1048576
+                                                  : 0));
+  json_object_object_add (o, "error",
+                          j->error ? json_object_new_string (j->error)
+                          : eerr ? json_object_new_string (eerr) : NULL);
+  pthread_mutex_unlock (&j->lock);
+
+  r = write_json (j->status_path, o);
+  if (r == -1)
+    nbdkit_error ("%s: writing status file %s: %m", j->p.name,
+                  j->status_path);
+  json_object_put (o);
+  return r;
+}
+
+static void
+maybe_write_status (struct job *j)
+{
+  bool due;
+
+  pthread_mutex_lock (&j->lock);
+  due = monotonic_seconds () - j->last_status >= STATUS_INTERVAL;
+  if (due)
+    j->last_status = monotonic_seconds ();
+  pthread_mutex_unlock (&j->lock);
+  if (due)
+    job_write_status (j);
+}
+
+static bool
+cancelled (struct job *j)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&j->lock);
+  return j->cancel;
+}
+
+static void *
+worker (void *vp)
+{
+  struct job *j = vp;
+  uint64_t chunk = MAX (1, JOB_CHUNK >> j->e->cluster_bits);
+  uint64_t first, n;
+
+  while (!cancelled (j) &&
+         (n = engine_claim (j->e, &j->cursor, chunk, &first, true)) > 0) {
+    if (engine_copy (j->e, j->next, first, n, j->p.use_extents, false) == -1)
+      break;                    /* The engine is broken now. */
+    maybe_write_status (j);
+  }
+  return NULL;
+}
+
+/* Decide the outcome and publish or keep back the target.  Called
+ * once, with no copies of ours in flight.
+ */
+static void
+conclude (struct job *j, bool cancel)
+{
+  uint64_t pending;
+  bool broken;
+  CLEANUP_FREE char *eerr = NULL;
+  enum job_state state;
+  struct target *t = j->e->target;
+
+  /* No more copy-before-write: the job is over either way. */
+  engine_deactivate (j->e);
+  engine_get_stats (j->e, NULL, &pending, &broken, &eerr);
+
+  if (broken)
+    state = JOB_FAILED;
+  else if (cancel && j->p.background_copy && pending > 0)
+    state = JOB_CANCELLED;
+  else if (!j->p.background_copy || pending == 0)
+    state = JOB_COMPLETED;
+  else
+    state = JOB_FAILED;
+
+  if (state == JOB_COMPLETED) {
+    if (t->ops->finish (t, true) == -1) {
+      state = JOB_FAILED;
+      eerr = strdup ("flushing or publishing the target failed");
+    }
+  }
+  else
+    t->ops->finish (t, false);
+
+  pthread_mutex_lock (&j->lock);
+  j->state = state;
+  if (state == JOB_FAILED && j->error == NULL)
+    j->error = strdup (eerr ? eerr : "the backup did not finish");
+  j->end_time = monotonic_seconds ();
+  j->finished = true;
+  pthread_cond_broadcast (&j->done_cond);
+  pthread_mutex_unlock (&j->lock);
+
+  job_write_status (j);
+  {
+    struct engine_stats st;
+    double secs = j->end_time - j->start_time;
+    engine_get_stats (j->e, &st, NULL, NULL, NULL);
+    nbdkit_debug ("%s: job %s: %" PRIu64 " bytes written, %" PRIu64
+                  " zero, %" PRIu64 " before writes, in %.3f s",
+                  j->p.name, job_state_name (state), st.bytes_copied,
+                  st.bytes_zero, st.bytes_by_writes, secs);
+    if (state == JOB_COMPLETED)
+      nbdkit_debug ("%s: target %s is complete", j->p.name, t->name);
+    else
+      nbdkit_debug ("%s: target left incomplete at %s%s%s", j->p.name,
+                    t->working_name ? t->working_name : t->name,
+                    j->error ? ": " : "", j->error ? j->error : "");
+  }
+}
+
+static void *
+controller (void *vp)
+{
+  struct job *j = vp;
+  pthread_t threads[JOB_MAX_WORKERS];
+  unsigned i, started = 0;
+  bool cancel;
+
+  for (i = 0; i < j->p.workers; ++i) {
+    int r = pthread_create (&threads[i], NULL, worker, j);
+    if (r != 0) {
+      nbdkit_error ("%s: pthread_create: %s", j->p.name, strerror (r));
+      if (started == 0)
+        engine_break (j->e, "could not start the copy threads");
+      break;
+    }
+    started++;
+  }
+  for (i = 0; i < started; ++i)
+    pthread_join (threads[i], NULL);
+
+  pthread_mutex_lock (&j->lock);
+  cancel = j->cancel;
+  pthread_mutex_unlock (&j->lock);
+  conclude (j, cancel);
+  return NULL;
+}
+
+struct job *
+job_start (const struct job_params *p, struct engine *e, nbdkit_next *next)
+{
+  struct job *j = calloc (1, sizeof *j);
+  int r;
+
+  if (j == NULL) {
+    nbdkit_error ("calloc: %m");
+    return NULL;
+  }
+  j->p = *p;
+  j->p.workers = MIN (MAX (p->workers, 1u), JOB_MAX_WORKERS);
+  if (p->status_path && (j->status_path = strdup (p->status_path)) == NULL) {
+    nbdkit_error ("strdup: %m");
+    free (j);
+    return NULL;
+  }
+  j->e = e;
+  j->next = next;
+  j->bytes_total = e->size;
+  j->start_time = monotonic_seconds ();
+  j->state = JOB_RUNNING;
+  pthread_mutex_init (&j->lock, NULL);
+  pthread_cond_init (&j->done_cond, NULL);
+
+  nbdkit_debug ("%s: job started: sync=%s, %" PRIu64 " bytes, "
+                "cluster size %u, %u workers, target %s", p->name, p->sync,
+                e->size, e->cluster_size,
+                p->background_copy ? j->p.workers : 0,
+                e->target->working_name ? e->target->working_name
+                : e->target->name);
+  job_write_status (j);
+
+  if (p->background_copy) {
+    r = pthread_create (&j->controller, NULL, controller, j);
+    if (r != 0) {
+      nbdkit_error ("%s: pthread_create: %s", p->name, strerror (r));
+      engine_break (e, "could not start the job");
+      conclude (j, false);
+    }
+    else
+      j->have_controller = true;
+  }
+  return j;
+}
+
+enum job_state
+job_finish (struct job *j, bool wait)
+{
+  enum job_state state;
+
+  pthread_mutex_lock (&j->lock);
+  if (!wait && !j->finished)
+    j->cancel = true;
+  pthread_mutex_unlock (&j->lock);
+
+  if (j->have_controller) {
+    if (!wait)
+      engine_deactivate (j->e);   /* Wakes workers waiting to claim. */
+    pthread_join (j->controller, NULL);
+    j->have_controller = false;
+  }
+  else if (!j->finished)
+    conclude (j, !wait);
+
+  pthread_mutex_lock (&j->lock);
+  state = j->state;
+  pthread_mutex_unlock (&j->lock);
+  return state;
+}
+
+void
+job_free (struct job *j)
+{
+  if (j == NULL)
+    return;
+  pthread_mutex_destroy (&j->lock);
+  pthread_cond_destroy (&j->done_cond);
+  free (j->status_path);
+  free (j->error);
+  free (j);
+}
