@@ -50,6 +50,7 @@ compressed () {
     qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 -o cluster_size=4K top.qcow2
     cp base.raw model.raw
     write_one top.qcow2 model.raw 22
+    map_matches top.qcow2 "$size" 4096
     # The backing file is untouched.
     run -0 qemu-img compare base.qcow2 base.raw
 }

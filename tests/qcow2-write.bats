@@ -37,6 +37,9 @@ fresh () {
     write_one "$img" "$model" 1
     # And again over the now well-used image.
     write_one "$img" "$model" 2
+    # Extents over what we wrote (zero flags, unmapped clusters) agree
+    # with qemu-img map.
+    map_matches "$img" $((8 * 1024 * 1024)) 65536
 }
 
 @test "qcow2: random writes, 4K clusters, compat 0.10" {
