@@ -90,7 +90,8 @@ allocated_bytes () { echo $(( $(stat -c %b "$1") * $(stat -c %B "$1") )); }
 # random data in scattered 192 KiB runs at unaligned offsets, holes
 # elsewhere, and an all-zero but allocated run.
 make_disk () {
-    local f="$1" size="$2" seed="${3:-1}"
+    local f="$1" size seed="${3:-1}"
+    size="$(numfmt --from=iec "$2")"
     rm -f "$f"
     truncate -s "$size" "$f"
     awk -v size="$size" -v seed="$seed" 'BEGIN {
@@ -105,3 +106,6 @@ make_disk () {
     done
     dd if=/dev/zero of="$f" bs=65536 seek=3 count=2 conv=notrunc status=none
 }
+
+# wait_for_job STATUS-FILE: see tests/wait-for-job.
+wait_for_job () { "$abs_top_srcdir/tests/wait-for-job" "$@"; }

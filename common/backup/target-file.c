@@ -19,6 +19,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <libgen.h>
 #include <linux/falloc.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -181,6 +182,26 @@ target_file_check (const char *param, const char *path, const char *source)
   }
   else if (errno != ENOENT) {
     nbdkit_error ("%s: %s: %m", param, path);
+    return -1;
+  }
+  else {
+    /* It will be created: its directory must let us. */
+    CLEANUP_FREE char *copy = strdup (path);
+    if (copy == NULL) {
+      nbdkit_error ("strdup: %m");
+      return -1;
+    }
+    if (access (dirname (copy), W_OK | X_OK) == -1) {
+      nbdkit_error ("%s: cannot create %s: %m", param, path);
+      return -1;
+    }
+  }
+  /* When the source is a known file, its size is known now too. */
+  if (source && stat (path, &st) == 0 && stat (source, &sst) == 0 &&
+      st.st_size != sst.st_size) {
+    nbdkit_error ("%s: %s is %" PRIu64 " bytes but the disk is %" PRIu64
+                  " bytes", param, path, (uint64_t) st.st_size,
+                  (uint64_t) sst.st_size);
     return -1;
   }
   return 0;

@@ -1,0 +1,123 @@
+#!/usr/bin/env bats
+# nbdkit-backup
+# Copyright (C) 2026 the nbdkit-backup authors.  BSD-3-Clause.
+#
+# Every bad cbw parameter stops the server at start with a message
+# that names the parameter.
+
+load helpers
+
+setup () {
+    cbw="$(filter_path cbw)"
+    disk="$BATS_TEST_TMPDIR/disk.img"
+    truncate -s 1M "$disk"
+}
+
+# refused MESSAGE ARGS...: nbdkit with cbw and ARGS must fail at start
+# and print MESSAGE.
+refused () {
+    local msg="$1"; shift
+    run ! nbdkit -U - --filter="$cbw" "$@" --run 'echo SERVED'
+    echo "$output"
+    [[ "$output" == *"$msg"* ]]
+    [[ "$output" != *SERVED* ]]
+}
+
+@test "cbw-params: missing target" {
+    refused "cbw-target parameter was not set" file "$disk"
+}
+
+@test "cbw-params: target is the source disk" {
+    refused "cbw-target: $disk is the source disk itself" \
+        file "$disk" cbw-target="$disk"
+}
+
+@test "cbw-params: target is the source through another name" {
+    ln -s "$disk" "$BATS_TEST_TMPDIR/link.img"
+    refused "is the source disk itself" \
+        file "$disk" cbw-target="$BATS_TEST_TMPDIR/link.img"
+}
+
+@test "cbw-params: target is a directory" {
+    refused "cbw-target: $BATS_TEST_TMPDIR: not a regular file" \
+        file "$disk" cbw-target="$BATS_TEST_TMPDIR"
+}
+
+@test "cbw-params: existing target of the wrong size" {
+    truncate -s 2M "$BATS_TEST_TMPDIR/t.img"
+    refused "cbw-target: $BATS_TEST_TMPDIR/t.img is 2097152 bytes but the disk is 1048576 bytes" \
+        file "$disk" cbw-target="$BATS_TEST_TMPDIR/t.img"
+    # Refused, and left alone.
+    [ "$(stat -c %s "$BATS_TEST_TMPDIR/t.img")" = 2097152 ]
+    [ ! -e "$BATS_TEST_TMPDIR/t.img.incomplete" ]
+}
+
+@test "cbw-params: existing target of the wrong size, plugin size known late" {
+    # The memory plugin's size is only known once the server has
+    # started; nbdkit must still exit at start with the message.
+    truncate -s 2M "$BATS_TEST_TMPDIR/t.img"
+    sock="$(new_socket)"
+    run ! timeout 60 nbdkit -f -U "$sock" --filter="$cbw" memory 1M \
+        cbw-target="$BATS_TEST_TMPDIR/t.img"
+    rm -f "$sock"
+    echo "$output"
+    [ "$status" -eq 1 ]
+    [[ "$output" == *"cbw-target: $BATS_TEST_TMPDIR/t.img is 2097152 bytes but the disk is 1048576 bytes"* ]]
+    [ -e "$BATS_TEST_TMPDIR/t.img" ]
+    [ ! -e "$BATS_TEST_TMPDIR/t.img.incomplete" ]
+}
+
+@test "cbw-params: target in a missing directory" {
+    refused "cbw-target: cannot create $BATS_TEST_TMPDIR/no/such/t.img: No such file or directory" \
+        file "$disk" cbw-target="$BATS_TEST_TMPDIR/no/such/t.img"
+}
+
+@test "cbw-params: bad cluster sizes" {
+    local t="cbw-target=$BATS_TEST_TMPDIR/t.img"
+    for s in 1000 2K 32M 3M 0; do
+        refused "cbw-cluster-size: '$s' must be a power of two from 4K to 16M" \
+            memory 1M "$t" cbw-cluster-size="$s"
+    done
+    refused "could not parse size string (abc)" memory 1M "$t" cbw-cluster-size=abc
+}
+
+@test "cbw-params: unknown sync mode" {
+    refused "cbw-sync: unknown sync mode 'sometimes' (expecting full or none)" \
+        memory 1M cbw-target="$BATS_TEST_TMPDIR/t.img" cbw-sync=sometimes
+}
+
+@test "cbw-params: unwritable status path" {
+    refused "cbw-status: cannot write $BATS_TEST_TMPDIR/nodir/status.json" \
+        memory 1M cbw-target="$BATS_TEST_TMPDIR/t.img" \
+        cbw-status="$BATS_TEST_TMPDIR/nodir/status.json"
+}
+
+@test "cbw-params: status path is the target" {
+    refused "cbw-status: must not be the target file" \
+        memory 1M cbw-target="$BATS_TEST_TMPDIR/t.img" \
+        cbw-status="$BATS_TEST_TMPDIR/t.img"
+}
+
+@test "cbw-params: bad worker counts" {
+    refused "cbw-workers: '0' must be from 1 to 64" \
+        memory 1M cbw-target="$BATS_TEST_TMPDIR/t.img" cbw-workers=0
+    refused "cbw-workers: '65' must be from 1 to 64" \
+        memory 1M cbw-target="$BATS_TEST_TMPDIR/t.img" cbw-workers=65
+    refused "cbw-workers" \
+        memory 1M cbw-target="$BATS_TEST_TMPDIR/t.img" cbw-workers=many
+}
+
+@test "cbw-params: unknown exit and error policies" {
+    refused "cbw-on-exit: unknown value 'later' (expecting finish or cancel)" \
+        memory 1M cbw-target="$BATS_TEST_TMPDIR/t.img" cbw-on-exit=later
+    refused "cbw-on-error: unknown policy 'ignore' (expecting break-snapshot or fail-write)" \
+        memory 1M cbw-target="$BATS_TEST_TMPDIR/t.img" cbw-on-error=ignore
+}
+
+@test "cbw-params: help lists every parameter" {
+    run -0 nbdkit --filter="$cbw" memory --help
+    for k in cbw-target cbw-sync cbw-cluster-size cbw-status cbw-workers \
+             cbw-on-exit cbw-on-error; do
+        [[ "$output" == *"$k="* ]]
+    done
+}
