@@ -21,7 +21,7 @@ packages=(
     autoconf automake libtool pkg-config make gcc perl
     nbdkit nbdkit-plugin-dev libnbd-dev libnbd-bin
     zlib1g-dev libzstd-dev libjson-c-dev
-    bats qemu-utils qemu-system-common
+    bats qemu-utils qemu-system-common socat jq
     clang libclang-rt-14-dev
 )
 

@@ -21,6 +21,7 @@ struct entry {
   char *kind;           /* "filter" for loaded filters. */
   char *name;
   void *obj;
+  registry_describe_fn *describe;
 };
 
 /* This lock protects the list. */
@@ -39,7 +40,8 @@ lookup (const char *kind, const char *name)
 }
 
 static int
-add (const char *kind, const char *name, void *obj, bool unique)
+add (const char *kind, const char *name, void *obj,
+     registry_describe_fn *describe, bool unique)
 {
   struct entry *e, **pp;
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
@@ -60,6 +62,7 @@ add (const char *kind, const char *name, void *obj, bool unique)
     return -1;
   }
   e->obj = obj;
+  e->describe = describe;
   for (pp = &head; *pp; pp = &(*pp)->next)
     ;
   *pp = e;
@@ -88,7 +91,7 @@ remove_entry (const char *kind, const char *name)
 int
 registry_add_filter (const char *name)
 {
-  return add ("filter", name, NULL, false);
+  return add ("filter", name, NULL, NULL, false);
 }
 
 void
@@ -130,9 +133,10 @@ registry_list_filters (void)
 }
 
 int
-registry_add_object (const char *kind, const char *name, void *obj)
+registry_add_object (const char *kind, const char *name, void *obj,
+                     registry_describe_fn *describe)
 {
-  return add (kind, name, obj, true);
+  return add (kind, name, obj, describe, true);
 }
 
 void *
@@ -162,6 +166,20 @@ registry_foreach (const char *kind,
   for (e = head; e; e = e->next)
     if (strcmp (e->kind, kind) == 0)
       fn (e->name, e->obj, opaque);
+}
+
+void
+registry_foreach_described (const char *kind,
+                            void (*fn) (const char *name, void *obj,
+                                        void *describe, void *opaque),
+                            void *opaque)
+{
+  struct entry *e;
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+
+  for (e = head; e; e = e->next)
+    if (strcmp (e->kind, kind) == 0)
+      fn (e->name, e->obj, (void *) e->describe, opaque);
 }
 
 const void *

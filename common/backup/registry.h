@@ -29,11 +29,18 @@ extern bool registry_has_filter (const char *name);
  */
 extern char *registry_list_filters (void);
 
-/* Add a named object of a kind ("job", "snapshot", "bitmap").
- * Returns 0, or -1 with nbdkit_error called if the name is taken.
+/* How an object describes itself to the control socket's queries: a
+ * new json_object (json-c), or NULL.
+ */
+struct json_object;
+typedef struct json_object *registry_describe_fn (void *obj);
+
+/* Add a named object of a kind ("job", "snapshot", "bitmap"), with an
+ * optional describe function.  Returns 0, or -1 with nbdkit_error
+ * called if the name is taken.
  */
 extern int registry_add_object (const char *kind, const char *name,
-                                void *obj);
+                                void *obj, registry_describe_fn *describe);
 
 /* The object, or NULL. */
 extern void *registry_find_object (const char *kind, const char *name);
@@ -48,6 +55,14 @@ extern void registry_foreach (const char *kind,
                               void (*fn) (const char *name, void *obj,
                                           void *opaque),
                               void *opaque);
+
+/* The same, also passing each object's describe function. */
+extern void registry_foreach_described (const char *kind,
+                                        void (*fn) (const char *name,
+                                                    void *obj,
+                                                    void *describe,
+                                                    void *opaque),
+                                        void *opaque);
 
 /* The address of the registry's state: equal in every filter of one
  * process, which the tests use to prove there is only one.

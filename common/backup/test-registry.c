@@ -44,10 +44,10 @@ test_registry (void)
   assert (s && strcmp (s, "fleece") == 0);
   free (s);
 
-  assert (registry_add_object ("bitmap", "b0", &a) == 0);
-  assert (registry_add_object ("bitmap", "b1", &b) == 0);
-  assert (registry_add_object ("job", "b0", &b) == 0); /* other kind */
-  assert (registry_add_object ("bitmap", "b0", &b) == -1);
+  assert (registry_add_object ("bitmap", "b0", &a, NULL) == 0);
+  assert (registry_add_object ("bitmap", "b1", &b, NULL) == 0);
+  assert (registry_add_object ("job", "b0", &b, NULL) == 0); /* other kind */
+  assert (registry_add_object ("bitmap", "b0", &b, NULL) == -1);
   assert (registry_find_object ("bitmap", "b0") == &a);
   assert (registry_find_object ("bitmap", "nope") == NULL);
   registry_foreach ("bitmap", count_fn, &n);

@@ -15,6 +15,8 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 
 #include "nbdkit-stubs.h"
 
@@ -62,4 +64,26 @@ nbdkit_debug (const char *fs, ...)
   nbdkit_vdebug (fs, args);
   va_end (args);
   errno = saved;
+}
+
+char *
+nbdkit_absolute_path (const char *path)
+{
+  char *cwd, *r;
+
+  if (path == NULL || *path == '\0') {
+    nbdkit_error ("cannot convert null or empty path to an absolute path");
+    return NULL;
+  }
+  if (*path == '/')
+    return strdup (path);
+  cwd = getcwd (NULL, 0);
+  if (cwd == NULL) {
+    nbdkit_error ("getcwd: %m");
+    return NULL;
+  }
+  if (asprintf (&r, "%s/%s", cwd, path) == -1)
+    r = NULL;
+  free (cwd);
+  return r;
 }

@@ -19,5 +19,6 @@ extern void nbdkit_verror (const char *fs, va_list args);
 extern void nbdkit_debug (const char *fs, ...)
   __attribute__ ((format (printf, 1, 2)));
 extern void nbdkit_vdebug (const char *fs, va_list args);
+extern char *nbdkit_absolute_path (const char *path);
 
 #endif /* NBDKIT_BACKUP_NBDKIT_STUBS_H */
