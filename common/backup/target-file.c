@@ -127,15 +127,7 @@ file_finish (struct target *t, bool complete)
     return 0;                   /* Stays at PATH.incomplete. */
   if (file_flush (t) == -1)
     return -1;
-  if (rename (t->working_name, t->name) == -1) {
-    nbdkit_error ("rename %s to %s: %m", t->working_name, t->name);
-    return -1;
-  }
-  if (fsync_parent_dir (t->name) == -1) {
-    nbdkit_error ("%s: fsync of directory: %m", t->name);
-    return -1;
-  }
-  return 0;
+  return target_publish (t);
 }
 
 static void
@@ -151,7 +143,7 @@ file_close (struct target *t)
 }
 
 static const struct target_ops file_ops = {
-  .kind   = "file",
+  .kind   = "raw",
   .pwrite = file_pwrite,
   .zero   = file_zero,
   .pread  = file_pread,
@@ -223,12 +215,8 @@ target_file_open (const char *param, const char *path, uint64_t size)
   ft->t.ops = &file_ops;
   ft->t.size = size;
   ft->can_punch = true;
-  if ((ft->t.name = strdup (path)) == NULL ||
-      asprintf (&ft->t.working_name, "%s.incomplete", path) == -1) {
-    nbdkit_error ("malloc: %m");
-    ft->t.working_name = NULL;
+  if (target_set_names (&ft->t, path) == -1)
     goto err;
-  }
 
   existed = stat (path, &st) == 0;
   if (existed) {
@@ -242,11 +230,8 @@ target_file_open (const char *param, const char *path, uint64_t size)
       goto err;
     }
     /* Unpublish it: from now on it is a backup in progress. */
-    if (rename (path, ft->t.working_name) == -1) {
-      nbdkit_error ("%s: rename %s to %s: %m", param, path,
-                    ft->t.working_name);
+    if (target_unpublish (param, &ft->t) == -1)
       goto err;
-    }
     ft->fd = open (ft->t.working_name, O_RDWR | O_CLOEXEC);
     ft->t.known_zero = false;
   }

@@ -4,12 +4,15 @@
  */
 
 /* Backup targets: where copied clusters go.  One interface for every
- * kind (raw file now; qcow2 and NBD URIs later), so the engine and
- * the job never care which.
+ * kind (raw file, qcow2 image, NBD URI), so the engine and the job
+ * never care which.
  *
  * A target that is not finished complete must never look complete:
- * each kind documents how (the raw file is written under
- * "PATH.incomplete" and renamed to PATH only when the job completes).
+ * each kind documents how.  Files (raw and qcow2) are written under
+ * "PATH.incomplete" and renamed to PATH only when the job completes
+ * (target_unpublish and target_publish below, one mechanism for
+ * both).  An NBD URI cannot be renamed: there the status file, the
+ * debug log and control-socket events are the only completion marker.
  */
 
 #ifndef NBDKIT_BACKUP_TARGET_H
@@ -71,5 +74,63 @@ extern int target_file_check (const char *param, const char *path,
  */
 extern struct target *target_file_open (const char *param, const char *path,
                                          uint64_t size);
+
+/* Kinds of target, chosen by cbw-target-format or the target's name. */
+enum target_format {
+  TARGET_AUTO = 0,              /* nbd URI by scheme, else qcow2 magic, else raw */
+  TARGET_RAW,
+  TARGET_QCOW2,
+  TARGET_NBD,
+};
+
+/* True if name is an NBD URI (nbd://, nbds://, nbd+unix://, ...). */
+extern bool target_is_nbd_uri (const char *name);
+
+/* True if path is an existing file starting with the qcow2 magic. */
+extern bool target_file_is_qcow2 (const char *path);
+
+/* Set t->name to path and t->working_name to "PATH.incomplete".
+ * 0 or -1 (reported).
+ */
+extern int target_set_names (struct target *t, const char *path);
+
+/* Unpublish an existing complete target: rename PATH to its working
+ * name, so that from now on it is a backup in progress.  0 or -1
+ * (reported, naming param).
+ */
+extern int target_unpublish (const char *param, struct target *t);
+
+/* Publish a complete, flushed target: rename the working name to
+ * PATH and sync the directory.  0 or -1 (reported).
+ */
+extern int target_publish (struct target *t);
+
+/* Options of a qcow2 target. */
+struct target_qcow2_options {
+  /* Backing file to store in a new image (NULL: none), and its
+   * format ("raw" or "qcow2"; NULL: probe the file).  A relative
+   * name is relative to the target's directory, as in qemu-img.
+   */
+  const char *backing;
+  const char *backing_format;
+  unsigned cluster_size;        /* for a new image: 512 .. 2M */
+};
+
+/* Open a qcow2 target.  A missing file is created (at
+ * PATH.incomplete) with the given backing file; an existing qcow2
+ * image must have the disk's size, is unpublished like a raw file,
+ * and keeps its own backing file.  NULL on error (reported, naming
+ * param).
+ */
+extern struct target *target_qcow2_open (const char *param, const char *path,
+                                          uint64_t size,
+                                          const struct target_qcow2_options *o);
+
+/* Open an NBD URI target with connections parallel connections (at
+ * least 1).  The export must be writable and exactly size bytes.
+ * NULL on error (reported, naming param).
+ */
+extern struct target *target_nbd_open (const char *param, const char *uri,
+                                        uint64_t size, unsigned connections);
 
 #endif /* NBDKIT_BACKUP_TARGET_H */

@@ -1,0 +1,98 @@
+/* nbdkit-backup
+ * Copyright (C) 2026 the nbdkit-backup authors.
+ * SPDX-License-Identifier: BSD-3-Clause
+ */
+
+/* What every kind of target shares: recognising a target's kind, and
+ * the publish-by-rename mechanism of file targets (raw and qcow2).
+ *
+ * A file target lives at "PATH.incomplete" while the job runs and is
+ * renamed to PATH only once complete and flushed; the directory is
+ * synced after each rename, so that after a crash either the old name
+ * or the new one is on disk, never a complete-looking half backup.
+ */
+
+#include <config.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <nbdkit-filter.h>
+
+#include "files.h"
+#include "target.h"
+
+bool
+target_is_nbd_uri (const char *name)
+{
+  static const char *const schemes[] = {
+    "nbd://", "nbds://", "nbd+unix://", "nbds+unix://",
+    "nbd+vsock://", "nbds+vsock://",
+  };
+  size_t i;
+
+  for (i = 0; i < sizeof schemes / sizeof schemes[0]; ++i)
+    if (strncmp (name, schemes[i], strlen (schemes[i])) == 0)
+      return true;
+  return false;
+}
+
+bool
+target_file_is_qcow2 (const char *path)
+{
+  unsigned char magic[4];
+  int fd = open (path, O_RDONLY | O_CLOEXEC);
+  ssize_t r;
+
+  if (fd == -1)
+    return false;
+  r = pread (fd, magic, sizeof magic, 0);
+  close (fd);
+  return r == sizeof magic && memcmp (magic, "QFI\xfb", 4) == 0;
+}
+
+int
+target_set_names (struct target *t, const char *path)
+{
+  if ((t->name = strdup (path)) == NULL ||
+      asprintf (&t->working_name, "%s.incomplete", path) == -1) {
+    nbdkit_error ("malloc: %m");
+    t->working_name = NULL;
+    return -1;
+  }
+  return 0;
+}
+
+int
+target_unpublish (const char *param, struct target *t)
+{
+  if (rename (t->name, t->working_name) == -1) {
+    nbdkit_error ("%s: rename %s to %s: %m", param, t->name,
+                  t->working_name);
+    return -1;
+  }
+  if (fsync_parent_dir (t->name) == -1) {
+    nbdkit_error ("%s: %s: fsync of directory: %m", param, t->name);
+    return -1;
+  }
+  return 0;
+}
+
+int
+target_publish (struct target *t)
+{
+  if (rename (t->working_name, t->name) == -1) {
+    nbdkit_error ("rename %s to %s: %m", t->working_name, t->name);
+    return -1;
+  }
+  if (fsync_parent_dir (t->name) == -1) {
+    nbdkit_error ("%s: fsync of directory: %m", t->name);
+    return -1;
+  }
+  return 0;
+}
