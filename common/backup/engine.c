@@ -24,6 +24,35 @@
  * Waiters are woken by one broadcast per state change; that is cheap
  * because waits are rare (only same-cluster races).
  *
+ * The copy timeout (engine_set_copy_timeout, cbw-copy-timeout): a
+ * write waits at most that long in copy-before-write, counting both
+ * its own copies and waits for other people's copies of its clusters.
+ * A writer with a deadline reads the source itself (its next context
+ * is only valid during its request), then hands the buffer to a
+ * detached helper thread that writes the target and finishes the
+ * claim; the writer waits for it on the condition variable with the
+ * deadline.  If the deadline passes:
+ *
+ *  - break-snapshot: the snapshot is broken under the lock (active
+ *    becomes false, the job fails) and the write goes on.  The
+ *    helper may still finish later and mark its clusters COPIED; that
+ *    is harmless, because a broken snapshot is never published and
+ *    nothing reads it.
+ *  - fail-write: the write fails with EIO and nothing else changes.
+ *    The clusters stay COPYING while the helper's target write is in
+ *    flight, so no later write can reach them either (it too waits,
+ *    and times out); when the helper ends they become COPIED (its
+ *    data was read before any write could go down, so it is the
+ *    point-in-time data) or PENDING again (a failed write, retried by
+ *    whoever claims them next).  The snapshot stays exact.
+ *
+ * The helper owns its buffer; the task is freed by whichever of the
+ * writer and the helper lets go of it last.  Helpers are capped
+ * (MAX_HELPERS): with all of them stuck on a hung target, a new
+ * timed copy fails at once, under the policy.  Every claimed run is
+ * counted in in_flight until finished, so the job can wait for all
+ * of them (engine_quiesce) before it finishes or closes the target.
+ *
  * Deliberately not done: partial-cluster copies (a write of one byte
  * copies the whole cluster, as QEMU does), and per-cluster wait
  * queues (one condition variable is simpler and waits are rare).
@@ -36,6 +65,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <nbdkit-filter.h>
 
@@ -67,7 +97,14 @@ engine_new (const char *name, uint64_t size, unsigned cluster_size,
   e->on_error = on_error;
   atomic_init (&e->active, false);
   pthread_mutex_init (&e->lock, NULL);
-  pthread_cond_init (&e->cond, NULL);
+  {
+    /* Timed waits (the copy timeout) measure monotonic time. */
+    pthread_condattr_t attr;
+    pthread_condattr_init (&attr);
+    pthread_condattr_setclock (&attr, CLOCK_MONOTONIC);
+    pthread_cond_init (&e->cond, &attr);
+    pthread_condattr_destroy (&attr);
+  }
   bitmap_init (&e->state, cluster_size, 2);
   if (bitmap_resize (&e->state, size) == -1) {
     engine_free (e);
@@ -81,11 +118,31 @@ engine_free (struct engine *e)
 {
   if (e == NULL)
     return;
+  /* Timed copy helpers may outlive their writers: wait for them. */
+  pthread_mutex_lock (&e->lock);
+  while (e->helpers > 0)
+    pthread_cond_wait (&e->cond, &e->lock);
+  pthread_mutex_unlock (&e->lock);
   bitmap_free (&e->state);
   pthread_mutex_destroy (&e->lock);
   pthread_cond_destroy (&e->cond);
   free (e->error);
   free (e);
+}
+
+void
+engine_set_copy_timeout (struct engine *e, double seconds)
+{
+  e->copy_timeout = seconds > 0 ? seconds : 0;
+}
+
+void
+engine_quiesce (struct engine *e)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&e->lock);
+
+  while (e->in_flight > 0)
+    pthread_cond_wait (&e->cond, &e->lock);
 }
 
 void
@@ -155,8 +212,37 @@ claim_run_locked (struct engine *e, uint64_t c0, uint64_t c1, uint64_t max,
     return 0;
   b = bitmap_find_not (&e->state, a, MIN (c1, a + max), CLUSTER_PENDING);
   bitmap_set_range (&e->state, a, b, CLUSTER_COPYING);
+  e->in_flight++;
   *first = a;
   return b - a;
+}
+
+/* Outcomes of a timed copy. */
+#define COPY_TIMED_OUT (-2)
+
+static int timed_copy (struct engine *e, nbdkit_next *next, uint64_t first,
+                       uint64_t n, const struct timespec *deadline);
+
+/* A write's copy-before-write ran out of time.  Lock held.  Returns
+ * true if the write must fail (fail-write), after breaking the
+ * snapshot otherwise.
+ */
+static bool
+timed_out_locked (struct engine *e)
+{
+  char msg[128];
+
+  e->stats.copy_timeouts++;
+  if (e->on_error == CBW_FAIL_WRITE && !e->broken) {
+    e->stats.writes_failed++;
+    nbdkit_error ("%s: copy-before-write took longer than %g s: "
+                  "failing the write", e->name, e->copy_timeout);
+    return true;
+  }
+  snprintf (msg, sizeof msg,
+            "copy-before-write took longer than %g s", e->copy_timeout);
+  break_locked (e, msg);
+  return false;
 }
 
 int
@@ -169,10 +255,26 @@ engine_before_write (struct engine *e, nbdkit_next *next,
    */
   const uint64_t max_run = MAX (1, (4 * 1024 * 1024) >> e->cluster_bits);
 
+  struct timespec deadline;
+  bool timed;
+
   if (!atomic_load (&e->active) || count == 0)
     return 0;
   c0 = offset >> e->cluster_bits;
   c1 = MIN (((offset + count - 1) >> e->cluster_bits) + 1, e->nr_clusters);
+
+  timed = e->copy_timeout > 0;
+  if (timed) {
+    time_t whole = (time_t) e->copy_timeout;
+
+    clock_gettime (CLOCK_MONOTONIC, &deadline);
+    deadline.tv_sec += whole;
+    deadline.tv_nsec += (long) ((e->copy_timeout - whole) * 1e9);
+    if (deadline.tv_nsec >= 1000000000) {
+      deadline.tv_sec++;
+      deadline.tv_nsec -= 1000000000;
+    }
+  }
 
   pthread_mutex_lock (&e->lock);
   for (;;) {
@@ -183,24 +285,44 @@ engine_before_write (struct engine *e, nbdkit_next *next,
       int r;
 
       pthread_mutex_unlock (&e->lock);
-      r = engine_copy (e, next, first, n, false, true);
+      if (timed)
+        r = timed_copy (e, next, first, n, &deadline);
+      else
+        r = engine_copy (e, next, first, n, false, true);
       pthread_mutex_lock (&e->lock);
+      if (r == COPY_TIMED_OUT) {
+        if (timed_out_locked (e))
+          goto fail;
+        continue;               /* Broken: the write goes on. */
+      }
       if (r == -1 && e->on_error == CBW_FAIL_WRITE && !e->broken) {
-        pthread_mutex_unlock (&e->lock);
-        *err = EIO;
-        return -1;
+        e->stats.writes_failed++;
+        goto fail;
       }
       continue;
     }
     /* Nothing left to claim; wait for other people's copies. */
     if (bitmap_find (&e->state, c0, c1, CLUSTER_COPYING) < c1) {
-      pthread_cond_wait (&e->cond, &e->lock);
+      if (!timed)
+        pthread_cond_wait (&e->cond, &e->lock);
+      else if (pthread_cond_timedwait (&e->cond, &e->lock,
+                                       &deadline) == ETIMEDOUT &&
+               atomic_load (&e->active) &&
+               bitmap_find (&e->state, c0, c1, CLUSTER_COPYING) < c1) {
+        if (timed_out_locked (e))
+          goto fail;
+      }
       continue;
     }
     break;
   }
   pthread_mutex_unlock (&e->lock);
   return 0;
+
+ fail:
+  pthread_mutex_unlock (&e->lock);
+  *err = EIO;
+  return -1;
 }
 
 uint64_t
@@ -236,6 +358,7 @@ finish_claim (struct engine *e, uint64_t first, uint64_t n, bool ok,
 {
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&e->lock);
 
+  e->in_flight--;
   if (ok) {
     bitmap_set_range (&e->state, first, first + n, CLUSTER_COPIED);
     e->pending -= n;
@@ -292,6 +415,17 @@ store (struct engine *e, const char *buf, uint64_t offset, uint64_t len,
 int
 engine_copy (struct engine *e, nbdkit_next *next, uint64_t first,
              uint64_t n, bool use_extents, bool by_write)
+{
+  uint64_t read_bytes = 0;
+
+  return engine_copy_counted (e, next, first, n, use_extents, by_write,
+                              &read_bytes);
+}
+
+int
+engine_copy_counted (struct engine *e, nbdkit_next *next, uint64_t first,
+                     uint64_t n, bool use_extents, bool by_write,
+                     uint64_t *read_bytes)
 {
   uint64_t offset = first << e->cluster_bits;
   uint64_t len = MIN (n << e->cluster_bits, e->size - offset);
@@ -353,6 +487,7 @@ engine_copy (struct engine *e, nbdkit_next *next, uint64_t first,
                   offset + pos, strerror (err ? err : EIO));
         goto out;
       }
+      *read_bytes += run;
       if (store (e, buf + pos, offset + pos, run, &data, &zero) == -1) {
         snprintf (failure, sizeof failure,
                   "writing the target at offset %" PRIu64 " failed: %s",
@@ -371,6 +506,147 @@ engine_copy (struct engine *e, nbdkit_next *next, uint64_t first,
     nbdkit_error ("%s: %s", e->name, failure);
   finish_claim (e, first, n, ok, data, zero, by_write, failure);
   return ok ? 0 : -1;
+}
+
+/* Copy-before-write with a deadline (see the notes at the top). */
+#define MAX_HELPERS 64
+
+struct timed_task {
+  struct engine *e;
+  uint64_t first, n, offset, len;
+  char *buf;
+  /* Protected by the engine's lock. */
+  bool done;
+  int result;
+  unsigned refs;
+};
+
+/* Drop a reference.  Lock held. */
+static void
+task_unref_locked (struct timed_task *t)
+{
+  if (--t->refs == 0) {
+    free (t->buf);
+    free (t);
+  }
+}
+
+static void *
+timed_helper (void *vp)
+{
+  struct timed_task *t = vp;
+  struct engine *e = t->e;
+  uint64_t data = 0, zero = 0;
+  char failure[256] = "";
+  bool ok;
+
+  ok = store (e, t->buf, t->offset, t->len, &data, &zero) == 0;
+  if (!ok) {
+    snprintf (failure, sizeof failure,
+              "writing the target at offset %" PRIu64 " failed: %s",
+              t->offset, strerror (errno));
+    nbdkit_error ("%s: %s", e->name, failure);
+  }
+  finish_claim (e, t->first, t->n, ok, data, zero, true, failure);
+
+  pthread_mutex_lock (&e->lock);
+  t->done = true;
+  t->result = ok ? 0 : -1;
+  task_unref_locked (t);
+  e->helpers--;
+  pthread_cond_broadcast (&e->cond);
+  pthread_mutex_unlock (&e->lock);
+  return NULL;
+}
+
+/* Copy claimed clusters [first, first+n) before a write, giving up at
+ * deadline.  0, -1 (failed: finished as engine_copy does), or
+ * COPY_TIMED_OUT (the copy may still be in flight: its helper will
+ * finish the claim).
+ */
+static int
+timed_copy (struct engine *e, nbdkit_next *next, uint64_t first,
+            uint64_t n, const struct timespec *deadline)
+{
+  struct timed_task *t;
+  char failure[256] = "";
+  pthread_attr_t attr;
+  pthread_t tid;
+  int err = 0, r;
+
+  t = calloc (1, sizeof *t);
+  if (t == NULL) {
+    snprintf (failure, sizeof failure, "calloc: %s", strerror (errno));
+    goto failed;
+  }
+  t->e = e;
+  t->first = first;
+  t->n = n;
+  t->offset = first << e->cluster_bits;
+  t->len = MIN (n << e->cluster_bits, e->size - t->offset);
+  t->refs = 2;
+  t->buf = malloc (t->len);
+  if (t->buf == NULL) {
+    snprintf (failure, sizeof failure, "malloc: %s", strerror (errno));
+    goto failed;
+  }
+  if (backup_debug_engine)
+    nbdkit_debug ("%s: copy clusters %" PRIu64 "+%" PRIu64
+                  " (before write, timed)", e->name, first, n);
+  if (next->pread (next, t->buf, t->len, t->offset, 0, &err) == -1) {
+    snprintf (failure, sizeof failure,
+              "reading the source at offset %" PRIu64 " failed: %s",
+              t->offset, strerror (err ? err : EIO));
+    goto failed;
+  }
+
+  pthread_mutex_lock (&e->lock);
+  if (e->helpers >= MAX_HELPERS) {
+    /* Every helper is stuck on the target: this one would be too. */
+    pthread_mutex_unlock (&e->lock);
+    free (t->buf);
+    free (t);
+    finish_claim (e, first, n, false, 0, 0, true,
+                  "copy-before-write: too many copies stuck on the target");
+    return COPY_TIMED_OUT;      /* As it would be, in a moment. */
+  }
+  e->helpers++;
+  pthread_mutex_unlock (&e->lock);
+
+  pthread_attr_init (&attr);
+  pthread_attr_setdetachstate (&attr, PTHREAD_CREATE_DETACHED);
+  r = pthread_create (&tid, &attr, timed_helper, t);
+  pthread_attr_destroy (&attr);
+  if (r != 0) {
+    pthread_mutex_lock (&e->lock);
+    e->helpers--;
+    pthread_mutex_unlock (&e->lock);
+    snprintf (failure, sizeof failure, "pthread_create: %s", strerror (r));
+    goto failed;
+  }
+
+  pthread_mutex_lock (&e->lock);
+  while (!t->done) {
+    if (pthread_cond_timedwait (&e->cond, &e->lock, deadline) == ETIMEDOUT &&
+        !t->done) {
+      task_unref_locked (t);    /* The helper frees it. */
+      pthread_mutex_unlock (&e->lock);
+      return COPY_TIMED_OUT;
+    }
+  }
+  r = t->result;
+  task_unref_locked (t);
+  pthread_mutex_unlock (&e->lock);
+  return r;
+
+ failed:
+  if (t) {
+    free (t->buf);
+    free (t);
+  }
+  nbdkit_error ("%s: %s", e->name, failure);
+  finish_claim (e, first, n, false, 0, 0, true, failure);
+  return -1;
 }
 
 void

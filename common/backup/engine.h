@@ -43,6 +43,8 @@ struct engine_stats {
   uint64_t bytes_copied;        /* Data written to the target. */
   uint64_t bytes_zero;          /* Zero clusters (no data written). */
   uint64_t bytes_by_writes;     /* Of both, copied before writes. */
+  uint64_t writes_failed;       /* Writes failed with EIO (fail-write). */
+  uint64_t copy_timeouts;       /* Copy-before-writes that timed out. */
 };
 
 struct engine {
@@ -54,6 +56,10 @@ struct engine {
   struct target *target;
   enum cbw_on_error on_error;
   const char *name;             /* For messages: "cbw", "fleece". */
+  /* Longest a write waits for copy-before-write, in seconds (0: no
+   * limit).  Set by engine_set_copy_timeout before activating.
+   */
+  double copy_timeout;
 
   /* True while clusters are protected.  Read without the lock on the
    * write fast path; it only becomes true while no write is in flight
@@ -69,6 +75,8 @@ struct engine {
   bool broken;                  /* A copy failed under break-snapshot. */
   char *error;                  /* First error message, if broken. */
   struct engine_stats stats;
+  unsigned in_flight;           /* Claimed runs not yet finished. */
+  unsigned helpers;             /* Timed copy threads running. */
 };
 
 /* A new engine for a disk of size bytes, copying to target (which the
@@ -82,8 +90,21 @@ extern struct engine *engine_new (const char *name, uint64_t size,
 /* Log every copy (set from a filter's -D <name>.engine=1). */
 extern int backup_debug_engine;
 
-/* Free the engine (after every user has stopped). */
+/* Free the engine (after every user has stopped; waits for timed
+ * copies still in flight).
+ */
 extern void engine_free (struct engine *e);
+
+/* Bound the time a write waits in copy-before-write (0: no bound).
+ * A copy that takes longer counts as a target failure under the
+ * policy.  Call before activating.
+ */
+extern void engine_set_copy_timeout (struct engine *e, double seconds);
+
+/* Wait until no claimed copy is in flight (call after deactivating,
+ * before finishing or closing the target).
+ */
+extern void engine_quiesce (struct engine *e);
 
 /* Protect clusters [first, end) (the snapshot instant for them).
  * Call before activating, or with the write gate closed.
@@ -123,6 +144,14 @@ extern uint64_t engine_claim (struct engine *e, uint64_t *cursor,
 extern int engine_copy (struct engine *e, nbdkit_next *next,
                         uint64_t first, uint64_t n, bool use_extents,
                         bool by_write);
+
+/* engine_copy, also adding to *read_bytes what it read from the
+ * source (for the job's speed limit).
+ */
+extern int engine_copy_counted (struct engine *e, nbdkit_next *next,
+                                uint64_t first, uint64_t n,
+                                bool use_extents, bool by_write,
+                                uint64_t *read_bytes);
 
 /* Snapshot of counters and state under the lock. */
 extern void engine_get_stats (struct engine *e, struct engine_stats *stats,

@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <json-c/json.h>
 
@@ -109,6 +110,8 @@ job_write_status (struct job *j)
   json_object_object_add (o, "sync", json_object_new_string (j->p.sync));
   json_object_object_add (o, "target",
                           json_object_new_string (j->e->target->name));
+  json_object_object_add (o, "target_format",
+                          json_object_new_string (j->e->target->ops->kind));
   json_object_object_add (o, "target_in_progress",
                           j->e->target->working_name && state != JOB_COMPLETED
                           ? json_object_new_string (j->e->target->working_name)
@@ -131,6 +134,20 @@ job_write_status (struct job *j)
                           json_object_new_double (elapsed > 0
                                                   ? done / elapsed / 1048576
                                                   : 0));
+  json_object_object_add (o, "speed_limit",
+                          json_object_new_int64 (j->speed));
+  json_object_object_add (o, "workers",
+                          json_object_new_int64 (j->p.background_copy
+                                                 ? j->p.workers : 0));
+  json_object_object_add (o, "on_error",
+                          json_object_new_string (j->e->on_error ==
+                                                  CBW_FAIL_WRITE
+                                                  ? "fail-write"
+                                                  : "break-snapshot"));
+  json_object_object_add (o, "writes_failed",
+                          json_object_new_int64 (st.writes_failed));
+  json_object_object_add (o, "copy_timeouts",
+                          json_object_new_int64 (st.copy_timeouts));
   json_object_object_add (o, "error",
                           j->error ? json_object_new_string (j->error)
                           : eerr ? json_object_new_string (eerr) : NULL);
@@ -158,11 +175,62 @@ maybe_write_status (struct job *j)
     job_write_status (j);
 }
 
-static bool
-cancelled (struct job *j)
+void
+job_set_speed (struct job *j, uint64_t bytes_per_sec)
 {
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&j->lock);
-  return j->cancel;
+
+  j->speed = bytes_per_sec;
+  /* Forget debt run up at the old speed: the new one starts now. */
+  j->next_slot = monotonic_seconds ();
+  pthread_cond_broadcast (&j->throttle_cond);
+  nbdkit_debug ("%s: job speed limit %" PRIu64 " bytes/s", j->p.name,
+                bytes_per_sec);
+}
+
+/* Sleep until the speed limit lets the job read again.  False if the
+ * job was cancelled meanwhile.
+ */
+static bool
+throttle_wait (struct job *j)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&j->lock);
+
+  for (;;) {
+    double now = monotonic_seconds (), wait;
+    struct timespec ts;
+
+    if (j->cancel)
+      return false;
+    if (j->speed == 0 || j->next_slot <= now)
+      return true;
+    wait = MIN (j->next_slot - now, 1.0);
+    clock_gettime (CLOCK_MONOTONIC, &ts);
+    ts.tv_sec += (time_t) wait;
+    ts.tv_nsec += (long) ((wait - (time_t) wait) * 1e9);
+    if (ts.tv_nsec >= 1000000000) {
+      ts.tv_sec++;
+      ts.tv_nsec -= 1000000000;
+    }
+    pthread_cond_timedwait (&j->throttle_cond, &j->lock, &ts);
+  }
+}
+
+/* Pay for bytes read under the speed limit.  A burst of at most one
+ * chunk per worker is allowed after an idle spell, no more.
+ */
+static void
+throttle_pay (struct job *j, uint64_t bytes)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&j->lock);
+  double now = monotonic_seconds ();
+  double burst = (double) JOB_CHUNK * j->p.workers;
+
+  if (j->speed == 0 || bytes == 0)
+    return;
+  if (j->next_slot < now - burst / j->speed)
+    j->next_slot = now - burst / j->speed;
+  j->next_slot += (double) bytes / j->speed;
 }
 
 static void *
@@ -172,9 +240,14 @@ worker (void *vp)
   uint64_t chunk = MAX (1, JOB_CHUNK >> j->e->cluster_bits);
   uint64_t first, n;
 
-  while (!cancelled (j) &&
+  while (throttle_wait (j) &&
          (n = engine_claim (j->e, &j->cursor, chunk, &first, true)) > 0) {
-    if (engine_copy (j->e, j->next, first, n, j->p.use_extents, false) == -1)
+    uint64_t read_bytes = 0;
+    int r = engine_copy_counted (j->e, j->next, first, n, j->p.use_extents,
+                                 false, &read_bytes);
+
+    throttle_pay (j, read_bytes);
+    if (r == -1)
       break;                    /* The engine is broken now. */
     maybe_write_status (j);
   }
@@ -193,8 +266,11 @@ conclude (struct job *j, bool cancel)
   enum job_state state;
   struct target *t = j->e->target;
 
-  /* No more copy-before-write: the job is over either way. */
+  /* No more copy-before-write: the job is over either way.  Let the
+   * copies still in flight end before the target is finished.
+   */
   engine_deactivate (j->e);
+  engine_quiesce (j->e);
   engine_get_stats (j->e, NULL, &pending, &broken, &eerr);
 
   if (broken)
@@ -274,6 +350,7 @@ struct job *
 job_start (const struct job_params *p, struct engine *e, nbdkit_next *next)
 {
   struct job *j = calloc (1, sizeof *j);
+  uint64_t pending;
   int r;
 
   if (j == NULL) {
@@ -289,11 +366,24 @@ job_start (const struct job_params *p, struct engine *e, nbdkit_next *next)
   }
   j->e = e;
   j->next = next;
-  j->bytes_total = e->size;
+  /* What the snapshot protects: the whole disk, or for sync=top only
+   * the allocated clusters.
+   */
+  engine_get_stats (e, NULL, &pending, NULL, NULL);
+  j->bytes_total = MIN (pending << e->cluster_bits, e->size);
+  j->speed = p->speed;
   j->start_time = monotonic_seconds ();
   j->state = JOB_RUNNING;
   pthread_mutex_init (&j->lock, NULL);
   pthread_cond_init (&j->done_cond, NULL);
+  {
+    pthread_condattr_t attr;
+    pthread_condattr_init (&attr);
+    pthread_condattr_setclock (&attr, CLOCK_MONOTONIC);
+    pthread_cond_init (&j->throttle_cond, &attr);
+    pthread_condattr_destroy (&attr);
+  }
+  j->next_slot = j->start_time;
 
   nbdkit_debug ("%s: job started: sync=%s, %" PRIu64 " bytes, "
                 "cluster size %u, %u workers, target %s", p->name, p->sync,
@@ -322,8 +412,10 @@ job_finish (struct job *j, bool wait)
   enum job_state state;
 
   pthread_mutex_lock (&j->lock);
-  if (!wait && !j->finished)
+  if (!wait && !j->finished) {
     j->cancel = true;
+    pthread_cond_broadcast (&j->throttle_cond);
+  }
   pthread_mutex_unlock (&j->lock);
 
   if (j->have_controller) {
@@ -348,6 +440,7 @@ job_free (struct job *j)
     return;
   pthread_mutex_destroy (&j->lock);
   pthread_cond_destroy (&j->done_cond);
+  pthread_cond_destroy (&j->throttle_cond);
   free (j->status_path);
   free (j->error);
   free (j);

@@ -35,6 +35,7 @@ struct job_params {
   unsigned workers;             /* Parallel copiers, >= 1. */
   const char *status_path;      /* NULL: no status file. */
   bool use_extents;             /* next->can_extents was true. */
+  uint64_t speed;               /* Bytes/s for the job's reads, 0 = no limit. */
 };
 
 struct job {
@@ -57,6 +58,14 @@ struct job {
   char *error;
   pthread_t controller;
   bool have_controller;
+  /* The speed limit (a token bucket paid after each copy): workers
+   * wait until next_slot before claiming.  Copy-before-write never
+   * looks at it.  throttle_cond wakes sleepers on a speed change or
+   * cancel.
+   */
+  uint64_t speed;
+  double next_slot;
+  pthread_cond_t throttle_cond;
 
   /* Work cursor, moved by engine_claim under the engine's lock. */
   uint64_t cursor;
@@ -79,6 +88,15 @@ extern struct job *job_start (const struct job_params *p, struct engine *e,
  * the final state.
  */
 extern enum job_state job_finish (struct job *j, bool wait);
+
+/* Change the background job's speed limit at run time (bytes per
+ * second of source reads, 0 = unlimited).  Thread-safe; takes effect
+ * at once, also for workers already sleeping.  Copy-before-write is
+ * never throttled.
+ * XXX For the control socket (common/control): a "job-set-speed"
+ * command should call this.
+ */
+extern void job_set_speed (struct job *j, uint64_t bytes_per_sec);
 
 /* Free a finished job. */
 extern void job_free (struct job *j);

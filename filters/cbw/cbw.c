@@ -14,9 +14,17 @@
  * through a shared next context opened in .after_fork, so it runs
  * whether or not any client is connected.
  *
- * Outcome: the raw target is written as PATH.incomplete and renamed
- * to PATH only once every cluster is on it and it has been flushed;
- * the status file and the debug log say the same.
+ * sync=top protects only the clusters that the plugin's extents do
+ * not report as holes at the snapshot instant (over the qcow2 plugin:
+ * the clusters allocated in the top image), so neither the job nor
+ * copy-before-write ever copies the rest; with a qcow2 target that
+ * names the source's backing file, the target chain reads as the
+ * source did.
+ *
+ * Outcome: file targets (raw, qcow2) are written as PATH.incomplete
+ * and renamed to PATH only once every cluster is on them and they
+ * have been flushed; NBD targets are flushed, and there the status
+ * file and the debug log are the only completion marker.
  */
 
 #include <config.h>
@@ -27,6 +35,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <nbdkit-filter.h>
 
@@ -34,16 +44,23 @@
 #include "gate.h"
 #include "ispowerof2.h"
 #include "job.h"
+#include "minmax.h"
 #include "registry.h"
 #include "target.h"
 
 /* Log every cluster copy (-D cbw.engine=1). */
 NBDKIT_DLL_PUBLIC int cbw_debug_engine = 0;
 
-enum sync_mode { SYNC_FULL, SYNC_NONE };
+enum sync_mode { SYNC_FULL, SYNC_TOP, SYNC_NONE };
+static const char *const sync_name[] = { "full", "top", "none" };
 
 /* Parameters, set in .config and never changed afterwards. */
-static char *target_path;               /* cbw-target */
+static char *target_path;               /* cbw-target (path or URI) */
+static enum target_format target_format = TARGET_AUTO; /* cbw-target-format */
+static char *target_backing;            /* cbw-target-backing */
+static char *target_backing_format;     /* cbw-target-backing-format */
+static double copy_timeout;             /* cbw-copy-timeout, 0 = none */
+static uint64_t speed;                  /* cbw-speed, 0 = unlimited */
 static enum sync_mode sync_mode = SYNC_FULL; /* cbw-sync */
 static unsigned cluster_size = 65536;   /* cbw-cluster-size */
 static char *status_path;               /* cbw-status */
@@ -71,6 +88,8 @@ cbw_unload (void)
 {
   registry_remove_filter ("cbw");
   free (target_path);
+  free (target_backing);
+  free (target_backing_format);
   free (status_path);
   free (source_file);
 }
@@ -81,17 +100,76 @@ cbw_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
 {
   if (strcmp (key, "cbw-target") == 0) {
     free (target_path);
-    target_path = nbdkit_absolute_path (value);
+    if (target_is_nbd_uri (value))
+      target_path = strdup (value);
+    else
+      target_path = nbdkit_absolute_path (value);
     return target_path ? 0 : -1;
+  }
+  else if (strcmp (key, "cbw-target-format") == 0) {
+    if (strcmp (value, "raw") == 0)
+      target_format = TARGET_RAW;
+    else if (strcmp (value, "qcow2") == 0)
+      target_format = TARGET_QCOW2;
+    else if (strcmp (value, "nbd") == 0)
+      target_format = TARGET_NBD;
+    else {
+      nbdkit_error ("cbw-target-format: unknown format '%s' "
+                    "(expecting raw, qcow2 or nbd)", value);
+      return -1;
+    }
+    return 0;
+  }
+  else if (strcmp (key, "cbw-target-backing") == 0) {
+    /* Kept as written: stored in the qcow2 header, where a relative
+     * name is relative to the target's directory.
+     */
+    free (target_backing);
+    target_backing = strdup (value);
+    return target_backing ? 0 : -1;
+  }
+  else if (strcmp (key, "cbw-target-backing-format") == 0) {
+    if (strcmp (value, "raw") != 0 && strcmp (value, "qcow2") != 0) {
+      nbdkit_error ("cbw-target-backing-format: unknown format '%s' "
+                    "(expecting raw or qcow2)", value);
+      return -1;
+    }
+    free (target_backing_format);
+    target_backing_format = strdup (value);
+    return target_backing_format ? 0 : -1;
+  }
+  else if (strcmp (key, "cbw-copy-timeout") == 0) {
+    char *end;
+    double r;
+
+    errno = 0;
+    r = strtod (value, &end);
+    if (errno != 0 || end == value || *end != '\0' || !(r >= 0) ||
+        r > 86400) {
+      nbdkit_error ("cbw-copy-timeout: '%s' must be a number of seconds "
+                    "from 0 (no limit) to 86400", value);
+      return -1;
+    }
+    copy_timeout = r;
+    return 0;
+  }
+  else if (strcmp (key, "cbw-speed") == 0) {
+    int64_t r = nbdkit_parse_size (value);
+    if (r == -1)
+      return -1;
+    speed = r;
+    return 0;
   }
   else if (strcmp (key, "cbw-sync") == 0) {
     if (strcmp (value, "full") == 0)
       sync_mode = SYNC_FULL;
+    else if (strcmp (value, "top") == 0)
+      sync_mode = SYNC_TOP;
     else if (strcmp (value, "none") == 0)
       sync_mode = SYNC_NONE;
     else {
       nbdkit_error ("cbw-sync: unknown sync mode '%s' "
-                    "(expecting full or none)", value);
+                    "(expecting full, top or none)", value);
       return -1;
     }
     return 0;
@@ -167,8 +245,59 @@ cbw_config_complete (nbdkit_next_config_complete *next,
                   "name the file to back up into");
     return -1;
   }
-  if (target_file_check ("cbw-target", target_path, source_file) == -1)
+  /* Which kind of target: by URI scheme, by an existing file's
+   * magic, by a backing file asked for; else raw.
+   */
+  if (target_format == TARGET_AUTO) {
+    if (target_is_nbd_uri (target_path))
+      target_format = TARGET_NBD;
+    else if (target_file_is_qcow2 (target_path) || target_backing)
+      target_format = TARGET_QCOW2;
+    else
+      target_format = TARGET_RAW;
+  }
+  if ((target_format == TARGET_NBD) != target_is_nbd_uri (target_path)) {
+    nbdkit_error ("cbw-target: '%s' %s an NBD URI but "
+                  "cbw-target-format is %s", target_path,
+                  target_format == TARGET_NBD ? "is not" : "is",
+                  target_format == TARGET_NBD ? "nbd" : "a file format");
     return -1;
+  }
+  if (target_backing && target_format != TARGET_QCOW2) {
+    nbdkit_error ("cbw-target-backing: only a qcow2 target has a "
+                  "backing file");
+    return -1;
+  }
+  if (target_format != TARGET_NBD) {
+    struct stat st, sst;
+    /* The file plugin's disk has its virtual size as its file size;
+     * a qcow2 source or a qcow2 target does not.
+     */
+    bool sizes_comparable = target_format == TARGET_RAW && source_file &&
+      !target_file_is_qcow2 (source_file);
+
+    if (target_file_check ("cbw-target", target_path,
+                           sizes_comparable ? source_file : NULL) == -1)
+      return -1;
+    if (source_file && stat (target_path, &st) == 0 &&
+        stat (source_file, &sst) == 0 &&
+        st.st_dev == sst.st_dev && st.st_ino == sst.st_ino) {
+      nbdkit_error ("cbw-target: %s is the source disk itself", target_path);
+      return -1;
+    }
+    if (target_format == TARGET_QCOW2 && sync_mode == SYNC_TOP &&
+        target_backing == NULL && access (target_path, F_OK) == -1) {
+      nbdkit_error ("cbw-sync=top with a new qcow2 target needs "
+                    "cbw-target-backing: name the source's backing file, "
+                    "so that the target chain reads as the source");
+      return -1;
+    }
+    if (target_format == TARGET_RAW && target_file_is_qcow2 (target_path)) {
+      nbdkit_error ("cbw-target: %s is a qcow2 image but "
+                    "cbw-target-format is raw", target_path);
+      return -1;
+    }
+  }
   if (status_path && strcmp (status_path, target_path) == 0) {
     nbdkit_error ("cbw-status: must not be the target file");
     return -1;
@@ -182,14 +311,21 @@ cbw_config_complete (nbdkit_next_config_complete *next,
 }
 
 #define cbw_config_help \
-  "cbw-target=<FILE>         (required) Back up into this raw file.\n" \
-  "cbw-sync=full|none        What to copy (default full).\n" \
+  "cbw-target=<FILE|URI>     (required) Back up into this file or NBD URI.\n" \
+  "cbw-target-format=raw|qcow2|nbd\n" \
+  "                          Target kind (default: by URI, magic, else raw).\n" \
+  "cbw-target-backing=<FILE> Backing file of a new qcow2 target.\n" \
+  "cbw-target-backing-format=raw|qcow2\n" \
+  "                          Its format (default: probed).\n" \
+  "cbw-sync=full|top|none    What to copy (default full).\n" \
   "cbw-cluster-size=<N>      Copy granularity (default 64K).\n" \
   "cbw-status=<FILE>         Write JSON job status here.\n" \
   "cbw-workers=<N>           Parallel copy threads (default 4).\n" \
   "cbw-on-exit=finish|cancel Finish the job when nbdkit exits (default).\n" \
   "cbw-on-error=break-snapshot|fail-write\n" \
-  "                          Target failure policy (default break-snapshot)."
+  "                          Target failure policy (default break-snapshot).\n" \
+  "cbw-copy-timeout=<SECS>   Copy-before-write time limit (default 0: none).\n" \
+  "cbw-speed=<RATE>          Background job bytes/s limit (default 0: none)."
 
 static int
 cbw_get_ready (int thread_model)
@@ -225,16 +361,60 @@ cbw_cleanup (nbdkit_backend *backend)
   }
 }
 
+/* sync=top: protect every cluster that is at least partly not a hole
+ * in the plugin's extents (allocated in the top image, for the qcow2
+ * plugin).  Runs before protection starts, so nothing changes under
+ * it.  0 or -1 (reported).
+ */
+static int
+protect_allocated (nbdkit_next *next, int64_t size)
+{
+  const uint64_t chunk = UINT64_C (1) << 30;
+  uint64_t offset = 0, protected_bytes = 0;
+  int err = 0;
+
+  while (offset < (uint64_t) size) {
+    uint32_t count = MIN (chunk, (uint64_t) size - offset);
+    struct nbdkit_extents *exts;
+    size_t i, n;
+
+    exts = nbdkit_extents_full (next, count, offset, 0, &err);
+    if (exts == NULL) {
+      nbdkit_error ("cbw-sync=top: reading the source's extents at "
+                    "offset %" PRIu64 " failed", offset);
+      return -1;
+    }
+    n = nbdkit_extents_count (exts);
+    for (i = 0; i < n; ++i) {
+      struct nbdkit_extent x = nbdkit_get_extent (exts, i);
+      uint64_t a = MAX (x.offset, offset);
+      uint64_t b = MIN (x.offset + x.length, offset + count);
+
+      if (a >= b || (x.type & NBDKIT_EXTENT_HOLE))
+        continue;
+      engine_protect (engine, a >> engine->cluster_bits,
+                      ((b - 1) >> engine->cluster_bits) + 1);
+      protected_bytes += b - a;
+    }
+    nbdkit_extents_free (exts);
+    offset += count;
+  }
+  nbdkit_debug ("cbw: sync=top: %" PRIu64 " of %" PRIi64
+                " bytes allocated in the top layer", protected_bytes, size);
+  return 0;
+}
+
 /* The snapshot instant: before any client can connect. */
 static int
 cbw_after_fork (nbdkit_backend *backend)
 {
   struct job_params p = {
     .name = "cbw",
-    .sync = sync_mode == SYNC_FULL ? "full" : "none",
-    .background_copy = sync_mode == SYNC_FULL,
+    .sync = sync_name[sync_mode],
+    .background_copy = sync_mode != SYNC_NONE,
     .workers = workers,
     .status_path = status_path,
+    .speed = speed,
   };
   int64_t size;
   int r;
@@ -255,13 +435,35 @@ cbw_after_fork (nbdkit_backend *backend)
     goto err;
   p.use_extents = r > 0;
 
-  target = target_file_open ("cbw-target", target_path, size);
+  switch (target_format) {
+  case TARGET_NBD:
+    /* One connection per copier, plus some for writers' copies. */
+    target = target_nbd_open ("cbw-target", target_path, size, workers + 2);
+    break;
+  case TARGET_QCOW2: {
+    struct target_qcow2_options qo = {
+      .backing = target_backing,
+      .backing_format = target_backing_format,
+      .cluster_size = cluster_size,
+    };
+    target = target_qcow2_open ("cbw-target", target_path, size, &qo);
+    break;
+  }
+  default:
+    target = target_file_open ("cbw-target", target_path, size);
+  }
   if (target == NULL)
     goto err;
   engine = engine_new ("cbw", size, cluster_size, target, on_error);
   if (engine == NULL)
     goto err;
-  engine_protect (engine, 0, engine->nr_clusters);
+  engine_set_copy_timeout (engine, copy_timeout);
+  if (sync_mode == SYNC_TOP) {
+    if (protect_allocated (job_next, size) == -1)
+      goto err;
+  }
+  else
+    engine_protect (engine, 0, engine->nr_clusters);
   engine_activate (engine);
   job = job_start (&p, engine, job_next);
   if (job == NULL)
