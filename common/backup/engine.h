@@ -75,6 +75,7 @@ struct engine {
   bool broken;                  /* A copy failed under break-snapshot. */
   char *error;                  /* First error message, if broken. */
   struct engine_stats stats;
+  struct engine_reader *readers; /* Snapshot readers on the source. */
   unsigned in_flight;           /* Claimed runs not yet finished. */
   unsigned helpers;             /* Timed copy threads running. */
 };

@@ -1,0 +1,55 @@
+/* nbdkit-backup
+ * Copyright (C) 2026 the nbdkit-backup authors.
+ * SPDX-License-Identifier: BSD-3-Clause
+ */
+
+/* Reading the point-in-time view through a copy-before-write engine
+ * (image fleecing): clusters already copied are read from the store,
+ * the rest from the source, which cannot change under a reader.
+ */
+
+#ifndef NBDKIT_BACKUP_SNAPSHOT_H
+#define NBDKIT_BACKUP_SNAPSHOT_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <nbdkit-filter.h>
+
+#include "engine.h"
+
+/* A reader of source clusters [c0, c1): while registered, writes to
+ * those clusters wait (after their copy-before-write), so the reader
+ * sees point-in-time data.  Lives on the reader's stack.
+ */
+struct engine_reader {
+  struct engine_reader *next;
+  uint64_t c0, c1;
+};
+
+/* Read [offset, offset+count) of the snapshot.  next reads the
+ * source.  Fails with EIO once the snapshot is broken or stopped.
+ */
+extern int engine_snapshot_pread (struct engine *e, nbdkit_next *next,
+                                  void *buf, uint32_t count, uint64_t offset,
+                                  int *err);
+
+/* Extents of the snapshot: copied clusters are ZERO|HOLE where
+ * stored_zero says so, else data; the rest as the source says.
+ */
+extern int engine_snapshot_extents (struct engine *e, nbdkit_next *next,
+                                    uint32_t count, uint64_t offset,
+                                    uint32_t flags,
+                                    struct nbdkit_extents *extents,
+                                    bool (*stored_zero) (void *opaque,
+                                                         uint64_t offset,
+                                                         uint64_t count),
+                                    void *opaque, int *err);
+
+/* For writers, after engine_before_write: wait until no snapshot
+ * reader is reading the source clusters this write touches.
+ */
+extern void engine_wait_readers (struct engine *e, uint64_t offset,
+                                 uint64_t count);
+
+#endif /* NBDKIT_BACKUP_SNAPSHOT_H */

@@ -1,0 +1,37 @@
+/* nbdkit-backup
+ * Copyright (C) 2026 the nbdkit-backup authors.
+ * SPDX-License-Identifier: BSD-3-Clause
+ */
+
+/* The fleecing store: a target that keeps copied clusters in a
+ * temporary sparse file, serves them back, and can be capped.
+ */
+
+#ifndef NBDKIT_BACKUP_STORE_H
+#define NBDKIT_BACKUP_STORE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "target.h"
+
+/* Open a store for a disk of size bytes.  where is a directory (an
+ * anonymous file is made there and vanishes with the process) or a
+ * file path (created or truncated, and removed when the store
+ * closes).  limit caps the data it may hold (0: no cap); past it,
+ * writes fail with ENOSPC, as on a full disk.  NULL on error
+ * (reported, naming param).
+ */
+extern struct target *target_store_open (const char *param, const char *where,
+                                         uint64_t size, uint64_t limit);
+
+/* True if [offset, offset+count) of the store reads as zeros because
+ * nothing was written there (a hole).
+ */
+extern bool target_store_is_hole (void *store, uint64_t offset,
+                                  uint64_t count);
+
+/* Bytes of data the store holds now. */
+extern uint64_t target_store_used (struct target *t);
+
+#endif /* NBDKIT_BACKUP_STORE_H */

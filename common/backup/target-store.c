@@ -1,0 +1,222 @@
+/* nbdkit-backup
+ * Copyright (C) 2026 the nbdkit-backup authors.
+ * SPDX-License-Identifier: BSD-3-Clause
+ */
+
+/* The fleecing store.  Each cluster is written at most once (the
+ * engine copies a cluster once), so counting the bytes written is an
+ * exact measure of the data held, which is what the cap limits.
+ * Zero clusters are never written: the file starts empty and sparse
+ * (known_zero), and a hole is how the store says "zeros" to extents.
+ * Finishing the store (the snapshot ends) truncates it, giving the
+ * space back at once, whoever still holds the file open.
+ */
+
+#include <config.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <nbdkit-filter.h>
+
+#include "store.h"
+
+struct store {
+  struct target t;              /* Must be first. */
+  int fd;
+  bool remove_path;             /* Created at a named path: unlink it. */
+  uint64_t limit;
+  atomic_uint_fast64_t used;
+};
+
+static int
+store_pwrite (struct target *t, const void *buf, uint32_t count,
+              uint64_t offset)
+{
+  struct store *s = (struct store *) t;
+  const char *p = buf;
+
+  if (s->limit) {
+    uint64_t before = atomic_fetch_add (&s->used, count);
+    if (before + count > s->limit) {
+      atomic_fetch_sub (&s->used, count);
+      errno = ENOSPC;
+      nbdkit_error ("fleece store is full: it may hold %" PRIu64 " bytes",
+                    s->limit);
+      return -1;
+    }
+  }
+  else
+    atomic_fetch_add (&s->used, count);
+
+  while (count > 0) {
+    ssize_t r = pwrite (s->fd, p, count, offset);
+    if (r == -1) {
+      if (errno == EINTR)
+        continue;
+      nbdkit_error ("fleece store: pwrite: %m");
+      return -1;
+    }
+    p += r; count -= r; offset += r;
+  }
+  return 0;
+}
+
+static int
+store_zero (struct target *t, uint32_t count, uint64_t offset)
+{
+  return 0;                     /* Never written: reads as zeros. */
+}
+
+static int
+store_pread (struct target *t, void *buf, uint32_t count, uint64_t offset)
+{
+  struct store *s = (struct store *) t;
+  char *p = buf;
+
+  while (count > 0) {
+    ssize_t r = pread (s->fd, p, count, offset);
+    if (r == -1) {
+      if (errno == EINTR)
+        continue;
+      nbdkit_error ("fleece store: pread: %m");
+      return -1;
+    }
+    if (r == 0) {
+      memset (p, 0, count);
+      return 0;
+    }
+    p += r; count -= r; offset += r;
+  }
+  return 0;
+}
+
+static int
+store_flush (struct target *t)
+{
+  return 0;                     /* Temporary: durability is not asked. */
+}
+
+static int
+store_finish (struct target *t, bool complete)
+{
+  struct store *s = (struct store *) t;
+
+  /* Give the space back now. */
+  if (ftruncate (s->fd, 0) == -1) {
+    nbdkit_error ("fleece store: ftruncate: %m");
+    return -1;
+  }
+  atomic_store (&s->used, 0);
+  return 0;
+}
+
+static void
+store_close (struct target *t)
+{
+  struct store *s = (struct store *) t;
+
+  if (s->fd >= 0)
+    close (s->fd);
+  if (s->remove_path && t->name)
+    unlink (t->name);
+  free (t->name);
+  free (t->working_name);
+  free (s);
+}
+
+static const struct target_ops store_ops = {
+  .kind   = "store",
+  .pwrite = store_pwrite,
+  .zero   = store_zero,
+  .pread  = store_pread,
+  .flush  = store_flush,
+  .finish = store_finish,
+  .close  = store_close,
+};
+
+struct target *
+target_store_open (const char *param, const char *where, uint64_t size,
+                   uint64_t limit)
+{
+  struct store *s = calloc (1, sizeof *s);
+  struct stat st;
+
+  if (s == NULL) {
+    nbdkit_error ("calloc: %m");
+    return NULL;
+  }
+  s->t.ops = &store_ops;
+  s->t.size = size;
+  s->t.known_zero = true;
+  s->fd = -1;
+  s->limit = limit;
+  atomic_init (&s->used, 0);
+
+  if (stat (where, &st) == 0 && S_ISDIR (st.st_mode)) {
+    s->fd = open (where, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+    if (s->fd == -1 && (errno == EOPNOTSUPP || errno == EISDIR)) {
+      /* No O_TMPFILE here: a named file, unlinked at once. */
+      char *tmpl;
+      if (asprintf (&tmpl, "%s/fleece-store.XXXXXX", where) == -1) {
+        nbdkit_error ("asprintf: %m");
+        goto err;
+      }
+      s->fd = mkostemp (tmpl, O_CLOEXEC);
+      if (s->fd >= 0)
+        unlink (tmpl);
+      free (tmpl);
+    }
+    if (s->fd == -1) {
+      nbdkit_error ("%s: cannot make a store in %s: %m", param, where);
+      goto err;
+    }
+    s->t.name = strdup (where);
+  }
+  else {
+    s->fd = open (where, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (s->fd == -1) {
+      nbdkit_error ("%s: %s: %m", param, where);
+      goto err;
+    }
+    s->remove_path = true;
+    s->t.name = strdup (where);
+  }
+  if (s->t.name == NULL) {
+    nbdkit_error ("strdup: %m");
+    goto err;
+  }
+  if (ftruncate (s->fd, size) == -1) {
+    nbdkit_error ("%s: ftruncate: %m", param);
+    goto err;
+  }
+  return &s->t;
+
+ err:
+  store_close (&s->t);
+  return NULL;
+}
+
+bool
+target_store_is_hole (void *vs, uint64_t offset, uint64_t count)
+{
+  struct store *s = vs;
+  off_t d = lseek (s->fd, offset, SEEK_DATA);
+
+  if (d == -1)
+    return errno == ENXIO;      /* No data from here to EOF. */
+  return (uint64_t) d >= offset + count;
+}
+
+uint64_t
+target_store_used (struct target *t)
+{
+  return atomic_load (&((struct store *) t)->used);
+}
