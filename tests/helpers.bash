@@ -109,3 +109,60 @@ make_disk () {
 
 # wait_for_job STATUS-FILE: see tests/wait-for-job.
 wait_for_job () { "$abs_top_srcdir/tests/wait-for-job" "$@"; }
+
+# Control socket clients, as bash coprocesses over socat.
+#
+# ctl_connect NAME SOCKET: connect as client NAME; the greeting line
+# goes to ${NAME}_greeting.
+ctl_connect () {
+    local name="$1" sock="$2" line
+    eval "coproc $name { exec socat - UNIX-CONNECT:\"$sock\" 2>/dev/null; }"
+    local -n fds="$name"
+    IFS= read -r -t 60 -u "${fds[0]}" line || return 1
+    printf -v "${name}_greeting" '%s' "$line"
+}
+
+# ctl NAME REQUEST: send a request line, print the reply line.  Events
+# that arrive first are appended to $BATS_TEST_TMPDIR/events.NAME.
+ctl () {
+    local name="$1" req="$2" line
+    local -n fds="$name"
+    printf '%s\n' "$req" >&"${fds[1]}"
+    while IFS= read -r -t 60 -u "${fds[0]}" line; do
+        if [[ "$line" == '{"event":'* ]]; then
+            echo "$line" >> "$BATS_TEST_TMPDIR/events.$name"
+            continue
+        fi
+        printf '%s\n' "$line"
+        return 0
+    done
+    echo "ctl: no reply to $req" >&2
+    return 1
+}
+
+# ctl_event NAME EVENT: wait for an event of that name on client NAME
+# (one already seen counts), print its line.
+ctl_event () {
+    local name="$1" ev="$2" line
+    local -n fds="$name"
+    if [ -f "$BATS_TEST_TMPDIR/events.$name" ] &&
+       grep -m1 "\"event\":\"$ev\"" "$BATS_TEST_TMPDIR/events.$name"; then
+        return 0
+    fi
+    while IFS= read -r -t 120 -u "${fds[0]}" line; do
+        echo "$line" >> "$BATS_TEST_TMPDIR/events.$name"
+        if [[ "$line" == "{\"event\":\"$ev\""* ]]; then
+            printf '%s\n' "$line"
+            return 0
+        fi
+    done
+    return 1
+}
+
+# ctl_close NAME: close client NAME.
+ctl_close () {
+    local -n fds="$1"
+    local pidvar="${1}_PID"
+    exec {fds[1]}>&- 2>/dev/null || :
+    wait "${!pidvar}" 2>/dev/null || :
+}

@@ -30,10 +30,13 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <libgen.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <json-c/json.h>
 
@@ -156,6 +159,23 @@ fleece_config_complete (nbdkit_next_config_complete *next,
     store_where = strdup (tmp && *tmp ? tmp : "/var/tmp");
     if (store_where == NULL) {
       nbdkit_error ("strdup: %m");
+      return -1;
+    }
+  }
+  /* The store is made later (at the snapshot): check its place now. */
+  {
+    struct stat st;
+    CLEANUP_FREE char *copy = strdup (store_where);
+    const char *dir = store_where;
+
+    if (copy == NULL) {
+      nbdkit_error ("strdup: %m");
+      return -1;
+    }
+    if (stat (store_where, &st) == -1 || !S_ISDIR (st.st_mode))
+      dir = dirname (copy);
+    if (access (dir, W_OK | X_OK) == -1) {
+      nbdkit_error ("fleece-store: cannot create a store in %s: %m", dir);
       return -1;
     }
   }
