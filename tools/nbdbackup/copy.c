@@ -1,0 +1,623 @@
+/* nbdkit-backup
+ * Copyright (C) 2026 the nbdkit-backup authors.
+ * SPDX-License-Identifier: BSD-3-Clause
+ */
+
+/* Notes on the design and implementation of the copy engine:
+ *
+ * One thread drives everything through libnbd's asynchronous API: a
+ * poll(2) loop over every source connection (and every target
+ * connection when the target is an NBD export).  Completion callbacks
+ * only record what happened and push the slot on a list; the loop
+ * does the rest, because a callback must not call libnbd on its own
+ * handle.  With everything in one thread nothing needs a lock.
+ *
+ * A slot is one request in flight with its own chunk-sized buffer;
+ * there are --requests slots per source connection, and slot i always
+ * uses connection i % connections (and the target connection of the
+ * same number, its "lane").  A slot's life:
+ *
+ *   FREE --pread--> READING --callback--> ready list --> WRITING --> FREE
+ *
+ * and for a zero range on a target that needs zeros written, straight
+ * FREE --> WRITING.  In WRITING, pending counts the target requests
+ * not yet done plus one held while they are being issued, so that a
+ * file target that completes requests at once cannot retire the slot
+ * half way.  The slot's bytes are counted in the stats only when all
+ * of its requests succeeded.
+ *
+ * Work comes from a cursor (next) over the source, cut at the extents
+ * that base:allocation block status reports, fetched one window
+ * (EXTENT_WINDOW) at a time with a synchronous nbd_block_status on
+ * connection 0.  That call runs libnbd's loop for connection 0 until
+ * it returns, so reads on connection 0 may complete inside it; their
+ * callbacks only touch the ready list, and the loop drains that list
+ * before it polls again.  Data ranges are read in pieces of at most
+ * chunk bytes that never cross a multiple of chunk, so that writes
+ * to the target are aligned whatever the extents look like.
+ *
+ * Zeros.  A range the source reports as ZERO is never read.  On a
+ * zero_initialized target (a new file or qcow2 image without backing)
+ * it needs nothing at all; otherwise it is written as zeros in pieces
+ * of at most max_zero.  Data that reads as zeros is found too, like
+ * qemu-img convert does: on a zero_initialized target, runs of whole
+ * ZERO_GRANULE blocks of zeros inside a piece are skipped; on other
+ * targets a piece that is zero throughout is sent as a zero request.
+ * Either way those bytes count as "zero", not "copied".
+ *
+ * Errors.  The first error stops new work; requests in flight are
+ * waited for, then copy_run returns -1.  If a connection dies, or a
+ * signal arrives, the loop stops at once (requests in flight may
+ * never complete) and the
+ * engine's memory stays allocated until copy_free, which the caller
+ * runs after closing every handle, because libnbd may still hold
+ * callbacks that point at the slots until then.
+ */
+
+#include <config.h>
+
+#include <errno.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <libnbd.h>
+
+#include "iszero.h"
+#include "minmax.h"
+#include "nbdkit-stubs.h"
+#include "copy.h"
+#include "nbdbackup.h"
+#include "progress.h"
+
+/* Bytes of extents asked for per block status call. */
+#define EXTENT_WINDOW (UINT64_C (1) << 30)
+
+/* Zero detection granule in data read from the source. */
+#define ZERO_GRANULE 4096
+
+/* Poll timeout: how quickly a signal or a stalled progress bar is
+ * noticed.
+ */
+#define POLL_MS 100
+
+enum slot_state { SLOT_FREE, SLOT_READING, SLOT_WRITING };
+
+struct slot {
+  struct copy *c;
+  unsigned index;
+  unsigned lane;                /* connection number */
+  enum slot_state state;
+  uint64_t offset;
+  uint32_t len;
+  char *buf;                    /* chunk bytes */
+  unsigned pending;             /* target requests + 1 while issuing */
+  int err;                      /* first errno of the read or writes */
+  bool reported;                /* err has already been reported */
+  uint64_t bytes_data;          /* counted in stats on success */
+  uint64_t bytes_zero;
+};
+
+struct extent {
+  uint64_t offset;
+  uint64_t length;
+  bool zero;
+};
+
+struct copy {
+  /* Set by copy_new and never changed. */
+  struct source *src;
+  struct target *tgt;
+  struct copy_options opts;
+  struct slot *slots;
+  unsigned nr_slots;
+  unsigned nr_handles;          /* source + target connections */
+
+  /* Run state, all in the one thread. */
+  unsigned *free_slots;         /* stack of free slot indexes */
+  unsigned nr_free;
+  unsigned *ready;              /* slots whose read has completed */
+  unsigned nr_ready;
+  unsigned busy;                /* slots not FREE */
+  uint64_t next;                /* first byte not handed out yet */
+  struct extent *ext;           /* the current window's extents */
+  size_t nr_ext, cap_ext, ext_i;
+  uint64_t ext_end;             /* end of the extents in ext */
+  uint64_t window_end;          /* end of the window asked for */
+  bool failed;
+  struct copy_stats stats;
+  struct pollfd *fds;           /* nr_handles */
+};
+
+static void
+slot_release (struct slot *slot)
+{
+  struct copy *c = slot->c;
+
+  slot->state = SLOT_FREE;
+  c->free_slots[c->nr_free++] = slot->index;
+  c->busy--;
+}
+
+/* Drop one reference on a WRITING slot; the last one retires it. */
+static void
+slot_put (struct slot *slot)
+{
+  struct copy *c = slot->c;
+
+  if (--slot->pending > 0)
+    return;
+  if (slot->err) {
+    if (!slot->reported && !c->failed)  /* only the first error */
+      nbdkit_error ("target: writing %" PRIu32 " bytes at offset %" PRIu64
+                    ": %s", slot->len, slot->offset, strerror (slot->err));
+    c->failed = true;
+  }
+  else {
+    c->stats.copied += slot->bytes_data;
+    c->stats.zero += slot->bytes_zero;
+  }
+  slot_release (slot);
+}
+
+/* t->done: a target request of the slot has completed. */
+static void
+target_done (void *opaque, int err)
+{
+  struct slot *slot = opaque;
+
+  if (err && !slot->err)
+    slot->err = err;
+  slot_put (slot);
+}
+
+static void
+issue_failed (struct slot *slot)
+{
+  slot->pending--;
+  if (!slot->err) {
+    slot->err = EIO;
+    slot->reported = true;
+  }
+  slot->c->failed = true;
+}
+
+static void
+issue_write (struct slot *slot, const char *buf, uint32_t len,
+             uint64_t offset)
+{
+  struct target *t = slot->c->tgt;
+
+  if (slot->err)
+    return;
+  slot->pending++;
+  slot->bytes_data += len;
+  if (t->ops->write (t, slot->lane, buf, len, offset, slot) == -1)
+    issue_failed (slot);
+}
+
+static void
+issue_zero (struct slot *slot, uint32_t len, uint64_t offset)
+{
+  struct target *t = slot->c->tgt;
+
+  if (slot->err)
+    return;
+  slot->pending++;
+  slot->bytes_zero += len;
+  if (t->ops->zero (t, slot->lane, len, offset, slot) == -1)
+    issue_failed (slot);
+}
+
+/* The slot's read has completed: write what it read. */
+static void
+write_slot (struct slot *slot)
+{
+  struct copy *c = slot->c;
+  const char *buf = slot->buf;
+  uint32_t len = slot->len, pos, end, next;
+  bool zero;
+
+  slot->state = SLOT_WRITING;
+  slot->pending = 1;
+
+  if (!c->tgt->zero_initialized) {
+    if (is_zero (buf, len))
+      issue_zero (slot, len, slot->offset);
+    else
+      issue_write (slot, buf, len, slot->offset);
+    slot_put (slot);
+    return;
+  }
+
+  /* Split into runs of zero and non-zero granules, aligned to
+   * ZERO_GRANULE in the disk (not in the buffer), and skip the zero
+   * runs.
+   */
+  for (pos = 0; pos < len; pos = end) {
+    end = MIN ((uint64_t) len,
+               ((slot->offset + pos) / ZERO_GRANULE + 1) * ZERO_GRANULE
+               - slot->offset);
+    zero = is_zero (buf + pos, end - pos);
+    while (end < len) {
+      next = MIN (len, end + ZERO_GRANULE);
+      if (is_zero (buf + end, next - end) != zero)
+        break;
+      end = next;
+    }
+    if (zero)
+      slot->bytes_zero += end - pos;
+    else
+      issue_write (slot, buf + pos, end - pos, slot->offset + pos);
+  }
+  slot_put (slot);
+}
+
+/* libnbd completion of a source read (inside nbd_aio_notify_* or
+ * nbd_block_status): just queue the slot for the loop.
+ */
+static int
+read_done (void *user_data, int *error)
+{
+  struct slot *slot = user_data;
+  struct copy *c = slot->c;
+
+  slot->err = *error;
+  c->ready[c->nr_ready++] = slot->index;
+  return 1;                     /* retire the command */
+}
+
+static void
+process_ready (struct copy *c)
+{
+  while (c->nr_ready > 0) {
+    struct slot *slot = &c->slots[c->ready[--c->nr_ready]];
+
+    if (slot->err) {
+      if (!c->failed)           /* only the first error */
+          nbdkit_error ("source %s: reading %" PRIu32 " bytes at offset "
+                      "%" PRIu64 ": %s", c->src->uri, slot->len,
+                      slot->offset, strerror (slot->err));
+      c->failed = true;
+      slot_release (slot);
+    }
+    else if (c->failed)
+      slot_release (slot);      /* no more writes after an error */
+    else
+      write_slot (slot);
+  }
+}
+
+static int
+add_extent (struct copy *c, uint64_t offset, uint64_t length, bool zero)
+{
+  struct extent *last = c->nr_ext > 0 ? &c->ext[c->nr_ext - 1] : NULL;
+
+  if (last && last->zero == zero) {
+    last->length += length;
+    return 0;
+  }
+  if (c->nr_ext == c->cap_ext) {
+    size_t n = c->cap_ext ? c->cap_ext * 2 : 64;
+    struct extent *p = realloc (c->ext, n * sizeof *p);
+
+    if (p == NULL)
+      return -1;
+    c->ext = p;
+    c->cap_ext = n;
+  }
+  c->ext[c->nr_ext++] = (struct extent) { offset, length, zero };
+  return 0;
+}
+
+static int
+extent_cb (void *user_data, const char *metacontext, uint64_t offset,
+           uint32_t *entries, size_t nr_entries, int *error)
+{
+  struct copy *c = user_data;
+  uint64_t pos = offset, len;
+  size_t i;
+
+  if (strcmp (metacontext, LIBNBD_CONTEXT_BASE_ALLOCATION) != 0)
+    return 0;
+  /* Only one reply is expected; ignore anything that would not
+   * continue the extents we have.
+   */
+  if (offset != c->ext_end)
+    return 0;
+  for (i = 0; i + 1 < nr_entries && pos < c->window_end; i += 2) {
+    len = MIN ((uint64_t) entries[i], c->window_end - pos);
+    if (len == 0)
+      break;
+    if (add_extent (c, pos, len, entries[i + 1] & LIBNBD_STATE_ZERO) == -1) {
+      *error = ENOMEM;
+      return -1;
+    }
+    pos += len;
+  }
+  c->ext_end = pos;
+  return 0;
+}
+
+/* Fetch the extents of the window starting at c->next. */
+static int
+refresh_extents (struct copy *c)
+{
+  struct source *src = c->src;
+  nbd_extent_callback cb = { .callback = extent_cb, .user_data = c };
+
+  c->nr_ext = c->ext_i = 0;
+  c->ext_end = c->next;
+  c->window_end = c->next + MIN (src->size - c->next, EXTENT_WINDOW);
+
+  if (!src->have_extents) {
+    c->ext_end = c->window_end;
+    if (add_extent (c, c->next, c->window_end - c->next, false) == -1) {
+      nbdkit_error ("realloc: %m");
+      return -1;
+    }
+    return 0;
+  }
+  if (nbd_block_status (src->nbd[0], c->window_end - c->next, c->next,
+                        cb, 0) == -1) {
+    nbdkit_error ("source %s: block status at offset %" PRIu64 ": %s",
+                  src->uri, c->next, nbd_get_error ());
+    return -1;
+  }
+  if (c->nr_ext == 0) {
+    nbdkit_error ("source %s: block status at offset %" PRIu64
+                  " returned no extents", src->uri, c->next);
+    return -1;
+  }
+  return 0;
+}
+
+/* The next piece of work at c->next, which it advances.  1 = got
+ * one, 0 = the whole source is handed out, -1 = error.
+ */
+static int
+next_piece (struct copy *c, uint64_t *offset, uint64_t *len, bool *zero)
+{
+  const struct extent *e;
+  uint64_t end;
+
+  if (c->next >= c->src->size)
+    return 0;
+  if (c->next >= c->ext_end && refresh_extents (c) == -1)
+    return -1;
+  while (c->ext[c->ext_i].offset + c->ext[c->ext_i].length <= c->next)
+    c->ext_i++;
+  e = &c->ext[c->ext_i];
+  end = e->offset + e->length;
+  if (e->zero) {
+    if (!c->tgt->zero_initialized)
+      end = MIN (end, c->next + c->tgt->max_zero);
+  }
+  else
+    end = MIN (end, (c->next | (c->opts.chunk - 1)) + 1);
+
+  *offset = c->next;
+  *len = end - c->next;
+  *zero = e->zero;
+  c->next = end;
+  return 1;
+}
+
+/* Hand out work to free slots. */
+static int
+fill (struct copy *c)
+{
+  while (!c->failed && c->nr_free > 0) {
+    struct slot *slot;
+    uint64_t offset, len;
+    bool zero;
+    int r;
+
+    r = next_piece (c, &offset, &len, &zero);
+    if (r <= 0)
+      return r;
+    if (zero && c->tgt->zero_initialized) {
+      c->stats.zero += len;
+      continue;
+    }
+
+    slot = &c->slots[c->free_slots[--c->nr_free]];
+    c->busy++;
+    slot->offset = offset;
+    slot->len = len;
+    slot->err = 0;
+    slot->reported = false;
+    slot->bytes_data = slot->bytes_zero = 0;
+
+    if (zero) {
+      slot->state = SLOT_WRITING;
+      slot->pending = 1;
+      issue_zero (slot, len, offset);
+      slot_put (slot);
+    }
+    else {
+      nbd_completion_callback cb = { .callback = read_done,
+                                     .user_data = slot };
+
+      slot->state = SLOT_READING;
+      if (nbd_aio_pread (c->src->nbd[slot->lane], slot->buf, len, offset,
+                         cb, 0) == -1) {
+        nbdkit_error ("source %s: %s", c->src->uri, nbd_get_error ());
+        slot_release (slot);
+        return -1;
+      }
+    }
+  }
+  return 0;
+}
+
+static struct nbd_handle *
+handle (struct copy *c, unsigned i, const char **what)
+{
+  if (i < c->src->nr_nbd) {
+    *what = "source";
+    return c->src->nbd[i];
+  }
+  *what = "target";
+  return c->tgt->nbd[i - c->src->nr_nbd];
+}
+
+/* Wait for events on every connection and let libnbd handle them.
+ * -1 if a connection failed: its requests will never complete.
+ */
+static int
+poll_once (struct copy *c)
+{
+  const char *what;
+  unsigned i;
+
+  for (i = 0; i < c->nr_handles; ++i) {
+    struct nbd_handle *nbd = handle (c, i, &what);
+    unsigned dir = nbd_aio_get_direction (nbd);
+
+    c->fds[i].fd = nbd_aio_get_fd (nbd);
+    c->fds[i].events = 0;
+    c->fds[i].revents = 0;
+    if (dir & LIBNBD_AIO_DIRECTION_READ)
+      c->fds[i].events |= POLLIN;
+    if (dir & LIBNBD_AIO_DIRECTION_WRITE)
+      c->fds[i].events |= POLLOUT;
+  }
+  if (poll (c->fds, c->nr_handles, POLL_MS) == -1) {
+    if (errno == EINTR)
+      return 0;
+    nbdkit_error ("poll: %m");
+    return -1;
+  }
+  for (i = 0; i < c->nr_handles; ++i) {
+    struct nbd_handle *nbd = handle (c, i, &what);
+    int r = 0;
+
+    if (c->fds[i].revents & (POLLIN | POLLHUP | POLLERR))
+      r = nbd_aio_notify_read (nbd);
+    else if (c->fds[i].revents & POLLOUT)
+      r = nbd_aio_notify_write (nbd);
+    if (r == -1) {
+      nbdkit_error ("%s: %s", what, nbd_get_error ());
+      return -1;
+    }
+    if (nbd_aio_is_dead (nbd) == 1 || nbd_aio_is_closed (nbd) == 1) {
+      nbdkit_error ("%s: the server closed the connection", what);
+      return -1;
+    }
+  }
+  return 0;
+}
+
+struct copy *
+copy_new (struct source *src, struct target *tgt,
+          const struct copy_options *opts)
+{
+  struct copy *c;
+  unsigned i;
+
+  c = calloc (1, sizeof *c);
+  if (c == NULL)
+    goto nomem;
+  c->src = src;
+  c->tgt = tgt;
+  c->opts = *opts;
+  c->stats.total = src->size;
+  c->nr_slots = opts->requests * src->nr_nbd;
+  c->nr_handles = src->nr_nbd + tgt->nr_nbd;
+  c->slots = calloc (c->nr_slots, sizeof *c->slots);
+  c->free_slots = calloc (c->nr_slots, sizeof *c->free_slots);
+  c->ready = calloc (c->nr_slots, sizeof *c->ready);
+  c->fds = calloc (c->nr_handles, sizeof *c->fds);
+  if (c->slots == NULL || c->free_slots == NULL || c->ready == NULL ||
+      c->fds == NULL)
+    goto nomem;
+  for (i = 0; i < c->nr_slots; ++i) {
+    struct slot *slot = &c->slots[i];
+
+    slot->c = c;
+    slot->index = i;
+    slot->lane = i % src->nr_nbd;
+    slot->buf = malloc (opts->chunk);
+    if (slot->buf == NULL)
+      goto nomem;
+    /* Popped in order 0, 1, 2...: consecutive pieces go to different
+     * connections.
+     */
+    c->free_slots[c->nr_slots - 1 - i] = i;
+  }
+  c->nr_free = c->nr_slots;
+  tgt->done = target_done;
+  return c;
+
+ nomem:
+  nbdkit_error ("malloc: %m");
+  copy_free (c);
+  return NULL;
+}
+
+int
+copy_run (struct copy *c, struct copy_stats *stats)
+{
+  progress_start (c->stats.total, c->opts.progress);
+  for (;;) {
+    /* On a signal, stop at once, without waiting for requests in
+     * flight: the server may be what hangs.
+     */
+    if (interrupted_by != 0) {
+      if (!c->failed)
+        nbdkit_error ("interrupted by signal %d (%s)",
+                      (int) interrupted_by, strsignal (interrupted_by));
+      c->failed = true;
+      break;
+    }
+    /* Block status inside fill may complete reads: drain again. */
+    do {
+      process_ready (c);
+      if (fill (c) == -1)
+        c->failed = true;
+    } while (c->nr_ready > 0);
+
+    if (c->busy == 0 && (c->failed || c->next >= c->src->size))
+      break;
+    progress_update (c->stats.copied + c->stats.zero);
+    if (poll_once (c) == -1) {
+      c->failed = true;
+      break;                    /* abandon what is in flight */
+    }
+  }
+  progress_end ();
+
+  *stats = c->stats;
+  if (c->failed)
+    return -1;
+  if (c->stats.copied + c->stats.zero != c->stats.total) {
+    nbdkit_error ("internal error: copied %" PRIu64 " + zero %" PRIu64
+                  " != %" PRIu64 " bytes", c->stats.copied, c->stats.zero,
+                  c->stats.total);
+    return -1;
+  }
+  return 0;
+}
+
+void
+copy_free (struct copy *c)
+{
+  unsigned i;
+
+  if (c == NULL)
+    return;
+  if (c->slots)
+    for (i = 0; i < c->nr_slots; ++i)
+      free (c->slots[i].buf);
+  free (c->slots);
+  free (c->free_slots);
+  free (c->ready);
+  free (c->ext);
+  free (c->fds);
+  free (c);
+}

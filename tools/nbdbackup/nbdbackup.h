@@ -1,0 +1,92 @@
+/* nbdkit-backup
+ * Copyright (C) 2026 the nbdkit-backup authors.
+ * SPDX-License-Identifier: BSD-3-Clause
+ */
+
+/* What every nbdbackup subcommand shares: exit statuses, the
+ * subcommand entry points, option parsing helpers and messages.
+ */
+
+#ifndef NBDBACKUP_H
+#define NBDBACKUP_H
+
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#define PROGRAM_NAME "nbdbackup"
+
+/* Exit statuses.  The table is part of the interface: it is printed
+ * by `nbdbackup --help` and documented in nbdbackup(1).  Never
+ * renumber; add new codes at the end.
+ */
+enum {
+  NBDBACKUP_EXIT_OK = 0,          /* the command did what was asked */
+  NBDBACKUP_EXIT_FAILED = 1,      /* I/O error, source or target problem */
+  NBDBACKUP_EXIT_USAGE = 2,       /* bad option or missing argument */
+  NBDBACKUP_EXIT_REFUSED = 3,     /* the server answered with an error */
+  NBDBACKUP_EXIT_JOB_FAILED = 4,  /* the job waited for failed/cancelled */
+};
+
+/* A subcommand: argv[0] is "nbdbackup NAME" (so that getopt's own
+ * messages name the subcommand), and it returns an exit status.
+ */
+typedef int (*subcommand_fn) (int argc, char *argv[]);
+
+/* pull.c */
+extern int pull_main (int argc, char *argv[]);
+
+/* options.c: parsing helpers.  All return false on a bad value and
+ * print nothing; the caller names the option in its usage error.
+ */
+
+/* A size with an optional K, M, G or T suffix (powers of 1024). */
+extern bool parse_size (const char *str, uint64_t *ret);
+
+/* A decimal unsigned integer within [min, max]. */
+extern bool parse_unsigned (const char *str, unsigned min, unsigned max,
+                            unsigned *ret);
+
+/* True if str looks like an NBD URI (nbd://, nbds://, nbd+unix://,
+ * nbds+unix://, nbd+vsock://, nbds+vsock://).
+ */
+extern bool is_nbd_uri (const char *str);
+
+/* Print "nbdbackup CMD: MESSAGE" and a pointer to --help on stderr;
+ * returns NBDBACKUP_EXIT_USAGE.  cmd is argv[0] of the subcommand.
+ */
+extern int usage_error (const char *cmd, const char *fs, ...)
+  __attribute__ ((format (printf, 2, 3)));
+
+/* log.c: messages.  Errors go through nbdkit_error (declared in
+ * nbdkit-stubs.h), which the tool implements itself so that the
+ * common/ libraries' errors are handled the same way as its own.
+ */
+
+/* Print debug messages (--verbose or NBDBACKUP_DEBUG in the env). */
+extern bool log_verbose;
+
+/* Called before any message is printed (the progress bar clears its
+ * line), or NULL.
+ */
+extern void (*log_before_message) (void);
+
+/* The first error reported since the program started, or NULL: the
+ * root cause, for the JSON summary.
+ */
+extern const char *log_first_error (void);
+
+/* Print a warning ("nbdbackup: warning: ..."). */
+extern void warning (const char *fs, ...)
+  __attribute__ ((format (printf, 1, 2)));
+
+/* main.c: signals.  The first SIGINT or SIGTERM sets this; long
+ * operations poll it, stop, clean up and return.  main then re-raises
+ * the signal so that the shell sees how the program ended.
+ */
+extern volatile sig_atomic_t interrupted_by;
+
+/* Catch SIGINT and SIGTERM (without SA_RESTART, so poll returns). */
+extern void catch_signals (void);
+
+#endif /* NBDBACKUP_H */

@@ -1,0 +1,94 @@
+/* nbdkit-backup
+ * Copyright (C) 2026 the nbdkit-backup authors.
+ * SPDX-License-Identifier: BSD-3-Clause
+ */
+
+/* Option parsing helpers shared by the subcommands. */
+
+#include <config.h>
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "nbdbackup.h"
+
+bool
+parse_size (const char *str, uint64_t *ret)
+{
+  char *end;
+  unsigned long long r;
+  unsigned shift = 0;
+
+  /* strtoull accepts leading spaces and a sign: we don't. */
+  if (*str < '0' || *str > '9')
+    return false;
+  errno = 0;
+  r = strtoull (str, &end, 10);
+  if (errno != 0)
+    return false;
+  switch (*end) {
+  case '\0': break;
+  case 'k': case 'K': shift = 10; end++; break;
+  case 'm': case 'M': shift = 20; end++; break;
+  case 'g': case 'G': shift = 30; end++; break;
+  case 't': case 'T': shift = 40; end++; break;
+  default: return false;
+  }
+  if (*end != '\0')
+    return false;
+  if (shift > 0 && r > (UINT64_MAX >> shift))
+    return false;
+  *ret = (uint64_t) r << shift;
+  return true;
+}
+
+bool
+parse_unsigned (const char *str, unsigned min, unsigned max, unsigned *ret)
+{
+  char *end;
+  unsigned long long r;
+
+  if (*str < '0' || *str > '9')
+    return false;
+  errno = 0;
+  r = strtoull (str, &end, 10);
+  if (errno != 0 || *end != '\0' || r < min || r > max)
+    return false;
+  *ret = r;
+  return true;
+}
+
+bool
+is_nbd_uri (const char *str)
+{
+  static const char *const schemes[] = {
+    "nbd://", "nbds://", "nbd+unix://", "nbds+unix://",
+    "nbd+vsock://", "nbds+vsock://", NULL
+  };
+  size_t i;
+
+  for (i = 0; schemes[i] != NULL; ++i)
+    if (strncmp (str, schemes[i], strlen (schemes[i])) == 0)
+      return true;
+  return false;
+}
+
+int
+usage_error (const char *cmd, const char *fs, ...)
+{
+  va_list args;
+
+  if (log_before_message)
+    log_before_message ();
+  fprintf (stderr, "%s: ", cmd);
+  va_start (args, fs);
+  vfprintf (stderr, fs, args);
+  va_end (args);
+  fprintf (stderr, "\nTry '%s --help' for more information.\n", cmd);
+  return NBDBACKUP_EXIT_USAGE;
+}

@@ -1,0 +1,33 @@
+/* nbdkit-backup
+ * Copyright (C) 2026 the nbdkit-backup authors.
+ * SPDX-License-Identifier: BSD-3-Clause
+ */
+
+/* The source of a copy: one or more connections to an NBD export. */
+
+#ifndef NBDBACKUP_SOURCE_H
+#define NBDBACKUP_SOURCE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <libnbd.h>
+
+struct source {
+  const char *uri;
+  struct nbd_handle **nbd;      /* nr_nbd connections */
+  unsigned nr_nbd;
+  uint64_t size;                /* export size in bytes */
+  bool have_extents;            /* base:allocation was negotiated */
+  uint64_t max_request;         /* largest read the server accepts */
+};
+
+/* Connect nr connections to uri, all asking for base:allocation.
+ * 0, or -1 with the error reported (and nothing left open).
+ */
+extern int source_open (struct source *src, const char *uri, unsigned nr);
+
+/* Disconnect and free (safe on a source that failed to open). */
+extern void source_close (struct source *src);
+
+#endif /* NBDBACKUP_SOURCE_H */

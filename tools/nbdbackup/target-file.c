@@ -1,0 +1,101 @@
+/* nbdkit-backup
+ * Copyright (C) 2026 the nbdkit-backup authors.
+ * SPDX-License-Identifier: BSD-3-Clause
+ */
+
+/* What the raw and qcow2 targets share: the TARGET.incomplete rule.
+ *
+ * A file target is created as TARGET.incomplete and renamed to TARGET
+ * only after every byte is written and flushed, then the directory is
+ * synced, so TARGET exists only if it is complete, even after a
+ * crash.  A stale TARGET.incomplete (an earlier run that failed or
+ * was killed) is simply removed: it can never be mistaken for a
+ * backup, and nothing resumes from it.
+ *
+ * An existing TARGET is refused unless --force.  With --force it is
+ * removed as soon as the new TARGET.incomplete exists, not kept until
+ * the rename: if the new copy then fails, the user is left with no
+ * TARGET rather than an old one that a script could take for the
+ * result of this run (the cbw filter does the same with cbw-target).
+ */
+
+#include <config.h>
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "files.h"
+#include "nbdkit-stubs.h"
+#include "target.h"
+
+int
+file_target_check (const char *path, bool force)
+{
+  struct stat st;
+
+  if (lstat (path, &st) == -1) {
+    if (errno == ENOENT)
+      return 0;
+    nbdkit_error ("%s: %m", path);
+    return -1;
+  }
+  if (!S_ISREG (st.st_mode)) {
+    nbdkit_error ("%s: exists and is not a regular file", path);
+    return -1;
+  }
+  if (!force) {
+    nbdkit_error ("%s: already exists (use --force to replace it)", path);
+    return -1;
+  }
+  return 0;
+}
+
+char *
+incomplete_name (const char *path)
+{
+  char *r;
+
+  if (asprintf (&r, "%s.incomplete", path) == -1) {
+    nbdkit_error ("asprintf: %m");
+    return NULL;
+  }
+  return r;
+}
+
+int
+remove_stale (const char *incomplete)
+{
+  if (unlink (incomplete) == -1 && errno != ENOENT) {
+    nbdkit_error ("%s: cannot remove stale file: %m", incomplete);
+    return -1;
+  }
+  return 0;
+}
+
+int
+remove_old_target (const char *path)
+{
+  if (unlink (path) == -1 && errno != ENOENT) {
+    nbdkit_error ("%s: cannot remove: %m", path);
+    return -1;
+  }
+  return 0;
+}
+
+int
+publish (const char *incomplete, const char *path)
+{
+  if (rename (incomplete, path) == -1) {
+    nbdkit_error ("rename %s to %s: %m", incomplete, path);
+    return -1;
+  }
+  if (fsync_parent_dir (path) == -1) {
+    nbdkit_error ("%s: fsync directory: %m", path);
+    return -1;
+  }
+  return 0;
+}
