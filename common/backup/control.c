@@ -328,6 +328,7 @@ register_builtins (void)
   control_register ("query-status", query_status_cmd, NULL);
   control_register ("query-jobs", query_kind_cmd, (void *) "job");
   control_register ("query-snapshots", query_kind_cmd, (void *) "snapshot");
+  control_register ("query-bitmaps", query_kind_cmd, (void *) "bitmap");
   control_register ("transaction", transaction_cmd, NULL);
 }
 

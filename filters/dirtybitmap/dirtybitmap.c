@@ -1,0 +1,457 @@
+/* nbdkit-backup
+ * Copyright (C) 2026 the nbdkit-backup authors.
+ * SPDX-License-Identifier: BSD-3-Clause
+ */
+
+/* nbdkit-dirtybitmap-filter: change tracking for incremental backups.
+ *
+ * Notes on the design:
+ *
+ * The bitmaps themselves live in libnbdkit-backup (common/backup/
+ * dirty.c), one set per process, so that the cbw filter can take one
+ * for an incremental backup.  This filter owns their life: it loads
+ * and saves them (persist.c), records every pwrite, zero and trim
+ * that reaches it in every recording bitmap, and gives them control
+ * commands (commands.c).
+ *
+ * A write is marked before it goes down, inside the write gate: so a
+ * transaction (which closes the gate) sees it wholly before or wholly
+ * after, and a write that fails half way is still marked (a spurious
+ * dirty bit costs a copy; a missing one corrupts a backup).  The
+ * first change after start waits until the sidecar says "in use".
+ *
+ * Dirty exports: "dirty:NAME" serves the data of the snapshot export
+ * below (fleece's, by default "snapshot") read-only, with extents
+ * from bitmap NAME: clean granules are HOLE (not ZERO: they read as
+ * the snapshot's data, so the NBD rule that HOLE alone promises
+ * nothing about the contents holds), dirty ones are data.  A client
+ * with only base:allocation, e.g. nbdinfo --map or qemu-img map,
+ * thus sees what changed.  The bitmap must be disabled (frozen at the
+ * snapshot instant) and is busy while an export is open on it.
+ *
+ * Not done: tracking several exports of one plugin separately (all
+ * exports count as one disk), and writes that bypass this filter
+ * (another server, or offline tools) cannot be seen at all.
+ */
+
+#include <config.h>
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <nbdkit-filter.h>
+
+#include "cleanup.h"
+#include "commands.h"
+#include "control.h"
+#include "dirty.h"
+#include "gate.h"
+#include "ispowerof2.h"
+#include "persist.h"
+#include "registry.h"
+
+#define DIRTY_EXPORT_PREFIX "dirty:"
+
+/* Parameters, set in .config and never changed afterwards. */
+static char *file_path;                         /* dirtybitmap-file */
+static uint32_t granularity = 65536;            /* dirtybitmap-granularity */
+static const char *snapshot_export = "snapshot"; /* dirtybitmap-snapshot-export */
+static const char **add_names;                  /* dirtybitmap-add */
+static size_t nr_add_names;
+
+/* True once the bitmaps are loaded: only then are they saved. */
+static bool loaded;
+
+struct handle {
+  struct dirty_bitmap *reader;  /* Set for a dirty export. */
+};
+
+static void
+dirtybitmap_load (void)
+{
+  registry_add_filter ("dirtybitmap");
+}
+
+static void
+dirtybitmap_unload (void)
+{
+  /* Every filter's .cleanup has run (so cbw has ended its backup and
+   * released its bitmap): the bitmaps are final.
+   */
+  if (loaded)
+    persist_save ();
+  dirty_free_all ();
+  persist_close ();
+  registry_remove_filter ("dirtybitmap");
+  free (file_path);
+  free (add_names);
+}
+
+static int
+dirtybitmap_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
+                    const char *key, const char *value)
+{
+  if (strcmp (key, "dirtybitmap-file") == 0) {
+    free (file_path);
+    file_path = nbdkit_absolute_path (value);
+    return file_path ? 0 : -1;
+  }
+  else if (strcmp (key, "dirtybitmap-control") == 0)
+    return control_configure ("dirtybitmap-control", value);
+  else if (strcmp (key, "dirtybitmap-granularity") == 0) {
+    int64_t r = nbdkit_parse_size (value);
+    if (r == -1)
+      return -1;
+    if (r < DIRTY_MIN_GRANULARITY || r > DIRTY_MAX_GRANULARITY ||
+        !is_power_of_2 (r)) {
+      nbdkit_error ("dirtybitmap-granularity: '%s' must be a power of two "
+                    "from 512 to 2G", value);
+      return -1;
+    }
+    granularity = r;
+    return 0;
+  }
+  else if (strcmp (key, "dirtybitmap-add") == 0) {
+    struct control_error err = { 0 };
+    const char **p;
+
+    if (dirty_check_name (value, &err) == -1) {
+      nbdkit_error ("dirtybitmap-add: %s", err.desc);
+      return -1;
+    }
+    p = realloc (add_names, (nr_add_names + 1) * sizeof *p);
+    if (p == NULL) {
+      nbdkit_error ("realloc: %m");
+      return -1;
+    }
+    add_names = p;
+    add_names[nr_add_names++] = value;
+    return 0;
+  }
+  else if (strcmp (key, "dirtybitmap-snapshot-export") == 0) {
+    if (strlen (value) > 4096) {
+      nbdkit_error ("dirtybitmap-snapshot-export: name too long");
+      return -1;
+    }
+    snapshot_export = value;
+    return 0;
+  }
+  return next (nxdata, key, value);
+}
+
+#define dirtybitmap_config_help \
+  "dirtybitmap-file=<FILE>   Keep persistent bitmaps in this sidecar file.\n" \
+  "dirtybitmap-add=<NAME>    Create this bitmap at start if missing.\n" \
+  "dirtybitmap-granularity=<N>\n" \
+  "                          Default granularity of new bitmaps (64K).\n" \
+  "dirtybitmap-control=<SOCKET>\n" \
+  "                          The server's control socket.\n" \
+  "dirtybitmap-snapshot-export=<NAME>\n" \
+  "                          Export whose data dirty:* serve (snapshot)."
+
+static int
+dirtybitmap_get_ready (int thread_model)
+{
+  if (file_path) {
+    if (persist_load (file_path) == -1)
+      return -1;
+    dirty_set_change_hook (persist_mark_in_use);
+  }
+  loaded = true;
+  if (commands_register (granularity) == -1)
+    return -1;
+  return control_bind ();
+}
+
+static int
+dirtybitmap_after_fork (nbdkit_backend *backend)
+{
+  nbdkit_next *next;
+  int64_t size;
+  size_t i;
+  unsigned lost;
+
+  /* The disk's size: the bitmaps cover it. */
+  next = nbdkit_next_context_open (backend, 1, "", 1);
+  if (next == NULL) {
+    nbdkit_error ("dirtybitmap: cannot open the plugin to learn the "
+                  "disk's size");
+    return -1;
+  }
+  if (next->prepare (next) == -1)
+    size = -1;
+  else
+    size = next->get_size (next);
+  next->finalize (next);
+  nbdkit_next_context_close (next);
+  if (size == -1)
+    return -1;
+  lost = dirty_set_disk_size (size);
+  if (lost > 0)
+    nbdkit_debug ("dirtybitmap: the disk's size is now %" PRIi64 ": %u "
+                  "bitmaps from %s are inconsistent", size, lost, file_path);
+
+  for (i = 0; i < nr_add_names; ++i) {
+    struct control_error err = { 0 };
+    struct dirty_new n = {
+      .name = add_names[i],
+      .granularity = granularity,
+      .recording = true,
+      .persistent = file_path != NULL,
+    };
+
+    if (dirty_find (add_names[i]))
+      continue;                 /* Kept from the file. */
+    if (dirty_before_change () == -1) {
+      nbdkit_error ("dirtybitmap-file: %s: cannot mark it in use: %m",
+                    file_path);
+      return -1;
+    }
+    if (dirty_add (&n, &err) == NULL ||
+        (n.persistent && persist_update_in_use () == -1)) {
+      nbdkit_error ("dirtybitmap-add: %s: %s", add_names[i],
+                    err.desc[0] ? err.desc : "cannot update the file");
+      return -1;
+    }
+  }
+  return control_start ();
+}
+
+static void
+dirtybitmap_cleanup (nbdkit_backend *backend)
+{
+  control_stop ();
+}
+
+struct list_ctx {
+  struct nbdkit_exports *exports;
+  int r;
+};
+
+static int
+list_one (const struct dirty_record *rec, void *opaque)
+{
+  struct list_ctx *c = opaque;
+  CLEANUP_FREE char *name = NULL;
+
+  if (rec->inconsistent || rec->recording)
+    return 0;
+  if (asprintf (&name, DIRTY_EXPORT_PREFIX "%s", rec->name) == -1 ||
+      nbdkit_add_export (c->exports, name,
+                         "dirty clusters of the snapshot (read-only)") == -1)
+    c->r = -1;
+  return 0;
+}
+
+static int
+dirtybitmap_list_exports (nbdkit_next_list_exports *next,
+                          nbdkit_backend *nxdata, int readonly, int is_tls,
+                          struct nbdkit_exports *exports)
+{
+  struct list_ctx c = { .exports = exports };
+
+  if (next (nxdata, readonly, exports) == -1)
+    return -1;
+  dirty_foreach_record (list_one, &c);
+  return c.r;
+}
+
+static void *
+dirtybitmap_open (nbdkit_next_open *next, nbdkit_context *context,
+                  int readonly, const char *exportname, int is_tls)
+{
+  struct handle *h = calloc (1, sizeof *h);
+  size_t plen = strlen (DIRTY_EXPORT_PREFIX);
+
+  if (h == NULL) {
+    nbdkit_error ("calloc: %m");
+    return NULL;
+  }
+  if (strncmp (exportname, DIRTY_EXPORT_PREFIX, plen) == 0) {
+    struct control_error err = { 0 };
+
+    h->reader = dirty_reader_begin (exportname + plen, &err);
+    if (h->reader == NULL) {
+      nbdkit_error ("dirtybitmap: export %s: %s", exportname, err.desc);
+      free (h);
+      return NULL;
+    }
+    if (next (context, 1, snapshot_export) == -1) {
+      dirty_reader_end (h->reader);
+      free (h);
+      return NULL;
+    }
+    return h;
+  }
+  if (next (context, readonly, exportname) == -1) {
+    free (h);
+    return NULL;
+  }
+  return h;
+}
+
+static void
+dirtybitmap_close (void *handle)
+{
+  struct handle *h = handle;
+
+  if (h->reader)
+    dirty_reader_end (h->reader);
+  free (h);
+}
+
+static int
+dirtybitmap_prepare (nbdkit_next *next, void *handle, int readonly)
+{
+  struct handle *h = handle;
+  int64_t size;
+
+  if (h->reader == NULL)
+    return 0;
+  size = next->get_size (next);
+  if (size == -1)
+    return -1;
+  if ((uint64_t) size != dirty_disk_size ()) {
+    nbdkit_error ("dirtybitmap: export %s%s: the export %s has %" PRIi64
+                  " bytes but the bitmap covers %" PRIu64,
+                  DIRTY_EXPORT_PREFIX, dirty_name (h->reader),
+                  snapshot_export, size, dirty_disk_size ());
+    return -1;
+  }
+  return 0;
+}
+
+#define READER_OR(h, value, otherwise) \
+  (((struct handle *) (h))->reader ? (value) : (otherwise))
+
+static int
+dirtybitmap_can_write (nbdkit_next *next, void *handle)
+{
+  return READER_OR (handle, 0, next->can_write (next));
+}
+
+static int
+dirtybitmap_can_extents (nbdkit_next *next, void *handle)
+{
+  return READER_OR (handle, 1, next->can_extents (next));
+}
+
+static int
+dirtybitmap_can_cache (nbdkit_next *next, void *handle)
+{
+  return READER_OR (handle, NBDKIT_CACHE_NONE, next->can_cache (next));
+}
+
+static int
+dirtybitmap_can_multi_conn (nbdkit_next *next, void *handle)
+{
+  return READER_OR (handle, 1, next->can_multi_conn (next));
+}
+
+static int
+dirtybitmap_extents (nbdkit_next *next, void *handle, uint32_t count,
+                     uint64_t offset, uint32_t flags,
+                     struct nbdkit_extents *extents, int *err)
+{
+  struct handle *h = handle;
+  uint64_t end = offset + count, pos = offset, start, len;
+
+  if (h->reader == NULL)
+    return next->extents (next, count, offset, flags, extents, err);
+
+  while (pos < end) {
+    if (!dirty_next_range (h->reader, pos, end, &start, &len)) {
+      start = end;
+      len = 0;
+    }
+    if (start > pos &&
+        nbdkit_add_extent (extents, pos, start - pos,
+                           NBDKIT_EXTENT_HOLE) == -1)
+      goto fail;
+    if (len > 0 && nbdkit_add_extent (extents, start, len, 0) == -1)
+      goto fail;
+    pos = start + len;
+    if (flags & NBDKIT_FLAG_REQ_ONE)
+      break;
+  }
+  return 0;
+ fail:
+  *err = errno;
+  return -1;
+}
+
+/* Record a change before it goes down.  0, or -1 with *err set. */
+static int
+mark (uint64_t offset, uint32_t count, int *err)
+{
+  if (dirty_mark (offset, count) == -1) {
+    *err = errno ? errno : EIO;
+    nbdkit_error ("dirtybitmap: cannot mark %s in use, so this write "
+                  "could not be tracked safely: %m", file_path);
+    return -1;
+  }
+  return 0;
+}
+
+static int
+dirtybitmap_pwrite (nbdkit_next *next, void *handle, const void *buf,
+                    uint32_t count, uint64_t offset, uint32_t flags,
+                    int *err)
+{
+  GATE_FOR_CURRENT_SCOPE ();
+
+  if (mark (offset, count, err) == -1)
+    return -1;
+  return next->pwrite (next, buf, count, offset, flags, err);
+}
+
+static int
+dirtybitmap_zero (nbdkit_next *next, void *handle, uint32_t count,
+                  uint64_t offset, uint32_t flags, int *err)
+{
+  GATE_FOR_CURRENT_SCOPE ();
+
+  if (mark (offset, count, err) == -1)
+    return -1;
+  return next->zero (next, count, offset, flags, err);
+}
+
+static int
+dirtybitmap_trim (nbdkit_next *next, void *handle, uint32_t count,
+                  uint64_t offset, uint32_t flags, int *err)
+{
+  GATE_FOR_CURRENT_SCOPE ();
+
+  if (mark (offset, count, err) == -1)
+    return -1;
+  return next->trim (next, count, offset, flags, err);
+}
+
+static struct nbdkit_filter filter = {
+  .name              = "dirtybitmap",
+  .longname          = "nbdkit dirty bitmap (change tracking) filter",
+  .load              = dirtybitmap_load,
+  .unload            = dirtybitmap_unload,
+  .config            = dirtybitmap_config,
+  .config_help       = dirtybitmap_config_help,
+  .get_ready         = dirtybitmap_get_ready,
+  .after_fork        = dirtybitmap_after_fork,
+  .cleanup           = dirtybitmap_cleanup,
+  .list_exports      = dirtybitmap_list_exports,
+  .open              = dirtybitmap_open,
+  .close             = dirtybitmap_close,
+  .prepare           = dirtybitmap_prepare,
+  .can_write         = dirtybitmap_can_write,
+  .can_extents       = dirtybitmap_can_extents,
+  .can_cache         = dirtybitmap_can_cache,
+  .can_multi_conn    = dirtybitmap_can_multi_conn,
+  .pwrite            = dirtybitmap_pwrite,
+  .zero              = dirtybitmap_zero,
+  .trim              = dirtybitmap_trim,
+  .extents           = dirtybitmap_extents,
+};
+
+NBDKIT_REGISTER_FILTER (filter)
