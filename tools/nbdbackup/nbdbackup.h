@@ -12,6 +12,7 @@
 
 #include <signal.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #define PROGRAM_NAME "nbdbackup"
@@ -36,6 +37,34 @@ typedef int (*subcommand_fn) (int argc, char *argv[]);
 /* pull.c */
 extern int pull_main (int argc, char *argv[]);
 
+/* The control subcommands, one per file (status.c, snapshot.c, ...). */
+extern int status_main (int argc, char *argv[]);
+extern int snapshot_main (int argc, char *argv[]);
+extern int backup_main (int argc, char *argv[]);
+extern int cancel_main (int argc, char *argv[]);
+extern int set_speed_main (int argc, char *argv[]);
+extern int wait_main (int argc, char *argv[]);
+extern int control_main (int argc, char *argv[]);
+
+/* wait.c: jobs, shared with backup --wait and cancel. */
+struct control;
+
+/* Find the id of the job to act on: id itself if the server has such
+ * a job, else (id NULL) the first running job, else the first job.
+ * Returns an exit status; on NBDBACKUP_EXIT_OK *ret is the id
+ * (malloc'd).  No such job is NBDBACKUP_EXIT_REFUSED (reported).
+ */
+extern int job_choose (struct control *c, const char *id, char **ret);
+
+/* Wait until job id is completed, failed or cancelled, drawing the
+ * progress bar if progress, and print the outcome (the job's last
+ * query-jobs object if json).  Returns NBDBACKUP_EXIT_OK if it
+ * completed, _JOB_FAILED if it failed or was cancelled, or the status
+ * of a command or connection that failed.
+ */
+extern int job_wait (struct control *c, const char *id, bool json,
+                     bool progress);
+
 /* options.c: parsing helpers.  All return false on a bad value and
  * print nothing; the caller names the option in its usage error.
  */
@@ -47,10 +76,20 @@ extern bool parse_size (const char *str, uint64_t *ret);
 extern bool parse_unsigned (const char *str, unsigned min, unsigned max,
                             unsigned *ret);
 
+/* A size for people: "512 B", "64.0 KiB", "1.5 GiB". */
+extern void format_size (char *buf, size_t len, uint64_t size);
+
 /* True if str looks like an NBD URI (nbd://, nbds://, nbd+unix://,
  * nbds+unix://, nbd+vsock://, nbds+vsock://).
  */
 extern bool is_nbd_uri (const char *str);
+
+/* Parse the options of a subcommand that has only -h/--help and
+ * -v/--verbose; usage_fn prints its --help.  Returns -1 to go on
+ * (optind is the first operand), else an exit status.
+ */
+extern int parse_simple_options (int argc, char *argv[],
+                                 void (*usage_fn) (const char *cmd));
 
 /* Print "nbdbackup CMD: MESSAGE" and a pointer to --help on stderr;
  * returns NBDBACKUP_EXIT_USAGE.  cmd is argv[0] of the subcommand.

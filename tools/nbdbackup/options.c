@@ -8,6 +8,8 @@
 #include <config.h>
 
 #include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -63,6 +65,24 @@ parse_unsigned (const char *str, unsigned min, unsigned max, unsigned *ret)
   return true;
 }
 
+void
+format_size (char *buf, size_t len, uint64_t size)
+{
+  static const char *const units[] = { "KiB", "MiB", "GiB", "TiB", "PiB" };
+  double v = size;
+  int i = -1;
+
+  if (size < 1024) {
+    snprintf (buf, len, "%" PRIu64 " B", size);
+    return;
+  }
+  while (v >= 1024 && i < 4) {
+    v /= 1024;
+    i++;
+  }
+  snprintf (buf, len, "%.1f %s", v, units[i]);
+}
+
 bool
 is_nbd_uri (const char *str)
 {
@@ -76,6 +96,33 @@ is_nbd_uri (const char *str)
     if (strncmp (str, schemes[i], strlen (schemes[i])) == 0)
       return true;
   return false;
+}
+
+int
+parse_simple_options (int argc, char *argv[],
+                      void (*usage_fn) (const char *cmd))
+{
+  static const struct option long_options[] = {
+    { "help",    no_argument, NULL, 'h' },
+    { "verbose", no_argument, NULL, 'v' },
+    { NULL, 0, NULL, 0 }
+  };
+  int c;
+
+  while ((c = getopt_long (argc, argv, "hv", long_options, NULL)) != -1) {
+    switch (c) {
+    case 'v':
+      log_verbose = true;
+      break;
+    case 'h':
+      usage_fn (argv[0]);
+      return NBDBACKUP_EXIT_OK;
+    default:
+      fprintf (stderr, "Try '%s --help' for more information.\n", argv[0]);
+      return NBDBACKUP_EXIT_USAGE;
+    }
+  }
+  return -1;
 }
 
 int

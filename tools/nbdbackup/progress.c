@@ -35,6 +35,7 @@
 static bool enabled;
 static bool drawn;                      /* the line holds a bar now */
 static uint64_t total;
+static uint64_t start_done;             /* done before progress_start */
 static double start_time, last_draw;
 
 static void
@@ -48,16 +49,29 @@ clear_line (void)
 }
 
 void
-progress_start (uint64_t total_, bool enabled_)
+progress_start_from (uint64_t total_, uint64_t done, bool enabled_)
 {
   enabled = enabled_;
   total = total_;
+  start_done = done;
   start_time = monotonic_seconds ();
   last_draw = 0;
   if (enabled) {
     log_before_message = clear_line;
-    progress_update (0);
+    progress_update (done);
   }
+}
+
+void
+progress_start (uint64_t total_, bool enabled_)
+{
+  progress_start_from (total_, 0, enabled_);
+}
+
+void
+progress_set_total (uint64_t total_)
+{
+  total = total_;
 }
 
 static unsigned
@@ -102,7 +116,9 @@ progress_update (uint64_t done)
   last_draw = now;
 
   elapsed = now - start_time;
-  rate = elapsed > 0 ? done / elapsed : 0;
+  if (done > total)
+    done = total;
+  rate = elapsed > 0 && done > start_done ? (done - start_done) / elapsed : 0;
   fraction = total > 0 ? (double) done / total : 1;
   percent = (int) (fraction * 100);
   if (rate > 0)

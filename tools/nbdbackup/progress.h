@@ -16,6 +16,15 @@
  */
 extern void progress_start (uint64_t total, bool enabled);
 
+/* progress_start for work already under way: done bytes were done
+ * before now, so the rate and ETA count only what is done from now.
+ */
+extern void progress_start_from (uint64_t total, uint64_t done,
+                                 bool enabled);
+
+/* The total changed (a job may learn its size as it goes). */
+extern void progress_set_total (uint64_t total);
+
 /* done bytes out of total; redrawn at most 10 times a second. */
 extern void progress_update (uint64_t done);
 
