@@ -14,6 +14,9 @@
  * NAME_main in NAME.c, declare it in nbdbackup.h, add a row here and
  * a section to man/nbdbackup.pod.
  *
+ * pull talks NBD.  The others talk to a server's control socket
+ * through control.c; their first operand is always SOCKET.
+ *
  * The subcommand sees argv[0] = "nbdbackup NAME", so getopt's own
  * messages ("nbdbackup pull: unrecognized option '--bad'") name it.
  *
@@ -41,6 +44,12 @@ struct subcommand {
 static const struct subcommand subcommands[] = {
   { "pull", pull_main,
     "copy an NBD export to a raw file, a qcow2 image or an NBD URI" },
+  { "status", status_main,
+    "print a server's version, filters, jobs and snapshots" },
+  { "snapshot", snapshot_main,
+    "start or stop a point-in-time snapshot (fleece filter)" },
+  { "control", control_main,
+    "send raw JSON requests to a control socket, print the replies" },
   { NULL, NULL, NULL }
 };
 
