@@ -1,0 +1,231 @@
+#!/usr/bin/env bats
+# nbdkit-backup
+# Copyright (C) 2026 the nbdkit-backup authors.  BSD-3-Clause.
+#
+# Persistent bitmaps: kept bit for bit across a clean restart, never
+# trusted after kill -9, and a damaged sidecar file refused at start.
+
+load helpers
+load dirtybitmap-helpers
+
+setup () {
+    d="$BATS_TEST_TMPDIR"
+    ctlsock="$(new_socket)"
+    truncate -s 32M "$d/disk.img"
+}
+
+teardown () {
+    stop_all_nbdkit
+    rm -f "$ctlsock"
+}
+
+start_db () {
+    start_nbdkit srv --filter="$dirtybitmap" file "$d/disk.img" \
+        dirtybitmap-control="$ctlsock" dirtybitmap-file="$d/bitmaps" "$@"
+    ctl_connect C "$ctlsock"
+}
+
+# The sidecar's flags word (1 = in use).
+file_flags () { od -An -tu4 -j12 -N4 "$d/bitmaps" | tr -d ' '; }
+
+# Every bitmap's state and ranges, for comparing.
+snapshot_bitmaps () {
+    local b
+    bitmaps C
+    for b in $(bitmaps C | awk '{print $1}'); do
+        echo "$b: $(ranges C "$b")"
+    done
+}
+
+@test "dirtybitmap: a clean restart keeps every bitmap bit for bit" {
+    start_db dirtybitmap-add=start
+    # Nothing changed yet: the bitmap made at start set the flag.
+    [ "$(file_flags)" = 1 ]
+    run -0 qmp C block-dirty-bitmap-add '{"name":"g4k","granularity":4096}'
+    run -0 qmp C block-dirty-bitmap-add '{"name":"g1m","granularity":1048576}'
+    run -0 qmp C block-dirty-bitmap-add '{"name":"temp","persistent":false}'
+    cp "$d/disk.img" "$d/model.img"
+    pitwriter --seed 3 --ops 300 --connections 2 --quiet \
+        --model "$d/model.img" "$srv_uri"
+    run -0 qmp C block-dirty-bitmap-disable '{"name":"g1m"}'
+    io "$srv_uri" "write -P 7 31M 4096"
+    before="$(snapshot_bitmaps)"
+    echo "$before"
+    [[ "$before" == *"g1m "*" 1048576 false false true false"* ]]
+    [[ "$before" == *"temp "*" 65536 true false false false"* ]]
+    [ "$(file_flags)" = 1 ]
+    ctl_close C
+    stop_nbdkit srv
+    [ "$(file_flags)" = 0 ]
+
+    start_db
+    after="$(snapshot_bitmaps)"
+    echo "$after"
+    # Everything but the transient bitmap, exactly as it was.
+    [ "$after" = "$(grep -v '^temp' <<<"$before")" ]
+    # A restart with no change leaves the file alone, still clean.
+    [ "$(file_flags)" = 0 ]
+    ctl_close C
+    stop_nbdkit srv
+    start_db
+    [ "$(snapshot_bitmaps)" = "$after" ]
+}
+
+@test "dirtybitmap: after kill -9 every bitmap is inconsistent and can only be removed" {
+    start_db
+    run -0 qmp C block-dirty-bitmap-add '{"name":"a"}'
+    run -0 qmp C block-dirty-bitmap-add '{"name":"b","granularity":4096,"disabled":true}'
+    io "$srv_uri" "write -P 1 0 1M"
+    ctl_close C
+    kill -9 "$srv_pid"
+    wait "$srv_pid" 2>/dev/null || :
+    [ "$(file_flags)" = 1 ]
+
+    start_db
+    run -0 bitmaps C
+    [ "$output" = "a 0 65536 true false true true
+b 0 4096 false false true true" ]
+    for op in clear enable disable; do
+        run -0 qmp C block-dirty-bitmap-$op '{"name":"a"}'
+        [ "$output" = "error: bitmap 'a' is inconsistent (the server did not stop cleanly while it was in use): it cannot be ${op%e}ed, only removed" ]
+    done
+    run -0 qmp C block-dirty-bitmap-add '{"name":"c"}'
+    run -0 qmp C block-dirty-bitmap-merge '{"target":"c","bitmaps":["a"]}'
+    [ "$output" = "error: block-dirty-bitmap-merge: bitmap 'a' is inconsistent: it cannot be merged from, only removed" ]
+    run -0 qmp C block-dirty-bitmap-merge '{"target":"a","bitmaps":["c"]}'
+    [ "$output" = "error: bitmap 'a' is inconsistent (the server did not stop cleanly while it was in use): it cannot be merged into, only removed" ]
+    run -0 ranges C b
+    [ "$output" = "error: query-dirty-ranges: bitmap 'b' is inconsistent (the server did not stop cleanly while it was in use): its ranges are unknown; a full backup is needed" ]
+    # Writes go on; an inconsistent bitmap never gets bits again.
+    io "$srv_uri" "write -P 2 0 64k"
+    # Still inconsistent after a clean restart, until removed.
+    ctl_close C
+    stop_nbdkit srv
+    start_db
+    run -0 bitmaps C
+    [ "$output" = "a 0 65536 true false true true
+b 0 4096 false false true true
+c 65536 65536 true false true false" ]
+    run -0 qmp C block-dirty-bitmap-remove '{"name":"a"}'
+    [ "$output" = '{}' ]
+    run -0 qmp C block-dirty-bitmap-remove '{"name":"b"}'
+    run -0 qmp C block-dirty-bitmap-add '{"name":"a"}'
+    io "$srv_uri" "write -P 3 1M 64k"
+    ctl_close C
+    stop_nbdkit srv
+    start_db
+    run -0 bitmaps C
+    [ "$output" = "c 131072 65536 true false true false
+a 65536 65536 true false true false" ]
+    run -0 ranges C a
+    [ "$output" = "1048576+65536" ]
+}
+
+@test "dirtybitmap: kill -9 with no change since start keeps the bitmaps" {
+    start_db dirtybitmap-add=a
+    io "$srv_uri" "write -P 1 0 64k"
+    ctl_close C
+    stop_nbdkit srv
+    [ "$(file_flags)" = 0 ]
+    # Reads only: the file is never marked, so a crash loses nothing.
+    start_db
+    qemu-io -f raw "$srv_uri" -c "read 0 1M" >/dev/null
+    ctl_close C
+    kill -9 "$srv_pid"
+    wait "$srv_pid" 2>/dev/null || :
+    [ "$(file_flags)" = 0 ]
+    start_db
+    run -0 bitmaps C
+    [ "$output" = "a 65536 65536 true false true false" ]
+    # A bitmap command counts as a change.
+    run -0 qmp C block-dirty-bitmap-disable '{"name":"a"}'
+    [ "$(file_flags)" = 1 ]
+    ctl_close C
+    kill -9 "$srv_pid"
+    wait "$srv_pid" 2>/dev/null || :
+    start_db
+    run -0 bitmaps C
+    [ "$output" = "a 0 65536 true false true true" ]
+}
+
+@test "dirtybitmap: a damaged sidecar file stops the server at start" {
+    start_db dirtybitmap-add=a dirtybitmap-add=b
+    io "$srv_uri" "write -P 1 0 64k"
+    ctl_close C
+    stop_nbdkit srv
+    cp "$d/bitmaps" "$d/good"
+    size=$(stat -c %s "$d/good")
+    hint="to start over, move the file aside: every bitmap in it is then lost, and the next backup must be a full one"
+    try () {
+        run ! nbdkit -U - --filter="$dirtybitmap" file "$d/disk.img" \
+            dirtybitmap-file="$d/bitmaps" --run true
+        echo "$output"
+    }
+
+    # One flipped bit in a bitmap's bits.
+    cp "$d/good" "$d/bitmaps"
+    printf '\x01' | dd of="$d/bitmaps" bs=1 seek=$((size - 10)) conv=notrunc status=none
+    try
+    [[ "$output" == *"dirtybitmap-file: $d/bitmaps: checksum mismatch: the file is corrupt; $hint"* ]]
+
+    # Truncated (a half-written copy).
+    head -c $((size - 100)) "$d/good" > "$d/bitmaps"
+    try
+    [[ "$output" == *"dirtybitmap-file: $d/bitmaps: truncated: $((size - 100)) of $size bytes; $hint"* ]]
+    : > "$d/bitmaps"
+    try
+    [[ "$output" == *"dirtybitmap-file: $d/bitmaps: truncated: 0 bytes, too short for a dirty bitmap file; $hint"* ]]
+
+    # Something else entirely.
+    head -c 4096 /dev/urandom > "$d/bitmaps"
+    try
+    [[ "$output" == *"dirtybitmap-file: $d/bitmaps: not a dirty bitmap file (bad magic); $hint"* ]]
+
+    # A newer version.
+    cp "$d/good" "$d/bitmaps"
+    printf '\x02' | dd of="$d/bitmaps" bs=1 seek=8 conv=notrunc status=none
+    try
+    [[ "$output" == *"dirtybitmap-file: $d/bitmaps: version 2 is not supported (this filter reads version 1); $hint"* ]]
+
+    # Trailing garbage.
+    cp "$d/good" "$d/bitmaps"
+    echo junk >> "$d/bitmaps"
+    try
+    [[ "$output" == *"dirtybitmap-file: $d/bitmaps: $((size + 5)) bytes but its header says $size: the file is corrupt; $hint"* ]]
+
+    # A refused file is never overwritten.
+    cmp "$d/bitmaps" <(cat "$d/good"; echo junk)
+
+    # The documented way to start over.
+    mv "$d/bitmaps" "$d/bitmaps.bad"
+    start_db
+    run -0 bitmaps C
+    [ "$output" = "" ]
+    ctl_close C
+    stop_nbdkit srv
+
+    # And the good file still loads.
+    cp "$d/good" "$d/bitmaps"
+    start_db
+    run -0 bitmaps C
+    [ "$output" = "a 65536 65536 true false true false
+b 65536 65536 true false true false" ]
+}
+
+@test "dirtybitmap: one server per sidecar file" {
+    start_db dirtybitmap-add=a
+    run ! nbdkit -U - --filter="$dirtybitmap" file "$d/disk.img" \
+        dirtybitmap-file="$d/bitmaps" --run true
+    [[ "$output" == *"dirtybitmap-file: $d/bitmaps is in use by another nbdkit server (one server per bitmap file)"* ]]
+}
+
+@test "dirtybitmap: a disk of another size makes the bitmaps inconsistent" {
+    start_db dirtybitmap-add=a
+    io "$srv_uri" "write -P 1 0 64k"
+    ctl_close C
+    stop_nbdkit srv
+    truncate -s 33M "$d/disk.img"
+    start_db
+    run -0 bitmaps C
+    [ "$output" = "a 0 65536 true false true true" ]
+}
