@@ -199,10 +199,17 @@ throttle_wait (struct job *j)
   for (;;) {
     double now = monotonic_seconds (), wait;
     struct timespec ts;
+    uint64_t pending;
 
     if (j->cancel)
       return false;
     if (j->speed == 0 || j->next_slot <= now)
+      return true;
+    /* Nothing left (writers copied the rest): end now, not later.
+     * (The engine's lock nests inside ours only here.)
+     */
+    engine_get_stats (j->e, NULL, &pending, NULL, NULL);
+    if (pending == 0 || !atomic_load (&j->e->active))
       return true;
     wait = MIN (j->next_slot - now, 1.0);
     clock_gettime (CLOCK_MONOTONIC, &ts);
