@@ -117,7 +117,8 @@ refused () {
 @test "cbw-params: help lists every parameter" {
     run -0 nbdkit --filter="$cbw" memory --help
     for k in cbw-target cbw-sync cbw-cluster-size cbw-status cbw-workers \
-             cbw-on-exit cbw-on-error; do
+             cbw-on-exit cbw-on-error cbw-target-format cbw-target-backing \
+             cbw-target-backing-format cbw-copy-timeout cbw-speed; do
         [[ "$output" == *"$k="* ]]
     done
 }
