@@ -155,8 +155,11 @@ cbw_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
   }
   else if (strcmp (key, "cbw-speed") == 0) {
     int64_t r = nbdkit_parse_size (value);
-    if (r == -1)
+    if (r == -1) {
+      nbdkit_error ("cbw-speed: '%s' must be bytes per second, with an "
+                    "optional K, M or G suffix, or 0 (no limit)", value);
       return -1;
+    }
     speed = r;
     return 0;
   }
