@@ -141,6 +141,20 @@ read_line (struct control *c, double deadline, char **line)
       memmove (c->buf, nl + 1, c->len);
       return 1;
     }
+    /* Every line of the protocol is a JSON object.  Something else
+     * (an NBD server's binary greeting) is not worth waiting for.
+     */
+    if (c->len > 0 && c->buf[0] != '{') {
+      char shown[33];
+      size_t i;
+
+      for (i = 0; i < c->len && i < sizeof shown - 1; ++i)
+        shown[i] = c->buf[i] >= 32 && c->buf[i] < 127 ? c->buf[i] : '.';
+      shown[i] = '\0';
+      nbdkit_error ("control socket %s: not an nbdkit-backup control "
+                    "socket (it sent \"%s\")", c->path, shown);
+      return -1;
+    }
     if (c->eof) {
       nbdkit_error ("control socket %s: the server closed the connection%s",
                     c->path, c->len > 0 ? " in the middle of a line" : "");
