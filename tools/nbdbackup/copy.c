@@ -45,6 +45,12 @@
  * targets a piece that is zero throughout is sent as a zero request.
  * Either way those bytes count as "zero", not "copied".
  *
+ * Holes under --incremental (skip_holes).  A source such as a
+ * dirty:NAME export of nbdkit-dirtybitmap-filter reports the ranges
+ * unchanged since the previous backup as HOLE: they are neither read
+ * nor written, so the overlay target reads them from its backing
+ * file (the previous backup), and they count as "skipped".
+ *
  * Errors.  The first error stops new work; requests in flight are
  * waited for, then copy_run returns -1.  If a connection dies, or a
  * signal arrives, the loop stops at once (requests in flight may
@@ -106,6 +112,7 @@ struct extent {
   uint64_t offset;
   uint64_t length;
   bool zero;
+  bool skip;                    /* a hole under skip_holes */
 };
 
 struct copy {
@@ -293,11 +300,12 @@ process_ready (struct copy *c)
 }
 
 static int
-add_extent (struct copy *c, uint64_t offset, uint64_t length, bool zero)
+add_extent (struct copy *c, uint64_t offset, uint64_t length, bool zero,
+            bool skip)
 {
   struct extent *last = c->nr_ext > 0 ? &c->ext[c->nr_ext - 1] : NULL;
 
-  if (last && last->zero == zero) {
+  if (last && last->zero == zero && last->skip == skip) {
     last->length += length;
     return 0;
   }
@@ -310,7 +318,7 @@ add_extent (struct copy *c, uint64_t offset, uint64_t length, bool zero)
     c->ext = p;
     c->cap_ext = n;
   }
-  c->ext[c->nr_ext++] = (struct extent) { offset, length, zero };
+  c->ext[c->nr_ext++] = (struct extent) { offset, length, zero, skip };
   return 0;
 }
 
@@ -333,7 +341,9 @@ extent_cb (void *user_data, const char *metacontext, uint64_t offset,
     len = MIN ((uint64_t) entries[i], c->window_end - pos);
     if (len == 0)
       break;
-    if (add_extent (c, pos, len, entries[i + 1] & LIBNBD_STATE_ZERO) == -1) {
+    if (add_extent (c, pos, len, entries[i + 1] & LIBNBD_STATE_ZERO,
+                    c->opts.skip_holes &&
+                    (entries[i + 1] & LIBNBD_STATE_HOLE)) == -1) {
       *error = ENOMEM;
       return -1;
     }
@@ -356,7 +366,8 @@ refresh_extents (struct copy *c)
 
   if (!src->have_extents) {
     c->ext_end = c->window_end;
-    if (add_extent (c, c->next, c->window_end - c->next, false) == -1) {
+    if (add_extent (c, c->next, c->window_end - c->next, false,
+                    false) == -1) {
       nbdkit_error ("realloc: %m");
       return -1;
     }
@@ -377,10 +388,12 @@ refresh_extents (struct copy *c)
 }
 
 /* The next piece of work at c->next, which it advances.  1 = got
- * one, 0 = the whole source is handed out, -1 = error.
+ * one, 0 = the whole source is handed out, -1 = error.  *skip: a
+ * hole to leave alone (skip_holes).
  */
 static int
-next_piece (struct copy *c, uint64_t *offset, uint64_t *len, bool *zero)
+next_piece (struct copy *c, uint64_t *offset, uint64_t *len, bool *zero,
+            bool *skip)
 {
   const struct extent *e;
   uint64_t end;
@@ -393,7 +406,9 @@ next_piece (struct copy *c, uint64_t *offset, uint64_t *len, bool *zero)
     c->ext_i++;
   e = &c->ext[c->ext_i];
   end = e->offset + e->length;
-  if (e->zero) {
+  if (e->skip)
+    ;
+  else if (e->zero) {
     if (!c->tgt->zero_initialized)
       end = MIN (end, c->next + c->tgt->max_zero);
   }
@@ -403,6 +418,7 @@ next_piece (struct copy *c, uint64_t *offset, uint64_t *len, bool *zero)
   *offset = c->next;
   *len = end - c->next;
   *zero = e->zero;
+  *skip = e->skip;
   c->next = end;
   return 1;
 }
@@ -414,12 +430,16 @@ fill (struct copy *c)
   while (!c->failed && c->nr_free > 0) {
     struct slot *slot;
     uint64_t offset, len;
-    bool zero;
+    bool zero, skip;
     int r;
 
-    r = next_piece (c, &offset, &len, &zero);
+    r = next_piece (c, &offset, &len, &zero, &skip);
     if (r <= 0)
       return r;
+    if (skip) {
+      c->stats.skipped += len;
+      continue;
+    }
     if (zero && c->tgt->zero_initialized) {
       c->stats.zero += len;
       continue;
@@ -584,7 +604,7 @@ copy_run (struct copy *c, struct copy_stats *stats)
 
     if (c->busy == 0 && (c->failed || c->next >= c->src->size))
       break;
-    progress_update (c->stats.copied + c->stats.zero);
+    progress_update (c->stats.copied + c->stats.zero + c->stats.skipped);
     if (poll_once (c) == -1) {
       c->failed = true;
       break;                    /* abandon what is in flight */
@@ -595,9 +615,10 @@ copy_run (struct copy *c, struct copy_stats *stats)
   *stats = c->stats;
   if (c->failed)
     return -1;
-  if (c->stats.copied + c->stats.zero != c->stats.total) {
+  if (c->stats.copied + c->stats.zero + c->stats.skipped != c->stats.total) {
     nbdkit_error ("internal error: copied %" PRIu64 " + zero %" PRIu64
-                  " != %" PRIu64 " bytes", c->stats.copied, c->stats.zero,
+                  " + skipped %" PRIu64 " != %" PRIu64 " bytes",
+                  c->stats.copied, c->stats.zero, c->stats.skipped,
                   c->stats.total);
     return -1;
   }

@@ -20,12 +20,18 @@ struct copy_options {
   unsigned requests;            /* in flight per source connection */
   uint32_t chunk;               /* largest read, a power of 2 */
   bool progress;                /* draw the progress bar */
+  /* --incremental: ranges the source reports as holes are unchanged
+   * since the previous backup; leave them to the target's backing
+   * file (as qemu-img convert -B does).
+   */
+  bool skip_holes;
 };
 
 struct copy_stats {
   uint64_t total;               /* source size */
   uint64_t copied;              /* written to the target as data */
   uint64_t zero;                /* read as zeros, not written as data */
+  uint64_t skipped;             /* holes left to the backing file */
 };
 
 struct copy;

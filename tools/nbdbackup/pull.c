@@ -86,6 +86,12 @@ pull_usage (const char *cmd)
           "  -F, --backing-format=raw|qcow2\n"
           "                            format of FILE (default: probed)\n"
           "      --force               replace an existing TARGET\n"
+          "      --incremental         copy only what SOURCE-URI reports as "
+          "allocated\n"
+          "                            (e.g. a dirty:BITMAP export) into a "
+          "qcow2\n"
+          "                            overlay of --backing (the previous "
+          "backup)\n"
           "\n"
           "Copying:\n"
           "  -C, --connections=N       connections to the source and to an "
@@ -133,7 +139,7 @@ parse_options (int argc, char *argv[], struct pull *p)
 {
   enum {
     OPT_CLUSTER_SIZE = 256, OPT_FORCE, OPT_CHUNK, OPT_PROGRESS,
-    OPT_NO_PROGRESS, OPT_JSON,
+    OPT_NO_PROGRESS, OPT_JSON, OPT_INCREMENTAL,
   };
   static const char short_options[] = "b:C:F:f:hR:v";
   static const struct option long_options[] = {
@@ -145,6 +151,7 @@ parse_options (int argc, char *argv[], struct pull *p)
     { "force",          no_argument,       NULL, OPT_FORCE },
     { "format",         required_argument, NULL, 'f' },
     { "help",           no_argument,       NULL, 'h' },
+    { "incremental",    no_argument,       NULL, OPT_INCREMENTAL },
     { "json",           no_argument,       NULL, OPT_JSON },
     { "no-progress",    no_argument,       NULL, OPT_NO_PROGRESS },
     { "progress",       no_argument,       NULL, OPT_PROGRESS },
@@ -187,6 +194,9 @@ parse_options (int argc, char *argv[], struct pull *p)
       break;
     case OPT_FORCE:
       p->file.force = true;
+      break;
+    case OPT_INCREMENTAL:
+      p->copy.skip_holes = true;
       break;
     case 'C':
       if (!parse_unsigned (optarg, 1, MAX_CONNECTIONS, &p->connections))
@@ -267,6 +277,13 @@ parse_options (int argc, char *argv[], struct pull *p)
     if (p->file.backing_format && !p->file.backing)
       return usage_error (cmd, "--backing-format needs --backing");
   }
+  /* Unchanged ranges are left unwritten: only an overlay of the
+   * previous backup reads them back right.
+   */
+  if (p->copy.skip_holes &&
+      (strcmp (p->format, "qcow2") != 0 || !p->file.backing))
+    return usage_error (cmd, "--incremental needs a qcow2 TARGET with "
+                        "--backing=PREVIOUS-BACKUP");
 
   if ((uint64_t) p->connections * p->copy.requests * p->copy.chunk >
       MAX_BUFFERS)
@@ -374,6 +391,9 @@ print_summary (const struct pull *p, const struct copy_stats *st,
   json_object_object_add (o, "bytes_copied",
                           json_object_new_int64 (st->copied));
   json_object_object_add (o, "bytes_zero", json_object_new_int64 (st->zero));
+  if (p->copy.skip_holes)
+    json_object_object_add (o, "bytes_unchanged",
+                            json_object_new_int64 (st->skipped));
   json_object_object_add (o, "seconds", json_fixed (seconds, 3));
   json_object_object_add (o, "mib_per_second",
                           json_fixed (seconds > 0 ? done / MIB / seconds : 0,

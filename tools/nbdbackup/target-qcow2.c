@@ -179,8 +179,12 @@ qcow2_target_create (const char *path, uint64_t size,
    */
   struct qcow2_create_options copts = { .size = ROUND_UP (size, 512),
                                         .version = 3 };
+  /* The backing file the user named may itself be an overlay (an
+   * incremental backup chain): follow the names inside it, but only
+   * within its own directory, as the library does by default.
+   */
   struct qcow2_open_options oopts = { .readonly = false,
-                                      .policy = QCOW2_BACKING_REFUSE };
+                                      .policy = QCOW2_BACKING_SAME_DIR };
   CLEANUP_FREE char *backing_path = NULL;
   const char *backing_format = NULL;
 
