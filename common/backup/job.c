@@ -27,7 +27,9 @@
 
 #include "cleanup.h"
 #include "files.h"
+#include "control.h"
 #include "job.h"
+#include "registry.h"
 #include "minmax.h"
 
 /* Bytes a worker claims at a time: large enough for good throughput,
@@ -83,8 +85,19 @@ job_write_initial_status (const char *path, const char *state)
   return r;
 }
 
-int
-job_write_status (struct job *j)
+/* Add key (status-file style) or qkey (query-jobs style) to o. */
+static void
+add (json_object *o, bool qmp, const char *key, const char *qkey,
+     json_object *v)
+{
+  json_object_object_add (o, qmp ? qkey : key, v);
+}
+
+/* The job's state as one object: the status file's keys, or with qmp
+ * the control socket's (QMP-like names, plus id and type).
+ */
+static json_object *
+job_object (struct job *j, bool qmp)
 {
   struct engine_stats st;
   uint64_t pending, done;
@@ -92,73 +105,120 @@ job_write_status (struct job *j)
   CLEANUP_FREE char *eerr = NULL;
   enum job_state state;
   double now = monotonic_seconds (), elapsed;
+  json_object *o = json_object_new_object ();
+  struct target *t = j->e->target;
+
+  engine_get_stats (j->e, &st, &pending, &broken, &eerr);
+  done = bytes_done (j, pending);
+
+  pthread_mutex_lock (&j->lock);
+  state = j->state;
+  elapsed = (j->finished ? j->end_time : now) - j->start_time;
+  if (qmp) {
+    json_object_object_add (o, "id", json_object_new_string (j->id));
+    json_object_object_add (o, "type", json_object_new_string ("backup"));
+  }
+  add (o, qmp, "state", "status",
+       json_object_new_string (job_state_name (state)));
+  add (o, qmp, "sync", "sync", json_object_new_string (j->p.sync));
+  add (o, qmp, "target", "target", json_object_new_string (t->name));
+  add (o, qmp, "target_format", "target-format",
+       json_object_new_string (t->ops->kind));
+  add (o, qmp, "target_in_progress", "target-in-progress",
+       t->working_name && state != JOB_COMPLETED
+       ? json_object_new_string (t->working_name) : NULL);
+  add (o, qmp, "cluster_size", "cluster-size",
+       json_object_new_int64 (j->e->cluster_size));
+  add (o, qmp, "disk_size", "disk-size", json_object_new_int64 (j->e->size));
+  add (o, qmp, "bytes_done", "current-progress", json_object_new_int64 (done));
+  add (o, qmp, "bytes_total", "total-progress",
+       json_object_new_int64 (j->bytes_total));
+  add (o, qmp, "bytes_written", "bytes-written",
+       json_object_new_int64 (st.bytes_copied));
+  add (o, qmp, "bytes_zero", "bytes-zero", json_object_new_int64 (st.bytes_zero));
+  add (o, qmp, "bytes_before_writes", "bytes-before-writes",
+       json_object_new_int64 (st.bytes_by_writes));
+  add (o, qmp, "elapsed_seconds", "elapsed-seconds",
+       json_object_new_double (elapsed));
+  add (o, qmp, "rate_mib_per_second", "rate-mib-per-second",
+       json_object_new_double (elapsed > 0 ? done / elapsed / 1048576 : 0));
+  add (o, qmp, "speed_limit", "speed", json_object_new_int64 (j->speed));
+  add (o, qmp, "workers", "workers",
+       json_object_new_int64 (j->p.background_copy ? j->p.workers : 0));
+  add (o, qmp, "on_error", "on-error",
+       json_object_new_string (j->e->on_error == CBW_FAIL_WRITE
+                               ? "fail-write" : "break-snapshot"));
+  add (o, qmp, "writes_failed", "writes-failed",
+       json_object_new_int64 (st.writes_failed));
+  add (o, qmp, "copy_timeouts", "copy-timeouts",
+       json_object_new_int64 (st.copy_timeouts));
+  add (o, qmp, "error", "error",
+       j->error ? json_object_new_string (j->error)
+       : eerr ? json_object_new_string (eerr) : NULL);
+  pthread_mutex_unlock (&j->lock);
+  return o;
+}
+
+json_object *
+job_describe (void *vj)
+{
+  return job_object (vj, true);
+}
+
+int
+job_write_status (struct job *j)
+{
   json_object *o;
   int r;
 
   if (j->status_path == NULL)
     return 0;
-  engine_get_stats (j->e, &st, &pending, &broken, &eerr);
-  done = bytes_done (j, pending);
-
-  o = json_object_new_object ();
+  o = job_object (j, false);
   pthread_mutex_lock (&j->lock);
-  state = j->state;
-  elapsed = (j->finished ? j->end_time : now) - j->start_time;
-  j->last_status = now;
-  json_object_object_add (o, "state",
-                          json_object_new_string (job_state_name (state)));
-  json_object_object_add (o, "sync", json_object_new_string (j->p.sync));
-  json_object_object_add (o, "target",
-                          json_object_new_string (j->e->target->name));
-  json_object_object_add (o, "target_format",
-                          json_object_new_string (j->e->target->ops->kind));
-  json_object_object_add (o, "target_in_progress",
-                          j->e->target->working_name && state != JOB_COMPLETED
-                          ? json_object_new_string (j->e->target->working_name)
-                          : NULL);
-  json_object_object_add (o, "cluster_size",
-                          json_object_new_int64 (j->e->cluster_size));
-  json_object_object_add (o, "disk_size", json_object_new_int64 (j->e->size));
-  json_object_object_add (o, "bytes_done", json_object_new_int64 (done));
-  json_object_object_add (o, "bytes_total",
-                          json_object_new_int64 (j->bytes_total));
-  json_object_object_add (o, "bytes_written",
-                          json_object_new_int64 (st.bytes_copied));
-  json_object_object_add (o, "bytes_zero",
-                          json_object_new_int64 (st.bytes_zero));
-  json_object_object_add (o, "bytes_before_writes",
-                          json_object_new_int64 (st.bytes_by_writes));
-  json_object_object_add (o, "elapsed_seconds",
-                          json_object_new_double (elapsed));
-  json_object_object_add (o, "rate_mib_per_second",
-                          json_object_new_double (elapsed > 0
-                                                  ? done / elapsed / 1048576
-                                                  : 0));
-  json_object_object_add (o, "speed_limit",
-                          json_object_new_int64 (j->speed));
-  json_object_object_add (o, "workers",
-                          json_object_new_int64 (j->p.background_copy
-                                                 ? j->p.workers : 0));
-  json_object_object_add (o, "on_error",
-                          json_object_new_string (j->e->on_error ==
-                                                  CBW_FAIL_WRITE
-                                                  ? "fail-write"
-                                                  : "break-snapshot"));
-  json_object_object_add (o, "writes_failed",
-                          json_object_new_int64 (st.writes_failed));
-  json_object_object_add (o, "copy_timeouts",
-                          json_object_new_int64 (st.copy_timeouts));
-  json_object_object_add (o, "error",
-                          j->error ? json_object_new_string (j->error)
-                          : eerr ? json_object_new_string (eerr) : NULL);
+  j->last_status = monotonic_seconds ();
   pthread_mutex_unlock (&j->lock);
-
   r = write_json (j->status_path, o);
   if (r == -1)
     nbdkit_error ("%s: writing status file %s: %m", j->p.name,
                   j->status_path);
   json_object_put (o);
   return r;
+}
+
+/* JOB_STATUS_CHANGE, as QMP sends it. */
+static void
+emit_status_change (struct job *j, enum job_state state)
+{
+  json_object *d = json_object_new_object ();
+
+  json_object_object_add (d, "id", json_object_new_string (j->id));
+  json_object_object_add (d, "status",
+                          json_object_new_string (job_state_name (state)));
+  control_emit_event ("JOB_STATUS_CHANGE", d);
+}
+
+/* BLOCK_JOB_COMPLETED (with "error" if it failed) or
+ * BLOCK_JOB_CANCELLED, as QMP sends them.
+ */
+static void
+emit_job_end (struct job *j, enum job_state state)
+{
+  json_object *d = json_object_new_object ();
+  uint64_t pending;
+
+  engine_get_stats (j->e, NULL, &pending, NULL, NULL);
+  json_object_object_add (d, "device", json_object_new_string (j->id));
+  json_object_object_add (d, "type", json_object_new_string ("backup"));
+  json_object_object_add (d, "len", json_object_new_int64 (j->bytes_total));
+  json_object_object_add (d, "offset",
+                          json_object_new_int64 (bytes_done (j, pending)));
+  pthread_mutex_lock (&j->lock);
+  json_object_object_add (d, "speed", json_object_new_int64 (j->speed));
+  if (state == JOB_FAILED && j->error)
+    json_object_object_add (d, "error", json_object_new_string (j->error));
+  pthread_mutex_unlock (&j->lock);
+  control_emit_event (state == JOB_CANCELLED
+                      ? "BLOCK_JOB_CANCELLED" : "BLOCK_JOB_COMPLETED", d);
 }
 
 static void
@@ -307,7 +367,11 @@ conclude (struct job *j, bool cancel)
   pthread_cond_broadcast (&j->done_cond);
   pthread_mutex_unlock (&j->lock);
 
+  if (j->p.on_end)
+    j->p.on_end (j, state, j->p.opaque);
   job_write_status (j);
+  emit_status_change (j, state);
+  emit_job_end (j, state);
   {
     struct engine_stats st;
     double secs = j->end_time - j->start_time;
@@ -366,8 +430,17 @@ job_start (const struct job_params *p, struct engine *e, nbdkit_next *next)
   }
   j->p = *p;
   j->p.workers = MIN (MAX (p->workers, 1u), JOB_MAX_WORKERS);
-  if (p->status_path && (j->status_path = strdup (p->status_path)) == NULL) {
+  j->id = strdup (p->id ? p->id : p->name);
+  if (j->id == NULL ||
+      (p->status_path && (j->status_path = strdup (p->status_path)) == NULL)) {
     nbdkit_error ("strdup: %m");
+    free (j->id);
+    free (j);
+    return NULL;
+  }
+  if (registry_add_object ("job", j->id, j, job_describe) == -1) {
+    free (j->status_path);
+    free (j->id);
     free (j);
     return NULL;
   }
@@ -399,6 +472,7 @@ job_start (const struct job_params *p, struct engine *e, nbdkit_next *next)
                 e->target->working_name ? e->target->working_name
                 : e->target->name);
   job_write_status (j);
+  emit_status_change (j, JOB_RUNNING);
 
   if (p->background_copy) {
     r = pthread_create (&j->controller, NULL, controller, j);
@@ -445,10 +519,86 @@ job_free (struct job *j)
 {
   if (j == NULL)
     return;
+  registry_remove_object ("job", j->id);
+  free (j->id);
   pthread_mutex_destroy (&j->lock);
   pthread_cond_destroy (&j->done_cond);
   pthread_cond_destroy (&j->throttle_cond);
   free (j->status_path);
   free (j->error);
   free (j);
+}
+
+/* The job named by args' "id", or NULL with *err filled. */
+static struct job *
+job_from_args (json_object *args, struct control_error *err)
+{
+  json_object *id;
+  struct job *j;
+
+  if (!json_object_object_get_ex (args, "id", &id) ||
+      !json_object_is_type (id, json_type_string)) {
+    control_fail (err, CONTROL_GENERIC_ERROR, "missing argument 'id'");
+    return NULL;
+  }
+  j = registry_find_object ("job", json_object_get_string (id));
+  if (j == NULL)
+    control_fail (err, CONTROL_NOT_FOUND, "job '%s' not found",
+                  json_object_get_string (id));
+  return j;
+}
+
+static int
+cancel_cmd (json_object *args, json_object **ret, struct control_error *err,
+            void *opaque)
+{
+  struct job *j = job_from_args (args, err);
+
+  if (j == NULL)
+    return -1;
+  pthread_mutex_lock (&j->lock);
+  if (j->finished) {
+    enum job_state s = j->state;
+    pthread_mutex_unlock (&j->lock);
+    return control_fail (err, CONTROL_GENERIC_ERROR,
+                         "job '%s' has already ended (%s)", j->id,
+                         job_state_name (s));
+  }
+  pthread_mutex_unlock (&j->lock);
+  job_finish (j, false);
+  return 0;
+}
+
+static int
+set_speed_cmd (json_object *args, json_object **ret,
+               struct control_error *err, void *opaque)
+{
+  struct job *j = job_from_args (args, err);
+  json_object *speed;
+
+  if (j == NULL)
+    return -1;
+  if (!json_object_object_get_ex (args, "speed", &speed) ||
+      !json_object_is_type (speed, json_type_int) ||
+      json_object_get_int64 (speed) < 0)
+    return control_fail (err, CONTROL_GENERIC_ERROR,
+                         "'speed' must be a number of bytes per second "
+                         "(0 for no limit)");
+  job_set_speed (j, json_object_get_int64 (speed));
+  return 0;
+}
+
+static void
+register_commands (void)
+{
+  control_register ("job-cancel", cancel_cmd, NULL);
+  control_register ("job-set-speed", set_speed_cmd, NULL);
+}
+
+void
+job_register_commands (void)
+{
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+
+  pthread_once (&once, register_commands);
 }

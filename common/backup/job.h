@@ -26,6 +26,9 @@ enum job_state {
   JOB_CANCELLED,
 };
 
+struct job;
+struct json_object;
+
 #define JOB_MAX_WORKERS 64u
 
 struct job_params {
@@ -36,11 +39,18 @@ struct job_params {
   const char *status_path;      /* NULL: no status file. */
   bool use_extents;             /* next->can_extents was true. */
   uint64_t speed;               /* Bytes/s for the job's reads, 0 = no limit. */
+  const char *id;               /* Job id for the control socket. */
+  /* Called once when the job ends (from the thread that ends it),
+   * before the JOB_STATUS_CHANGE event, e.g. to settle a bitmap.
+   */
+  void (*on_end) (struct job *j, enum job_state state, void *opaque);
+  void *opaque;
 };
 
 struct job {
   /* Fields set by job_start and never changed. */
   struct job_params p;
+  char *id;
   char *status_path;
   struct engine *e;
   nbdkit_next *next;            /* Shared context for reading. */
@@ -98,7 +108,17 @@ extern enum job_state job_finish (struct job *j, bool wait);
  */
 extern void job_set_speed (struct job *j, uint64_t bytes_per_sec);
 
-/* Free a finished job. */
+/* The job as query-jobs shows it (a new json-c object), for the
+ * registry's describe function.
+ */
+extern struct json_object *job_describe (void *j);
+
+/* Register job-cancel {"id"} and job-set-speed {"id", "speed"} with
+ * the control socket (once per process; call from .get_ready).
+ */
+extern void job_register_commands (void);
+
+/* Free a finished job (and remove it from the registry). */
 extern void job_free (struct job *j);
 
 /* Write the status file now (if configured).  0 or -1 (reported). */
