@@ -82,7 +82,7 @@ refused () {
 }
 
 @test "cbw-params: unknown sync mode" {
-    refused "cbw-sync: unknown sync mode 'sometimes' (expecting full, top or none)" \
+    refused "cbw-sync: unknown sync mode 'sometimes' (expecting full, top, incremental or none)" \
         memory 1M cbw-target="$BATS_TEST_TMPDIR/t.img" cbw-sync=sometimes
 }
 

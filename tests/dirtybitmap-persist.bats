@@ -30,9 +30,11 @@ file_flags () { od -An -tu4 -j12 -N4 "$d/bitmaps" | tr -d ' '; }
 
 # Every bitmap's state and ranges, for comparing.
 snapshot_bitmaps () {
-    local b
+    local b names
     bitmaps C
-    for b in $(bitmaps C | awk '{print $1}'); do
+    # (No pipe from ctl: coprocess descriptors do not reach one.)
+    names="$(bitmaps C)"
+    for b in $(awk '{print $1}' <<<"$names"); do
         echo "$b: $(ranges C "$b")"
     done
 }
@@ -53,6 +55,7 @@ snapshot_bitmaps () {
     echo "$before"
     [[ "$before" == *"g1m "*" 1048576 false false true false"* ]]
     [[ "$before" == *"temp "*" 65536 true false false false"* ]]
+    [[ "$before" == *"g4k: "[0-9]*"+"[0-9]* ]]
     [ "$(file_flags)" = 1 ]
     ctl_close C
     stop_nbdkit srv

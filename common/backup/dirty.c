@@ -598,6 +598,36 @@ dirty_next_range (struct dirty_bitmap *b, uint64_t offset, uint64_t end,
   return true;
 }
 
+/* The refusals common to dirty_backup_check and _begin.  Lock held. */
+static int
+backup_check_locked (struct dirty_bitmap *b, struct control_error *err)
+{
+  if (b->inconsistent)
+    return control_fail (err, CONTROL_GENERIC_ERROR,
+                         "bitmap '%s' is inconsistent (the server did not "
+                         "stop cleanly while it was in use), so it may have "
+                         "missed writes: an incremental backup from it is "
+                         "refused; a full backup is needed (then remove the "
+                         "bitmap and add a new one with the full backup)",
+                         b->name);
+  if (b->in_backup || b->readers > 0)
+    return control_fail (err, CONTROL_GENERIC_ERROR,
+                         "bitmap '%s' is busy (%s)", b->name,
+                         b->in_backup ? "another backup is using it"
+                         : "a dirty export is open on it");
+  return 0;
+}
+
+int
+dirty_backup_check (const char *name, struct control_error *err)
+{
+  struct dirty_bitmap *b;
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+
+  b = find_locked (name);
+  return b ? backup_check_locked (b, err) : 0;
+}
+
 struct dirty_bitmap *
 dirty_backup_begin (const char *name, uint64_t size,
                     struct control_error *err)
@@ -618,22 +648,8 @@ dirty_backup_begin (const char *name, uint64_t size,
                     "bitmap '%s' not found", name);
       return NULL;
     }
-    if (b->inconsistent) {
-      control_fail (err, CONTROL_GENERIC_ERROR,
-                    "bitmap '%s' is inconsistent (the server did not stop "
-                    "cleanly while it was in use), so it may have missed "
-                    "writes: an incremental backup from it is refused; a "
-                    "full backup is needed (then remove the bitmap and add "
-                    "a new one with the full backup)", name);
+    if (backup_check_locked (b, err) == -1)
       return NULL;
-    }
-    if (b->in_backup || b->readers > 0) {
-      control_fail (err, CONTROL_GENERIC_ERROR,
-                    "bitmap '%s' is busy (%s)", name,
-                    b->in_backup ? "another backup is using it"
-                    : "a dirty export is open on it");
-      return NULL;
-    }
     if (disk_size != size) {
       control_fail (err, CONTROL_GENERIC_ERROR,
                     "bitmap '%s' covers %" PRIu64 " bytes but the disk has "

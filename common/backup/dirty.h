@@ -163,6 +163,12 @@ extern const char *dirty_name (const struct dirty_bitmap *b);
 extern bool dirty_next_range (struct dirty_bitmap *b, uint64_t offset,
                               uint64_t end, uint64_t *start, uint64_t *len);
 
+/* Could an incremental backup use bitmap name now?  0, or -1 with err
+ * filled (inconsistent, or busy).  A missing bitmap passes (it may
+ * yet be made).
+ */
+extern int dirty_backup_check (const char *name, struct control_error *err);
+
 /* An incremental backup of bitmap name over a disk of size bytes:
  * refused (NULL, err filled) unless the bitmap exists, is consistent,
  * not busy and covers size bytes.  From now until dirty_backup_end

@@ -21,6 +21,11 @@
  * names the source's backing file, the target chain reads as the
  * source did.
  *
+ * sync=incremental protects only the clusters that dirty bitmap
+ * cbw-bitmap (nbdkit-dirtybitmap-filter) marks, frozen at the
+ * snapshot instant (common/backup/incremental.c); at .cleanup, once
+ * the job has ended, the bitmap is updated as cbw-bitmap-mode says.
+ *
  * Outcome: file targets (raw, qcow2) are written as PATH.incomplete
  * and renamed to PATH only once every cluster is on them and they
  * have been flushed; NBD targets are flushed, and there the status
@@ -42,6 +47,7 @@
 
 #include "engine.h"
 #include "gate.h"
+#include "incremental.h"
 #include "ispowerof2.h"
 #include "job.h"
 #include "minmax.h"
@@ -51,8 +57,9 @@
 /* Log every cluster copy (-D cbw.engine=1). */
 NBDKIT_DLL_PUBLIC int cbw_debug_engine = 0;
 
-enum sync_mode { SYNC_FULL, SYNC_TOP, SYNC_NONE };
-static const char *const sync_name[] = { "full", "top", "none" };
+enum sync_mode { SYNC_FULL, SYNC_TOP, SYNC_NONE, SYNC_INCREMENTAL };
+static const char *const sync_name[] = { "full", "top", "none",
+                                         "incremental" };
 
 /* Parameters, set in .config and never changed afterwards. */
 static char *target_path;               /* cbw-target (path or URI) */
@@ -68,6 +75,8 @@ static unsigned workers = 4;            /* cbw-workers */
 static bool finish_on_exit = true;      /* cbw-on-exit */
 static enum cbw_on_error on_error = CBW_BREAK_SNAPSHOT; /* cbw-on-error */
 static char *source_file;               /* the plugin's file=, if any */
+static char *bitmap_name;               /* cbw-bitmap */
+static enum dirty_mode bitmap_mode = DIRTY_MODE_ON_SUCCESS; /* cbw-bitmap-mode */
 
 /* Set up in .after_fork, torn down in .cleanup.  Connections only
  * exist in between, so the data callbacks read these without a lock.
@@ -76,6 +85,7 @@ static nbdkit_next *job_next;
 static struct target *target;
 static struct engine *engine;
 static struct job *job;
+static struct dirty_bitmap *bitmap;     /* sync=incremental's, frozen */
 
 static void
 cbw_load (void)
@@ -92,6 +102,7 @@ cbw_unload (void)
   free (target_backing_format);
   free (status_path);
   free (source_file);
+  free (bitmap_name);
 }
 
 static int
@@ -170,9 +181,30 @@ cbw_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
       sync_mode = SYNC_TOP;
     else if (strcmp (value, "none") == 0)
       sync_mode = SYNC_NONE;
+    else if (strcmp (value, "incremental") == 0)
+      sync_mode = SYNC_INCREMENTAL;
     else {
       nbdkit_error ("cbw-sync: unknown sync mode '%s' "
-                    "(expecting full, top or none)", value);
+                    "(expecting full, top, incremental or none)", value);
+      return -1;
+    }
+    return 0;
+  }
+  else if (strcmp (key, "cbw-bitmap") == 0) {
+    struct control_error err = { 0 };
+
+    if (dirty_check_name (value, &err) == -1) {
+      nbdkit_error ("cbw-bitmap: %s", err.desc);
+      return -1;
+    }
+    free (bitmap_name);
+    bitmap_name = strdup (value);
+    return bitmap_name ? 0 : -1;
+  }
+  else if (strcmp (key, "cbw-bitmap-mode") == 0) {
+    if (incremental_parse_mode (value, &bitmap_mode) == -1) {
+      nbdkit_error ("cbw-bitmap-mode: unknown mode '%s' "
+                    "(expecting on-success, never or always)", value);
       return -1;
     }
     return 0;
@@ -248,6 +280,14 @@ cbw_config_complete (nbdkit_next_config_complete *next,
                   "name the file to back up into");
     return -1;
   }
+  if ((sync_mode == SYNC_INCREMENTAL) != (bitmap_name != NULL)) {
+    nbdkit_error (bitmap_name
+                  ? "cbw-bitmap: only cbw-sync=incremental uses a bitmap"
+                  : "cbw-sync=incremental needs cbw-bitmap=NAME: the dirty "
+                  "bitmap (nbdkit-dirtybitmap-filter) whose clusters to "
+                  "copy");
+    return -1;
+  }
   /* Which kind of target: by URI scheme, by an existing file's
    * magic, by a backing file asked for; else raw.
    */
@@ -295,6 +335,13 @@ cbw_config_complete (nbdkit_next_config_complete *next,
                     "so that the target chain reads as the source");
       return -1;
     }
+    if (target_format == TARGET_QCOW2 && sync_mode == SYNC_INCREMENTAL &&
+        target_backing == NULL && access (target_path, F_OK) == -1) {
+      nbdkit_error ("cbw-sync=incremental with a new qcow2 target needs "
+                    "cbw-target-backing: name the previous backup, so that "
+                    "the target chain reads as the whole disk");
+      return -1;
+    }
     if (target_format == TARGET_RAW && target_file_is_qcow2 (target_path)) {
       nbdkit_error ("cbw-target: %s is a qcow2 image but "
                     "cbw-target-format is raw", target_path);
@@ -320,7 +367,11 @@ cbw_config_complete (nbdkit_next_config_complete *next,
   "cbw-target-backing=<FILE> Backing file of a new qcow2 target.\n" \
   "cbw-target-backing-format=raw|qcow2\n" \
   "                          Its format (default: probed).\n" \
-  "cbw-sync=full|top|none    What to copy (default full).\n" \
+  "cbw-sync=full|top|incremental|none\n" \
+  "                          What to copy (default full).\n" \
+  "cbw-bitmap=<NAME>         Dirty bitmap of cbw-sync=incremental.\n" \
+  "cbw-bitmap-mode=on-success|never|always\n" \
+  "                          When the bitmap is cleared (default on-success).\n" \
   "cbw-cluster-size=<N>      Copy granularity (default 64K).\n" \
   "cbw-status=<FILE>         Write JSON job status here.\n" \
   "cbw-workers=<N>           Parallel copy threads (default 4).\n" \
@@ -339,17 +390,32 @@ cbw_get_ready (int thread_model)
   nbdkit_debug ("cbw: registry %p holds: %s",
                 registry_instance (), list ? list : "?");
   free (list);
+  /* Refuse an unusable bitmap now, not after the server forked. */
+  if (sync_mode == SYNC_INCREMENTAL) {
+    struct control_error err = { 0 };
+
+    if (incremental_check (bitmap_name, &err) == -1) {
+      nbdkit_error ("cbw-bitmap: %s", err.desc);
+      return -1;
+    }
+  }
   return 0;
 }
 
 static void
 cbw_cleanup (nbdkit_backend *backend)
 {
+  enum job_state s = JOB_FAILED;
+
   if (job) {
-    enum job_state s = job_finish (job, finish_on_exit);
+    s = job_finish (job, finish_on_exit);
     nbdkit_debug ("cbw: backup %s", job_state_name (s));
     job_free (job);
     job = NULL;
+  }
+  if (bitmap) {
+    incremental_end (bitmap, engine, s == JOB_COMPLETED, bitmap_mode);
+    bitmap = NULL;
   }
   engine_free (engine);
   engine = NULL;
@@ -464,6 +530,15 @@ cbw_after_fork (nbdkit_backend *backend)
   if (sync_mode == SYNC_TOP) {
     if (protect_allocated (job_next, size) == -1)
       goto err;
+  }
+  else if (sync_mode == SYNC_INCREMENTAL) {
+    struct control_error cerr = { 0 };
+
+    bitmap = incremental_begin (engine, bitmap_name, &cerr);
+    if (bitmap == NULL) {
+      nbdkit_error ("cbw-bitmap: %s", cerr.desc);
+      goto err;
+    }
   }
   else
     engine_protect (engine, 0, engine->nr_clusters);
