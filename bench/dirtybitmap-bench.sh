@@ -1,0 +1,249 @@
+#!/usr/bin/env bash
+# nbdkit-backup
+# Copyright (C) 2026 the nbdkit-backup authors.  BSD-3-Clause.
+#
+# nbdkit-dirtybitmap-filter and incremental backups, in one run:
+#
+# (a) Incremental push backups (cbw-sync=incremental) of a SIZE disk of
+#     random data with 1%, 10% and 100% of its 64K clusters dirty,
+#     against a full backup (cbw-sync=full) of the same disk, both into
+#     a new qcow2 image (the incremental one an overlay of a sparse
+#     "previous backup").  Time is the job's elapsed_seconds from its
+#     status file: snapshot instant to target flushed and published.
+#     The goal: time proportional to the dirty data.  The bitmap is
+#     made by writing every 100th, every 10th or every cluster through
+#     the filter; cbw-bitmap-mode=never keeps it for the repeats.
+# (b) What tracking costs writers: random 4K writes at QD16 and
+#     sequential 1M writes at QD4 (bench/nbdload) for SECONDS_PER
+#     seconds each, through the plain file plugin (the baseline), and
+#     through the filter recording in one bitmap (64K) and in four
+#     (64K, 64K, 4K, 1M), with a sidecar file.
+# (c) Memory: the server's resident size (VmRSS) over a 1 TiB memory
+#     disk with no bitmap, then after adding bitmaps of 64K and 4K
+#     granularity through the control socket: bytes per TiB of disk.
+#
+# Warm cache, stated: the source is in the page cache for every run,
+# every run writes a fresh target, `sync` runs between runs.  Prints a
+# table and writes it to bench/results/dirtybitmap-bench-DATE.txt.
+# Asserts nothing about speed; exit 77 when a tool or the build is
+# missing, 1 when a run fails.
+#
+# Environment: SIZE (default 4G), SECONDS_PER (default 5), REPEAT
+# (measured runs of each backup, best kept, default 2), TMPDIR (where
+# the disks go, default /var/tmp).
+set -euo pipefail
+export LC_ALL=C
+
+here="$(cd "$(dirname "$0")" && pwd)"
+: "${abs_top_builddir:=$(cd "$here/.." && pwd)}"
+SIZE="${SIZE:-4G}"
+SECS="${SECONDS_PER:-5}"
+REPEAT="${REPEAT:-2}"
+cbw="$abs_top_builddir/filters/cbw/.libs/nbdkit-cbw-filter.so"
+db="$abs_top_builddir/filters/dirtybitmap/.libs/nbdkit-dirtybitmap-filter.so"
+nbdload="$abs_top_builddir/bench/nbdload"
+for c in nbdkit qemu-io qemu-img socat; do
+    command -v "$c" >/dev/null || { echo "$c not installed" >&2; exit 77; }
+done
+[ -f "$cbw" ] && [ -f "$db" ] && [ -x "$nbdload" ] ||
+    { echo "build first" >&2; exit 77; }
+
+bytes="$(numfmt --from=iec "$SIZE")"
+clusters=$(( bytes / 65536 ))
+mkdir -p "$here/results"
+results="$here/results/dirtybitmap-bench-$(date +%Y%m%d-%H%M%S).txt"
+data="$(mktemp -d "${TMPDIR:-/var/tmp}/dirtybitmap-bench.XXXXXX")"
+socks="$(mktemp -d /tmp/dbb.XXXXXX)"     # short: sun_path is 108 bytes
+server=""
+cleanup () {
+    [ -z "$server" ] || kill "$server" 2>/dev/null || :
+    rm -rf "$data" "$socks"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+out () { printf "$@" | tee -a "$results"; }
+field () { sed -n "s/.*\"$1\":\"\{0,1\}\([^\",}]*\).*/\1/p" "$2"; }
+ratio () { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'; }
+best () { awk -v a="$1" -v b="$2" 'BEGIN { print (b == "" || a + 0 < b + 0) ? a : b }'; }
+
+# serve ARGS...: nbdkit on a fresh socket; sets $server, $uri, $ctl.
+nserved=0
+serve () {
+    local sock="$socks/$nserved.sock" pidf="$socks/$nserved.pid" i
+    ctl="$socks/$nserved.ctl"
+    nserved=$((nserved + 1))
+    rm -f "$sock" "$pidf"
+    nbdkit --exit-with-parent -f -U "$sock" -P "$pidf" "$@" \
+        >"$data/nbdkit.log" 2>&1 3>&- &
+    for i in $(seq 200); do
+        [ -s "$pidf" ] && break
+        kill -0 $! 2>/dev/null || { cat "$data/nbdkit.log" >&2; exit 1; }
+        sleep 0.05
+    done
+    [ -s "$pidf" ] || { echo "nbdkit did not start" >&2; exit 1; }
+    server="$(cat "$pidf")"
+    uri="nbd+unix:///?socket=$sock"
+}
+
+stop () {
+    local i
+    kill "$server" 2>/dev/null || :
+    for i in $(seq 1200); do kill -0 "$server" 2>/dev/null || break; sleep 0.05; done
+    if kill -0 "$server" 2>/dev/null; then echo "nbdkit $server did not exit" >&2; exit 1; fi
+    wait "$server" 2>/dev/null || :
+    server=""
+}
+
+# control REQUEST...: send request lines to $ctl, print the replies.
+control () {
+    { printf '%s\n' "$@"; sleep 0.5; } | socat - UNIX-CONNECT:"$ctl" | tail -n +2
+}
+
+src="$data/src.img" st="$data/status.json" bm="$data/bitmaps"
+
+out '# dirtybitmap-bench %s, %s\n' "$(date -Is)" \
+    "$(git -C "$here" describe --always --dirty 2>/dev/null || echo unknown)"
+out '# %s, %s CPUs, load %s, %s, on %s (%s)\n' "$(uname -r)" "$(nproc)" \
+    "$(cut -d' ' -f1-3 /proc/loadavg)" "$(nbdkit --version)" \
+    "${TMPDIR:-/var/tmp}" "$(df -PT "$data" | awk 'NR == 2 { print $2 }')"
+
+head -c "$bytes" /dev/urandom >"$src"
+truncate -s "$bytes" "$data/previous.img"
+sync
+
+# --- (a) incremental against full ---------------------------------
+
+# seed EVERY: a fresh bitmap b0 holding every EVERY-th cluster.
+seed () {
+    rm -f "$bm"
+    awk -v n="$clusters" -v every="$1" 'BEGIN {
+        if (every == 1)
+            for (o = 0; o < n * 65536; o += 16777216)
+                printf "write -P 7 %d 16M\n", o
+        else
+            for (c = 0; c < n; c += every)
+                printf "write -P 7 %d 64K\n", c * 65536 }' >"$data/cmds"
+    nbdkit -U - --filter="$db" file "$src" dirtybitmap-file="$bm" \
+        dirtybitmap-add=b0 --run 'qemu-io -f raw "$uri" <'"$data/cmds"' >/dev/null'
+    sync
+}
+
+# backup SYNC: one backup; sets $secs and $written.
+backup () {
+    local args
+    rm -f "$data"/t.qcow2* "$st"
+    sync
+    if [ "$1" = full ]; then
+        args=(cbw-sync=full)
+    else
+        args=(cbw-sync=incremental cbw-bitmap=b0 cbw-bitmap-mode=never
+              cbw-target-backing="$data/previous.img"
+              cbw-target-backing-format=raw)
+    fi
+    nbdkit -U - --filter="$cbw" --filter="$db" file "$src" \
+        dirtybitmap-file="$bm" cbw-target="$data/t.qcow2" \
+        cbw-target-format=qcow2 cbw-status="$st" "${args[@]}" --run true
+    grep -q '"state":"completed"' "$st" || { echo "backup failed: $(cat "$st")" >&2; exit 1; }
+    secs=$(printf '%.3f' "$(field elapsed_seconds "$st")")
+    written=$(field bytes_written "$st")
+}
+
+declare -A T W
+backup full                             # warm-up
+for ((rep = 0; rep < REPEAT; rep++)); do
+    backup full; T[full]=$(best "$secs" "${T[full]:-}"); W[full]=$written
+done
+for every in 100 10 1; do
+    seed "$every"
+    for ((rep = 0; rep < REPEAT; rep++)); do
+        backup incremental
+        T[$every]=$(best "$secs" "${T[$every]:-}"); W[$every]=$written
+    done
+done
+
+mibs () { awk -v s="$1" -v t="$2" 'BEGIN { printf "%.1f", s / 1048576 / t }'; }
+out '\n(a) backups of a quiet %s disk of random data into a new qcow2 image\n' "$SIZE"
+out '    (warm cache, target flushed; best of %s runs)\n\n' "$REPEAT"
+out '%-34s %12s %9s %9s %11s %11s\n' "" "written MiB" seconds "MiB/s" \
+    "time/full" "dirty/all"
+out '%-34s %12s %9s %9s %11s %11s\n' "full (cbw-sync=full)" \
+    "$(( W[full] / 1048576 ))" "${T[full]}" "$(mibs "${W[full]}" "${T[full]}")" \
+    1.00 1.00
+for every in 100 10 1; do
+    out '%-34s %12s %9s %9s %11s %11s\n' \
+        "incremental, $((100 / every))% of clusters dirty" \
+        "$(( W[$every] / 1048576 ))" "${T[$every]}" \
+        "$(mibs "${W[$every]}" "${T[$every]}")" \
+        "$(ratio "${T[$every]}" "${T[full]}")" \
+        "$(ratio "${W[$every]}" "${W[full]}")"
+done
+
+# --- (b) writer throughput ----------------------------------------
+
+writer () {
+    local setup="$1"; shift
+    rm -f "$bm"
+    case "$setup" in
+    plain) serve file "$src" ;;
+    one)   serve --filter="$db" file "$src" dirtybitmap-file="$bm" \
+               dirtybitmap-add=a ;;
+    four)  serve --filter="$db" file "$src" dirtybitmap-file="$bm" \
+               dirtybitmap-control="$socks/w.ctl" dirtybitmap-add=a \
+               dirtybitmap-add=b
+           ctl="$socks/w.ctl"
+           control '{"execute":"block-dirty-bitmap-add","arguments":{"name":"c","granularity":4096}}' \
+                   '{"execute":"block-dirty-bitmap-add","arguments":{"name":"d","granularity":1048576}}' \
+                   >/dev/null ;;
+    esac
+    "$nbdload" --op write --seconds "$SECS" "$@" "$uri" >"$data/j"
+    stop
+    sync
+}
+
+out '\n(b) writers for %s s each on the %s disk\n' "$SECS" "$SIZE"
+out '    (warm cache, a warm-up run first; ratio = MiB/s over the file plugin'"'"'s)\n\n'
+out '%-22s %-30s %9s %9s %9s %9s %6s\n' workload setup "MiB/s" IOPS \
+    "p50 us" "p99 us" ratio
+for wl in "rand 4K write QD16:--pattern rand --bs 4K --qd 16" \
+          "seq 1M write QD4:--pattern seq --bs 1M --qd 4"; do
+    name="${wl%%:*}" args="${wl#*:}"
+    # shellcheck disable=SC2086
+    writer plain $args                   # warm-up
+    base=""
+    for setup in plain one four; do
+        # shellcheck disable=SC2086
+        writer "$setup" $args
+        m=$(field mib_per_s "$data/j")
+        [ -n "$base" ] || base="$m"
+        out '%-22s %-30s %9s %9s %9s %9s %6s\n' "$name" \
+            "$(case $setup in plain) echo file plugin;;
+                              one) echo "dirtybitmap, 1 bitmap";;
+                              four) echo "dirtybitmap, 4 bitmaps";; esac)" \
+            "$m" "$(field iops "$data/j")" "$(field lat_us_p50 "$data/j")" \
+            "$(field lat_us_p99 "$data/j")" "$(ratio "$m" "$base")"
+        name=""
+    done
+done
+
+# --- (c) memory per TiB -------------------------------------------
+
+rss () { awk '/^VmRSS/ { print $2 * 1024 }' "/proc/$server/status"; }
+serve --filter="$db" memory 1T dirtybitmap-control="$socks/m.ctl"
+ctl="$socks/m.ctl"
+r0=$(rss)
+control '{"execute":"block-dirty-bitmap-add","arguments":{"name":"g64k"}}' >/dev/null
+r1=$(rss)
+control '{"execute":"block-dirty-bitmap-add","arguments":{"name":"g4k","granularity":4096}}' >/dev/null
+r2=$(rss)
+stop
+mib () { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1048576 }'; }
+out '\n(c) memory over a 1 TiB disk (server VmRSS)\n\n'
+out '%-36s %12s\n' "" "MiB"
+out '%-36s %12s\n' "filter, no bitmap" "$(mib "$r0")"
+out '%-36s %12s\n' "+ one 64K bitmap" "$(mib $(( r1 - r0 )))"
+out '%-36s %12s\n' "+ one 4K bitmap" "$(mib $(( r2 - r1 )))"
+out '%-36s %12s\n' "(expected: disk / granularity / 8)" "2.0 and 32.0"
+
+out '\n# load at the end: %s\n' "$(cut -d' ' -f1-3 /proc/loadavg)"
+out 'results: %s\n' "${results#"$here/"}"
