@@ -14,28 +14,6 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* One bitmap as the file holds it. */
-struct persist_record {
-  const char *name;             /* Not NUL-terminated: name_len bytes. */
-  size_t name_len;
-  uint32_t granularity;
-  bool recording;
-  bool inconsistent;            /* Flagged, or the file was in use. */
-  const uint8_t *data;          /* NULL if inconsistent. */
-  size_t data_len;
-};
-
-/* Check a whole file image and call fn for each bitmap in it.  On a
- * bad file return -1 with a one-line reason in problem (fn is not
- * called at all then).  *in_use tells if the file says a server was
- * running when it was written; *disk_size gives the disk's size.
- */
-extern int persist_parse (const uint8_t *buf, size_t len,
-                          bool *in_use, uint64_t *disk_size,
-                          int (*fn) (const struct persist_record *r,
-                                     void *opaque),
-                          void *opaque, char *problem, size_t problem_len);
-
 /* Lock the file (one server per file), load its bitmaps into the
  * process's set (every one inconsistent if the file was in use) and
  * remember the path.  A missing file is an empty set.  0, or -1
