@@ -8,8 +8,9 @@
 #     random data with 1%, 10% and 100% of its 64K clusters dirty,
 #     against a full backup (cbw-sync=full) of the same disk, both into
 #     a new qcow2 image (the incremental one an overlay of a sparse
-#     "previous backup").  Time is the job's elapsed_seconds from its
-#     status file: snapshot instant to target flushed and published.
+#     "previous backup").  Time and bytes are the job's own, from the
+#     line it logs when it completes (-v): snapshot instant to target
+#     flushed and published.
 #     The goal: time proportional to the dirty data.  The bitmap is
 #     made by writing every 100th, every 10th or every cluster through
 #     the filter; cbw-bitmap-mode=never keeps it for the repeats.
@@ -100,7 +101,7 @@ control () {
     { printf '%s\n' "$@"; sleep 0.5; } | socat - UNIX-CONNECT:"$ctl" | tail -n +2
 }
 
-src="$data/src.img" st="$data/status.json" bm="$data/bitmaps"
+src="$data/src.img" bm="$data/bitmaps"
 
 out '# dirtybitmap-bench %s, %s\n' "$(date -Is)" \
     "$(git -C "$here" describe --always --dirty 2>/dev/null || echo unknown)"
@@ -131,8 +132,8 @@ seed () {
 
 # backup SYNC: one backup; sets $secs and $written.
 backup () {
-    local args
-    rm -f "$data"/t.qcow2* "$st"
+    local args line
+    rm -f "$data"/t.qcow2*
     sync
     if [ "$1" = full ]; then
         args=(cbw-sync=full)
@@ -141,12 +142,14 @@ backup () {
               cbw-target-backing="$data/previous.img"
               cbw-target-backing-format=raw)
     fi
-    nbdkit -U - --filter="$cbw" --filter="$db" file "$src" \
+    nbdkit -U - -v --filter="$cbw" --filter="$db" file "$src" \
         dirtybitmap-file="$bm" cbw-target="$data/t.qcow2" \
-        cbw-target-format=qcow2 cbw-status="$st" "${args[@]}" --run true
-    grep -q '"state":"completed"' "$st" || { echo "backup failed: $(cat "$st")" >&2; exit 1; }
-    secs=$(printf '%.3f' "$(field elapsed_seconds "$st")")
-    written=$(field bytes_written "$st")
+        cbw-target-format=qcow2 "${args[@]}" --run true 2>"$data/backup.log"
+    # "cbw: job completed: N bytes written, N zero, N before writes, in S s"
+    line="$(grep -o 'cbw: job completed: .*' "$data/backup.log")" ||
+        { grep 'cbw: job' "$data/backup.log" >&2; echo "backup failed" >&2; exit 1; }
+    written=$(awk '{ print $4 }' <<<"$line")
+    secs=$(awk '{ printf "%.3f", $(NF - 1) }' <<<"$line")
 }
 
 declare -A T W
