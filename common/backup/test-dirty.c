@@ -1,0 +1,273 @@
+/* nbdkit-backup
+ * Copyright (C) 2026 the nbdkit-backup authors.
+ * SPDX-License-Identifier: BSD-3-Clause
+ */
+
+/* Unit tests for the dirty bitmap set: marking at several
+ * granularities, ranges clipped to the disk, merges across
+ * granularities, saved state for transactions, every bitmap mode
+ * after success and failure (with a granularity coarser than the
+ * copy clusters), the change hook, and invalidation.
+ */
+
+#include <config.h>
+
+#undef NDEBUG
+#include <assert.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dirty.h"
+
+#define K 1024ULL
+#define M (1024 * K)
+#define DISK (10 * M + 4 * K)
+
+/* The ranges of b as "offset+length ..." (static buffer). */
+static const char *
+ranges (struct dirty_bitmap *b)
+{
+  static char buf[4096];
+  uint64_t pos = 0, s, l;
+  size_t n = 0;
+
+  buf[0] = '\0';
+  while (dirty_next_range (b, pos, UINT64_MAX, &s, &l)) {
+    n += snprintf (buf + n, sizeof buf - n, "%s%llu+%llu", n ? " " : "",
+                   (unsigned long long) s, (unsigned long long) l);
+    pos = s + l;
+  }
+  return buf;
+}
+
+static struct dirty_bitmap *
+add (const char *name, uint32_t granularity, bool recording)
+{
+  struct control_error err = { 0 };
+  struct dirty_new n = {
+    .name = name, .granularity = granularity, .recording = recording,
+  };
+  struct dirty_bitmap *b = dirty_add (&n, &err);
+
+  if (b == NULL) {
+    fprintf (stderr, "dirty_add %s: %s\n", name, err.desc);
+    abort ();
+  }
+  return b;
+}
+
+static uint64_t
+count (struct dirty_bitmap *b)
+{
+  struct dirty_info i;
+
+  dirty_get_info (b, &i);
+  return i.count;
+}
+
+static void
+test_marking (void)
+{
+  struct dirty_bitmap *g4k, *g64k, *g1m, *off;
+  struct control_error err = { 0 };
+  struct dirty_new dup = { .name = "g4k", .granularity = 4096 };
+
+  dirty_set_disk_size (DISK);
+  g4k = add ("g4k", 4096, true);
+  g64k = add ("g64k", 65536, true);
+  g1m = add ("g1m", 1048576, true);
+  off = add ("off", 4096, false);
+  assert (dirty_add (&dup, &err) == NULL);
+  assert (strcmp (err.desc, "bitmap 'g4k' already exists") == 0);
+  dup.name = "odd";
+  dup.granularity = 3000;
+  assert (dirty_add (&dup, &err) == NULL);
+
+  assert (dirty_mark (65000, 1000) == 0);          /* Straddles 64K. */
+  assert (dirty_mark (DISK - 1, 1) == 0);          /* The last byte. */
+  assert (dirty_mark (5 * M, 0) == 0);             /* Nothing. */
+  assert (strcmp (ranges (g4k), "61440+8192 10485760+4096") == 0);
+  assert (strcmp (ranges (g64k), "0+131072 10485760+4096") == 0);
+  assert (strcmp (ranges (g1m), "0+1048576 10485760+4096") == 0);
+  assert (strcmp (ranges (off), "") == 0);
+  /* The last granule counts only the disk's bytes. */
+  assert (count (g4k) == 12288);
+  assert (count (g64k) == 131072 + 4096);
+  assert (count (g1m) == M + 4096);
+
+  /* Ranges clipped to the window asked for. */
+  {
+    uint64_t s, l;
+    assert (dirty_next_range (g64k, 100000, 120000, &s, &l));
+    assert (s == 100000 && l == 20000);
+    assert (!dirty_next_range (g64k, 131072, 10 * M, &s, &l));
+  }
+}
+
+static void
+test_merge_and_save (void)
+{
+  struct dirty_bitmap *g4k = dirty_find ("g4k");
+  struct dirty_bitmap *g1m = dirty_find ("g1m");
+  struct dirty_bitmap *t = add ("t", 65536, false);
+  struct dirty_bitmap *src[2] = { g4k, g1m };
+  struct dirty_saved *s;
+
+  s = dirty_save (t);
+  assert (s);
+  dirty_merge (t, src, 1);
+  assert (strcmp (ranges (t), "0+131072 10485760+4096") == 0);
+  dirty_merge (t, src, 2);
+  assert (strcmp (ranges (t), "0+1048576 10485760+4096") == 0);
+  dirty_set_recording (t, true);
+  dirty_restore (s);                    /* Undo both merges. */
+  assert (strcmp (ranges (t), "") == 0);
+  assert (dirty_mark (2 * M, 1) == 0);  /* Still not recording. */
+  assert (strcmp (ranges (t), "") == 0);
+
+  s = dirty_save (g4k);
+  dirty_clear (g4k);
+  assert (strcmp (ranges (g4k), "") == 0);
+  dirty_restore (s);
+  assert (strcmp (ranges (g4k), "61440+8192 2097152+4096 10485760+4096") == 0);
+  dirty_discard (t);
+}
+
+/* Copied clusters (64K) for the "always" test: 16..31 and 40. */
+static bool
+copied (void *opaque, uint64_t offset, uint64_t len)
+{
+  uint64_t c;
+
+  for (c = offset >> 16; c <= (offset + len - 1) >> 16; ++c)
+    if (!((c >= 16 && c < 32) || c == 40))
+      return false;
+  return true;
+}
+
+static void
+run_backup (const char *name, bool success, enum dirty_mode mode,
+            const char *before, const char *after)
+{
+  struct control_error err = { 0 };
+  struct dirty_bitmap *b = dirty_find (name);
+  struct dirty_info i;
+
+  dirty_clear (b);
+  assert (dirty_mark (0, 1) == 0);
+  assert (dirty_mark (M, 2 * M) == 0);          /* 1M..3M */
+  assert (strcmp (ranges (b), before) == 0);
+  assert (dirty_backup_begin (name, DISK + 1, &err) == NULL);
+  assert (dirty_backup_begin (name, DISK, &err) == b);
+  dirty_get_info (b, &i);
+  assert (i.busy && i.in_backup);
+  assert (dirty_backup_begin (name, DISK, &err) == NULL);
+  assert (strcmp (err.desc, "bitmap 'g1m' is busy (another backup is "
+                  "using it)") == 0 ||
+          strcmp (err.desc, "bitmap 'g64k' is busy (another backup is "
+                  "using it)") == 0);
+  assert (dirty_check_changeable (b, "cleared", &err) == -1);
+  /* Writes during the backup: frozen bits stay as they were. */
+  assert (dirty_mark (5 * M + 10, 1) == 0);
+  assert (strcmp (ranges (b), before) == 0);
+  dirty_backup_end (b, success, mode, copied, NULL);
+  dirty_get_info (b, &i);
+  assert (!i.busy);
+  if (strcmp (ranges (b), after) != 0) {
+    fprintf (stderr, "%s %s %s: got %s, expected %s\n", name,
+             success ? "success" : "failure", dirty_mode_name (mode),
+             ranges (b), after);
+    abort ();
+  }
+}
+
+static void
+test_modes (void)
+{
+  const char *b64 = "0+65536 1048576+2097152";
+  const char *b1m = "0+3145728";
+  const char *new64 = "5242880+65536", *new1m = "5242880+1048576";
+
+  run_backup ("g64k", true, DIRTY_MODE_ON_SUCCESS, b64, new64);
+  run_backup ("g64k", false, DIRTY_MODE_ON_SUCCESS, b64,
+              "0+65536 1048576+2097152 5242880+65536");
+  run_backup ("g64k", true, DIRTY_MODE_NEVER, b64,
+              "0+65536 1048576+2097152 5242880+65536");
+  run_backup ("g64k", false, DIRTY_MODE_NEVER, b64,
+              "0+65536 1048576+2097152 5242880+65536");
+  run_backup ("g64k", true, DIRTY_MODE_ALWAYS, b64, new64);
+  /* Clusters 16..31 (1M..2M) and 40 copied: those granules go. */
+  run_backup ("g64k", false, DIRTY_MODE_ALWAYS, b64,
+              "0+65536 2097152+524288 2686976+458752 5242880+65536");
+  /* 1M granules: granule 1 (clusters 16..31) is all copied and goes;
+   * granule 2 has only cluster 40 copied and stays.
+   */
+  run_backup ("g1m", false, DIRTY_MODE_ALWAYS, b1m,
+              "0+1048576 2097152+1048576 5242880+1048576");
+  run_backup ("g1m", true, DIRTY_MODE_ON_SUCCESS, b1m, new1m);
+}
+
+static bool hook_fails;
+static unsigned hook_calls;
+
+static int
+hook (void)
+{
+  hook_calls++;
+  if (hook_fails) {
+    errno = EROFS;
+    return -1;
+  }
+  return 0;
+}
+
+static void
+test_hook_and_invalidation (void)
+{
+  struct dirty_bitmap *g4k = dirty_find ("g4k");
+  struct control_error err = { 0 };
+  struct dirty_info i;
+
+  dirty_set_change_hook (hook);
+  assert (dirty_mark (0, 1) == 0 && hook_calls == 1);
+  hook_fails = true;
+  errno = 0;
+  assert (dirty_mark (0, 1) == -1 && errno == EROFS);
+  assert (dirty_backup_begin ("g4k", DISK, &err) == NULL);
+  hook_fails = false;
+  dirty_set_change_hook (NULL);
+
+  /* A write past the end: nobody can say what changed any more. */
+  assert (dirty_mark (DISK - 1, 2) == 0);
+  dirty_get_info (g4k, &i);
+  assert (i.inconsistent && i.count == 0);
+  assert (strcmp (ranges (g4k), "") == 0);
+  assert (dirty_check_changeable (g4k, "cleared", &err) == -1);
+  assert (dirty_backup_begin ("g4k", DISK, &err) == NULL);
+  assert (strstr (err.desc, "a full backup is needed"));
+  assert (dirty_reader_begin ("g4k", &err) == NULL);
+  /* Only removal works. */
+  assert (dirty_remove_prepare (g4k, &err) == 0);
+  assert (dirty_find ("g4k") == NULL);
+  dirty_remove_abort (g4k);
+  assert (dirty_find ("g4k") == g4k);
+  assert (dirty_remove_prepare (g4k, &err) == 0);
+  dirty_remove_commit (g4k);
+  assert (dirty_find ("g4k") == NULL);
+  assert (dirty_count_bitmaps () == 3);
+  dirty_free_all ();
+  assert (dirty_count_bitmaps () == 0);
+}
+
+int
+main (void)
+{
+  test_marking ();
+  test_merge_and_save ();
+  test_modes ();
+  test_hook_and_invalidation ();
+  printf ("test-dirty: ok\n");
+  return 0;
+}
