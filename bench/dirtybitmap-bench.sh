@@ -14,6 +14,10 @@
 #     The goal: time proportional to the dirty data.  The bitmap is
 #     made by writing every 100th, every 10th or every cluster through
 #     the filter; cbw-bitmap-mode=never keeps it for the repeats.
+#     The same for pull backups: nbdbackup pull of fleece's snapshot
+#     export against nbdbackup pull --incremental of dirty:b0 (the
+#     bitmap disabled, as the rotation would leave it), timed by the
+#     tool's --json "seconds".
 # (b) What tracking costs writers: random 4K writes at QD16 and
 #     sequential 1M writes at QD4 (bench/nbdload) for SECONDS_PER
 #     seconds each, through the plain file plugin (the baseline), and
@@ -42,11 +46,14 @@ SECS="${SECONDS_PER:-5}"
 REPEAT="${REPEAT:-2}"
 cbw="$abs_top_builddir/filters/cbw/.libs/nbdkit-cbw-filter.so"
 db="$abs_top_builddir/filters/dirtybitmap/.libs/nbdkit-dirtybitmap-filter.so"
+fleece="$abs_top_builddir/filters/fleece/.libs/nbdkit-fleece-filter.so"
+nbdbackup="$abs_top_builddir/tools/nbdbackup/nbdbackup"
 nbdload="$abs_top_builddir/bench/nbdload"
 for c in nbdkit qemu-io qemu-img socat; do
     command -v "$c" >/dev/null || { echo "$c not installed" >&2; exit 77; }
 done
-[ -f "$cbw" ] && [ -f "$db" ] && [ -x "$nbdload" ] ||
+[ -f "$cbw" ] && [ -f "$db" ] && [ -f "$fleece" ] && [ -x "$nbdload" ] &&
+    [ -x "$nbdbackup" ] ||
     { echo "build first" >&2; exit 77; }
 
 bytes="$(numfmt --from=iec "$SIZE")"
@@ -121,10 +128,10 @@ seed () {
     awk -v n="$clusters" -v every="$1" 'BEGIN {
         if (every == 1)
             for (o = 0; o < n * 65536; o += 16777216)
-                printf "write -P 7 %d 16M\n", o
+                printf "write -P 7 %.0f 16M\n", o
         else
             for (c = 0; c < n; c += every)
-                printf "write -P 7 %d 64K\n", c * 65536 }' >"$data/cmds"
+                printf "write -P 7 %.0f 64K\n", c * 65536 }' >"$data/cmds"
     nbdkit -U - --filter="$db" file "$src" dirtybitmap-file="$bm" \
         dirtybitmap-add=b0 --run 'qemu-io -f raw "$uri" <'"$data/cmds"' >/dev/null'
     sync
@@ -152,16 +159,38 @@ backup () {
     secs=$(awk '{ printf "%.3f", $(NF - 1) }' <<<"$line")
 }
 
-declare -A T W
+# pull SOURCE-EXPORT [nbdbackup options]: one pull from a fleece
+# server; sets $secs and $written (data and zeros written).
+pull () {
+    local export="$1"; shift
+    rm -f "$data"/t.qcow2*
+    sync
+    serve --filter="$db" --filter="$fleece" file "$src" \
+        fleece-store="$data" dirtybitmap-file="$bm" \
+        dirtybitmap-control="$socks/p.ctl"
+    ctl="$socks/p.ctl"
+    control '{"execute":"block-dirty-bitmap-disable","arguments":{"name":"b0"}}' >/dev/null
+    "$nbdbackup" pull --json "$@" "${uri/\/\?/\/$export?}" "$data/t.qcow2" \
+        >"$data/pull.json"
+    stop
+    secs=$(printf '%.3f' "$(field seconds "$data/pull.json")")
+    written=$(( $(field bytes_copied "$data/pull.json") + \
+                $(field bytes_zero "$data/pull.json") ))
+}
+
+declare -A T W P PW
 backup full                             # warm-up
 for ((rep = 0; rep < REPEAT; rep++)); do
     backup full; T[full]=$(best "$secs" "${T[full]:-}"); W[full]=$written
+    pull snapshot; P[full]=$(best "$secs" "${P[full]:-}"); PW[full]=$written
 done
 for every in 100 10 1; do
     seed "$every"
     for ((rep = 0; rep < REPEAT; rep++)); do
         backup incremental
         T[$every]=$(best "$secs" "${T[$every]:-}"); W[$every]=$written
+        pull dirty:b0 --incremental -b "$data/previous.img" -F raw
+        P[$every]=$(best "$secs" "${P[$every]:-}"); PW[$every]=$written
     done
 done
 
@@ -180,6 +209,17 @@ for every in 100 10 1; do
         "$(mibs "${W[$every]}" "${T[$every]}")" \
         "$(ratio "${T[$every]}" "${T[full]}")" \
         "$(ratio "${W[$every]}" "${W[full]}")"
+done
+out '%-34s %12s %9s %9s %11s %11s\n' "pull: full (nbdbackup pull)" \
+    "$(( PW[full] / 1048576 ))" "${P[full]}" "$(mibs "${PW[full]}" "${P[full]}")" \
+    1.00 1.00
+for every in 100 10 1; do
+    out '%-34s %12s %9s %9s %11s %11s\n' \
+        "pull --incremental, $((100 / every))% dirty" \
+        "$(( PW[$every] / 1048576 ))" "${P[$every]}" \
+        "$(mibs "${PW[$every]}" "${P[$every]}")" \
+        "$(ratio "${P[$every]}" "${P[full]}")" \
+        "$(ratio "${PW[$every]}" "${PW[full]}")"
 done
 
 # --- (b) writer throughput ----------------------------------------
