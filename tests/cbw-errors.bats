@@ -47,7 +47,7 @@ break_snapshot_oracle () {
     start_nbdkit tgt --filter=error memory 16M \
         error-pwrite=EIO error-pwrite-rate=100%
     break_snapshot_oracle
-    grep -q '"error":"writing the target at offset [0-9]* failed: Input\\/output error"' "$d/status.json"
+    grep -q '"error":"writing the target at offset [0-9]* failed: Input/output error"' "$d/status.json"
 }
 
 @test "cbw-errors: full target (ENOSPC), break-snapshot: writes win, job fails" {

@@ -39,10 +39,7 @@ teardown () { stop_all_nbdkit; }
     start_nbdkit srv --filter="$cbw" file "$d/disk.img" \
         cbw-target="$d/backup.img" cbw-status="$d/status.json"
     # Nobody connects; the job still finishes and publishes the target.
-    for _ in $(seq 600); do
-        [ -e "$d/backup.img" ] && break
-        sleep 0.1
-    done
+    wait_for_job "$d/status.json"
     grep -q '"state":"completed"' "$d/status.json"
     cmp "$d/backup.img" "$d/orig.img"
     stop_nbdkit srv
@@ -89,7 +86,7 @@ teardown () { stop_all_nbdkit; }
     [ ! -e "$d/backup.img" ]
     [ -e "$d/backup.img.incomplete" ]
     grep -q '"state":"failed"' "$d/status.json"
-    grep -q '"error":"reading the source at offset [0-9]* failed: Input\\/output error"' "$d/status.json"
+    grep -q '"error":"reading the source at offset [0-9]* failed: Input/output error"' "$d/status.json"
     [[ "$output" == *"cbw: reading the source at offset"*"failed: Input/output error"* ]]
 }
 

@@ -336,7 +336,7 @@ static char *
 reply_string (json_object *reply)
 {
   char *s = strdup (json_object_to_json_string_ext (reply,
-                                                    JSON_C_TO_STRING_PLAIN));
+                                                    JSON_OUT));
   json_object_put (reply);
   return s;
 }
@@ -503,7 +503,7 @@ control_emit_event (const char *name, json_object *data)
   json_object_object_add (ts, "microseconds",
                           json_object_new_int64 (tv.tv_usec));
   json_object_object_add (o, "timestamp", ts);
-  s = json_object_to_json_string_ext (o, JSON_C_TO_STRING_PLAIN);
+  s = json_object_to_json_string_ext (o, JSON_OUT);
   nbdkit_debug ("control: event %s", s);
 
   pthread_mutex_lock (&server_lock);
@@ -525,7 +525,7 @@ greet (struct client *cl)
   json_object_object_add (v, "filters", filters_array ());
   json_object_object_add (o, "nbdkit-backup", v);
   client_send (cl, json_object_to_json_string_ext (o,
-                                                   JSON_C_TO_STRING_PLAIN));
+                                                   JSON_OUT));
   json_object_put (o);
 }
 

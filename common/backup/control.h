@@ -27,6 +27,11 @@
 
 #include <json-c/json.h>
 
+/* How the suite prints JSON: one line, and "/" left as it is (json-c
+ * would write "\/", valid but hard on people reading paths).
+ */
+#define JSON_OUT (JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE)
+
 /* Error classes (as QMP names them where QMP has one). */
 #define CONTROL_GENERIC_ERROR     "GenericError"
 #define CONTROL_COMMAND_NOT_FOUND "CommandNotFound"

@@ -64,7 +64,7 @@ bytes_done (struct job *j, uint64_t pending)
 static int
 write_json (const char *path, json_object *o)
 {
-  const char *s = json_object_to_json_string_ext (o, JSON_C_TO_STRING_PLAIN);
+  const char *s = json_object_to_json_string_ext (o, JSON_OUT);
   CLEANUP_FREE char *line = NULL;
 
   if (asprintf (&line, "%s\n", s) == -1)

@@ -29,6 +29,7 @@
 #include <unistd.h>
 
 #include "cleanup.h"
+#include "control.h"
 #include "files.h"
 #include "minmax.h"
 #include "nbdkit-stubs.h"
@@ -153,49 +154,43 @@ static const struct target_ops file_ops = {
 };
 
 int
-target_file_check (const char *param, const char *path, const char *source)
+target_file_check (const char *param, const char *path, const char *source,
+                   struct control_error *err)
 {
   struct stat st, sst;
 
   if (stat (path, &st) == 0) {
-    if (!S_ISREG (st.st_mode)) {
-      nbdkit_error ("%s: %s: not a regular file", param, path);
-      return -1;
-    }
+    if (!S_ISREG (st.st_mode))
+      return control_fail (err, CONTROL_GENERIC_ERROR,
+                           "%s: %s: not a regular file", param, path);
     if (source && stat (source, &sst) == 0 &&
-        st.st_dev == sst.st_dev && st.st_ino == sst.st_ino) {
-      nbdkit_error ("%s: %s is the source disk itself", param, path);
-      return -1;
-    }
-    if (access (path, W_OK) == -1) {
-      nbdkit_error ("%s: %s: %m", param, path);
-      return -1;
-    }
+        st.st_dev == sst.st_dev && st.st_ino == sst.st_ino)
+      return control_fail (err, CONTROL_GENERIC_ERROR,
+                           "%s: %s is the source disk itself", param, path);
+    if (access (path, W_OK) == -1)
+      return control_fail (err, CONTROL_GENERIC_ERROR, "%s: %s: %s",
+                           param, path, strerror (errno));
   }
-  else if (errno != ENOENT) {
-    nbdkit_error ("%s: %s: %m", param, path);
-    return -1;
-  }
+  else if (errno != ENOENT)
+    return control_fail (err, CONTROL_GENERIC_ERROR, "%s: %s: %s",
+                         param, path, strerror (errno));
   else {
     /* It will be created: its directory must let us. */
     CLEANUP_FREE char *copy = strdup (path);
-    if (copy == NULL) {
-      nbdkit_error ("strdup: %m");
-      return -1;
-    }
-    if (access (dirname (copy), W_OK | X_OK) == -1) {
-      nbdkit_error ("%s: cannot create %s: %m", param, path);
-      return -1;
-    }
+    if (copy == NULL)
+      return control_fail (err, CONTROL_GENERIC_ERROR, "out of memory");
+    if (access (dirname (copy), W_OK | X_OK) == -1)
+      return control_fail (err, CONTROL_GENERIC_ERROR,
+                           "%s: cannot create %s: %s", param, path,
+                           strerror (errno));
   }
   /* When the source is a known file, its size is known now too. */
   if (source && stat (path, &st) == 0 && stat (source, &sst) == 0 &&
-      st.st_size != sst.st_size) {
-    nbdkit_error ("%s: %s is %" PRIu64 " bytes but the disk is %" PRIu64
-                  " bytes", param, path, (uint64_t) st.st_size,
-                  (uint64_t) sst.st_size);
-    return -1;
-  }
+      st.st_size != sst.st_size)
+    return control_fail (err, CONTROL_GENERIC_ERROR,
+                         "%s: %s is %" PRIu64 " bytes but the disk is %"
+                         PRIu64 " bytes", param, path,
+                         (uint64_t) st.st_size, (uint64_t) sst.st_size);
   return 0;
 }
 

@@ -63,8 +63,10 @@ struct target {
  * the source file (source may be NULL if unknown), and if it exists
  * it must be a regular file.  0 or -1 (reported, naming param).
  */
+struct control_error;
 extern int target_file_check (const char *param, const char *path,
-                              const char *source);
+                              const char *source,
+                              struct control_error *err);
 
 /* Open a raw file target for a disk of size bytes.  A missing file is
  * created sparse; an existing one must be exactly size bytes, is

@@ -26,6 +26,11 @@
  * snapshot instant (common/backup/incremental.c); at .cleanup, once
  * the job has ended, the bitmap is updated as cbw-bitmap-mode says.
  *
+ * With a control socket (cbw-control, or any filter's), backups can
+ * also start on command (backup-start, a transaction action, in
+ * cbw-control.c), and with no cbw-target the filter sits idle until
+ * one does.  backup.c holds the steps both ways share.
+ *
  * Outcome: file targets (raw, qcow2) are written as PATH.incomplete
  * and renamed to PATH only once every cluster is on them and they
  * have been flushed; NBD targets are flushed, and there the status
@@ -45,6 +50,9 @@
 
 #include <nbdkit-filter.h>
 
+#include "backup.h"
+#include "cbw.h"
+#include "control.h"
 #include "engine.h"
 #include "gate.h"
 #include "incremental.h"
@@ -57,35 +65,22 @@
 /* Log every cluster copy (-D cbw.engine=1). */
 NBDKIT_DLL_PUBLIC int cbw_debug_engine = 0;
 
-enum sync_mode { SYNC_FULL, SYNC_TOP, SYNC_NONE, SYNC_INCREMENTAL };
-static const char *const sync_name[] = { "full", "top", "none",
-                                         "incremental" };
-
-/* Parameters, set in .config and never changed afterwards. */
-static char *target_path;               /* cbw-target (path or URI) */
-static enum target_format target_format = TARGET_AUTO; /* cbw-target-format */
-static char *target_backing;            /* cbw-target-backing */
-static char *target_backing_format;     /* cbw-target-backing-format */
-static double copy_timeout;             /* cbw-copy-timeout, 0 = none */
-static uint64_t speed;                  /* cbw-speed, 0 = unlimited */
-static enum sync_mode sync_mode = SYNC_FULL; /* cbw-sync */
-static unsigned cluster_size = 65536;   /* cbw-cluster-size */
-static char *status_path;               /* cbw-status */
-static unsigned workers = 4;            /* cbw-workers */
+/* Parameters (see cbw.h), and the few that are not per backup. */
+struct backup_spec cbw_defaults = {
+  .format = TARGET_AUTO,
+  .sync = SYNC_FULL,
+  .cluster_size = 65536,
+  .workers = 4,
+  .on_error = CBW_BREAK_SNAPSHOT,
+  .bitmap_mode = DIRTY_MODE_ON_SUCCESS,
+};
 static bool finish_on_exit = true;      /* cbw-on-exit */
-static enum cbw_on_error on_error = CBW_BREAK_SNAPSHOT; /* cbw-on-error */
 static char *source_file;               /* the plugin's file=, if any */
-static char *bitmap_name;               /* cbw-bitmap */
-static enum dirty_mode bitmap_mode = DIRTY_MODE_ON_SUCCESS; /* cbw-bitmap-mode */
 
-/* Set up in .after_fork, torn down in .cleanup.  Connections only
- * exist in between, so the data callbacks read these without a lock.
- */
-static nbdkit_next *job_next;
-static struct target *target;
-static struct engine *engine;
-static struct job *job;
-static struct dirty_bitmap *bitmap;     /* sync=incremental's, frozen */
+nbdkit_next *cbw_job_next;
+bool cbw_use_extents;
+struct backup *cbw_current;
+struct engine *cbw_engine;
 
 static void
 cbw_load (void)
@@ -97,57 +92,51 @@ static void
 cbw_unload (void)
 {
   registry_remove_filter ("cbw");
-  free (target_path);
-  free (target_backing);
-  free (target_backing_format);
-  free (status_path);
+  spec_free (&cbw_defaults);
   free (source_file);
-  free (bitmap_name);
+}
+
+/* Replace *field with value (as an absolute path if path). */
+static int
+set_param (char **field, const char *value, bool path)
+{
+  char *copy = path ? nbdkit_absolute_path (value) : strdup (value);
+
+  if (copy == NULL)
+    return -1;
+  free (*field);
+  *field = copy;
+  return 0;
 }
 
 static int
 cbw_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
             const char *key, const char *value)
 {
-  if (strcmp (key, "cbw-target") == 0) {
-    free (target_path);
-    if (target_is_nbd_uri (value))
-      target_path = strdup (value);
-    else
-      target_path = nbdkit_absolute_path (value);
-    return target_path ? 0 : -1;
-  }
+  struct backup_spec *d = &cbw_defaults;
+
+  if (strcmp (key, "cbw-target") == 0)
+    return set_param (&d->target, value, !target_is_nbd_uri (value));
   else if (strcmp (key, "cbw-target-format") == 0) {
-    if (strcmp (value, "raw") == 0)
-      target_format = TARGET_RAW;
-    else if (strcmp (value, "qcow2") == 0)
-      target_format = TARGET_QCOW2;
-    else if (strcmp (value, "nbd") == 0)
-      target_format = TARGET_NBD;
-    else {
+    if (parse_target_format (value, &d->format) == -1) {
       nbdkit_error ("cbw-target-format: unknown format '%s' "
                     "(expecting raw, qcow2 or nbd)", value);
       return -1;
     }
     return 0;
   }
-  else if (strcmp (key, "cbw-target-backing") == 0) {
+  else if (strcmp (key, "cbw-target-backing") == 0)
     /* Kept as written: stored in the qcow2 header, where a relative
      * name is relative to the target's directory.
      */
-    free (target_backing);
-    target_backing = strdup (value);
-    return target_backing ? 0 : -1;
-  }
+    return set_param (&d->backing, value, false);
   else if (strcmp (key, "cbw-target-backing-format") == 0) {
     if (strcmp (value, "raw") != 0 && strcmp (value, "qcow2") != 0) {
       nbdkit_error ("cbw-target-backing-format: unknown format '%s' "
                     "(expecting raw or qcow2)", value);
       return -1;
     }
-    free (target_backing_format);
-    target_backing_format = strdup (value);
-    return target_backing_format ? 0 : -1;
+    return set_param (&d->backing_format, value, false);
   }
   else if (strcmp (key, "cbw-copy-timeout") == 0) {
     char *end;
@@ -161,7 +150,7 @@ cbw_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
                     "from 0 (no limit) to 86400", value);
       return -1;
     }
-    copy_timeout = r;
+    d->copy_timeout = r;
     return 0;
   }
   else if (strcmp (key, "cbw-speed") == 0) {
@@ -171,19 +160,11 @@ cbw_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
                     "optional K, M or G suffix, or 0 (no limit)", value);
       return -1;
     }
-    speed = r;
+    d->speed = r;
     return 0;
   }
   else if (strcmp (key, "cbw-sync") == 0) {
-    if (strcmp (value, "full") == 0)
-      sync_mode = SYNC_FULL;
-    else if (strcmp (value, "top") == 0)
-      sync_mode = SYNC_TOP;
-    else if (strcmp (value, "none") == 0)
-      sync_mode = SYNC_NONE;
-    else if (strcmp (value, "incremental") == 0)
-      sync_mode = SYNC_INCREMENTAL;
-    else {
+    if (parse_sync (value, &d->sync) == -1) {
       nbdkit_error ("cbw-sync: unknown sync mode '%s' "
                     "(expecting full, top, incremental or none)", value);
       return -1;
@@ -197,12 +178,10 @@ cbw_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
       nbdkit_error ("cbw-bitmap: %s", err.desc);
       return -1;
     }
-    free (bitmap_name);
-    bitmap_name = strdup (value);
-    return bitmap_name ? 0 : -1;
+    return set_param (&d->bitmap, value, false);
   }
   else if (strcmp (key, "cbw-bitmap-mode") == 0) {
-    if (incremental_parse_mode (value, &bitmap_mode) == -1) {
+    if (incremental_parse_mode (value, &d->bitmap_mode) == -1) {
       nbdkit_error ("cbw-bitmap-mode: unknown mode '%s' "
                     "(expecting on-success, never or always)", value);
       return -1;
@@ -218,14 +197,11 @@ cbw_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
                     "from 4K to 16M", value);
       return -1;
     }
-    cluster_size = r;
+    d->cluster_size = r;
     return 0;
   }
-  else if (strcmp (key, "cbw-status") == 0) {
-    free (status_path);
-    status_path = nbdkit_absolute_path (value);
-    return status_path ? 0 : -1;
-  }
+  else if (strcmp (key, "cbw-status") == 0)
+    return set_param (&d->status_path, value, true);
   else if (strcmp (key, "cbw-workers") == 0) {
     unsigned r;
     if (nbdkit_parse_unsigned ("cbw-workers", value, &r) == -1)
@@ -235,7 +211,7 @@ cbw_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
                     value, JOB_MAX_WORKERS);
       return -1;
     }
-    workers = r;
+    d->workers = r;
     return 0;
   }
   else if (strcmp (key, "cbw-on-exit") == 0) {
@@ -251,22 +227,28 @@ cbw_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
     return 0;
   }
   else if (strcmp (key, "cbw-on-error") == 0) {
-    if (strcmp (value, "break-snapshot") == 0)
-      on_error = CBW_BREAK_SNAPSHOT;
-    else if (strcmp (value, "fail-write") == 0)
-      on_error = CBW_FAIL_WRITE;
-    else {
+    if (parse_on_error (value, &d->on_error) == -1) {
       nbdkit_error ("cbw-on-error: unknown policy '%s' "
                     "(expecting break-snapshot or fail-write)", value);
       return -1;
     }
     return 0;
   }
+  else if (strcmp (key, "cbw-job-id") == 0) {
+    if (*value == '\0' || strlen (value) > 128) {
+      nbdkit_error ("cbw-job-id: must be 1 to 128 characters");
+      return -1;
+    }
+    return set_param (&d->job_id, value, false);
+  }
+  else if (strcmp (key, "cbw-control") == 0)
+    return control_configure ("cbw-control", value);
 
   /* Remember the file plugin's disk so the target can't be it. */
   if (strcmp (key, "file") == 0) {
     free (source_file);
     source_file = nbdkit_absolute_path (value);
+    cbw_defaults.source_file = source_file;
   }
   return next (nxdata, key, value);
 }
@@ -275,93 +257,41 @@ static int
 cbw_config_complete (nbdkit_next_config_complete *next,
                      nbdkit_backend *nxdata)
 {
-  if (target_path == NULL) {
-    nbdkit_error ("cbw-target parameter was not set: "
-                  "name the file to back up into");
-    return -1;
-  }
-  if ((sync_mode == SYNC_INCREMENTAL) != (bitmap_name != NULL)) {
-    nbdkit_error (bitmap_name
-                  ? "cbw-bitmap: only cbw-sync=incremental uses a bitmap"
-                  : "cbw-sync=incremental needs cbw-bitmap=NAME: the dirty "
-                  "bitmap (nbdkit-dirtybitmap-filter) whose clusters to "
-                  "copy");
-    return -1;
-  }
-  /* Which kind of target: by URI scheme, by an existing file's
-   * magic, by a backing file asked for; else raw.
-   */
-  if (target_format == TARGET_AUTO) {
-    if (target_is_nbd_uri (target_path))
-      target_format = TARGET_NBD;
-    else if (target_file_is_qcow2 (target_path) || target_backing)
-      target_format = TARGET_QCOW2;
-    else
-      target_format = TARGET_RAW;
-  }
-  if ((target_format == TARGET_NBD) != target_is_nbd_uri (target_path)) {
-    nbdkit_error ("cbw-target: '%s' %s an NBD URI but "
-                  "cbw-target-format is %s", target_path,
-                  target_format == TARGET_NBD ? "is not" : "is",
-                  target_format == TARGET_NBD ? "nbd" : "a file format");
-    return -1;
-  }
-  if (target_backing && target_format != TARGET_QCOW2) {
-    nbdkit_error ("cbw-target-backing: only a qcow2 target has a "
-                  "backing file");
-    return -1;
-  }
-  if (target_format != TARGET_NBD) {
-    struct stat st, sst;
-    /* The file plugin's disk has its virtual size as its file size;
-     * a qcow2 source or a qcow2 target does not.
-     */
-    bool sizes_comparable = target_format == TARGET_RAW && source_file &&
-      !target_file_is_qcow2 (source_file);
+  struct backup_spec *d = &cbw_defaults;
+  struct control_error err = { 0 };
 
-    if (target_file_check ("cbw-target", target_path,
-                           sizes_comparable ? source_file : NULL) == -1)
-      return -1;
-    if (source_file && stat (target_path, &st) == 0 &&
-        stat (source_file, &sst) == 0 &&
-        st.st_dev == sst.st_dev && st.st_ino == sst.st_ino) {
-      nbdkit_error ("cbw-target: %s is the source disk itself", target_path);
-      return -1;
-    }
-    if (target_format == TARGET_QCOW2 && sync_mode == SYNC_TOP &&
-        target_backing == NULL && access (target_path, F_OK) == -1) {
-      nbdkit_error ("cbw-sync=top with a new qcow2 target needs "
-                    "cbw-target-backing: name the source's backing file, "
-                    "so that the target chain reads as the source");
-      return -1;
-    }
-    if (target_format == TARGET_QCOW2 && sync_mode == SYNC_INCREMENTAL &&
-        target_backing == NULL && access (target_path, F_OK) == -1) {
-      nbdkit_error ("cbw-sync=incremental with a new qcow2 target needs "
-                    "cbw-target-backing: name the previous backup, so that "
-                    "the target chain reads as the whole disk");
-      return -1;
-    }
-    if (target_format == TARGET_RAW && target_file_is_qcow2 (target_path)) {
-      nbdkit_error ("cbw-target: %s is a qcow2 image but "
-                    "cbw-target-format is raw", target_path);
-      return -1;
-    }
-  }
-  if (status_path && strcmp (status_path, target_path) == 0) {
-    nbdkit_error ("cbw-status: must not be the target file");
+  if (d->job_id == NULL && set_param (&d->job_id, "cbw", false) == -1)
     return -1;
+  if (d->target == NULL) {
+    /* With a control socket, wait for backup-start. */
+    if (control_path () == NULL) {
+      nbdkit_error ("cbw-target parameter was not set: name the file to "
+                    "back up into (or set cbw-control=SOCKET to start "
+                    "backups on command)");
+      return -1;
+    }
+    return next (nxdata);
   }
-  if (status_path &&
-      job_write_initial_status (status_path, "starting") == -1) {
-    nbdkit_error ("cbw-status: cannot write %s: %m", status_path);
+  if (spec_check (d, "cbw-", &err) == -1) {
+    /* The incremental checks need the dirtybitmap filter loaded:
+     * they run again in .get_ready.
+     */
+    if (d->sync != SYNC_INCREMENTAL || d->bitmap == NULL ||
+        strstr (err.desc, "cbw-bitmap: ") != err.desc) {
+      nbdkit_error ("%s", err.desc);
+      return -1;
+    }
+  }
+  if (d->status_path &&
+      job_write_initial_status (d->status_path, "starting") == -1) {
+    nbdkit_error ("cbw-status: cannot write %s: %m", d->status_path);
     return -1;
   }
   return next (nxdata);
 }
 
 #define cbw_config_help \
-  "cbw-target=<FILE|URI>     (required) Back up into this file or NBD URI.\n" \
+  "cbw-target=<FILE|URI>     Back up into this file or NBD URI.\n" \
   "cbw-target-format=raw|qcow2|nbd\n" \
   "                          Target kind (default: by URI, magic, else raw).\n" \
   "cbw-target-backing=<FILE> Backing file of a new qcow2 target.\n" \
@@ -379,178 +309,91 @@ cbw_config_complete (nbdkit_next_config_complete *next,
   "cbw-on-error=break-snapshot|fail-write\n" \
   "                          Target failure policy (default break-snapshot).\n" \
   "cbw-copy-timeout=<SECS>   Copy-before-write time limit (default 0: none).\n" \
-  "cbw-speed=<RATE>          Background job bytes/s limit (default 0: none)."
+  "cbw-speed=<RATE>          Background job bytes/s limit (default 0: none).\n" \
+  "cbw-job-id=<ID>           The job's id on the control socket (default cbw).\n" \
+  "cbw-control=<SOCKET>      The server's control socket (backups on command)."
 
 static int
 cbw_get_ready (int thread_model)
 {
   char *list = registry_list_filters ();
+  struct backup_spec *d = &cbw_defaults;
 
   backup_debug_engine |= cbw_debug_engine;
   nbdkit_debug ("cbw: registry %p holds: %s",
                 registry_instance (), list ? list : "?");
   free (list);
   /* Refuse an unusable bitmap now, not after the server forked. */
-  if (sync_mode == SYNC_INCREMENTAL) {
+  if (d->target && d->sync == SYNC_INCREMENTAL) {
     struct control_error err = { 0 };
 
-    if (incremental_check (bitmap_name, &err) == -1) {
+    if (incremental_check (d->bitmap, &err) == -1) {
       nbdkit_error ("cbw-bitmap: %s", err.desc);
       return -1;
     }
   }
-  return 0;
+  if (cbw_register_commands () == -1)
+    return -1;
+  return control_bind ();
 }
 
 static void
 cbw_cleanup (nbdkit_backend *backend)
 {
-  enum job_state s = JOB_FAILED;
-
-  if (job) {
-    s = job_finish (job, finish_on_exit);
-    nbdkit_debug ("cbw: backup %s", job_state_name (s));
-    job_free (job);
-    job = NULL;
+  /* No more commands first: they could start or change backups. */
+  control_stop ();
+  if (cbw_current) {
+    backup_end (cbw_current, finish_on_exit);
+    cbw_current = NULL;
+    cbw_engine = NULL;
   }
-  if (bitmap) {
-    incremental_end (bitmap, engine, s == JOB_COMPLETED, bitmap_mode);
-    bitmap = NULL;
-  }
-  engine_free (engine);
-  engine = NULL;
-  if (target) {
-    target->ops->close (target);
-    target = NULL;
-  }
-  if (job_next) {
-    job_next->finalize (job_next);
-    nbdkit_next_context_close (job_next);
-    job_next = NULL;
+  if (cbw_job_next) {
+    cbw_job_next->finalize (cbw_job_next);
+    nbdkit_next_context_close (cbw_job_next);
+    cbw_job_next = NULL;
   }
 }
 
-/* sync=top: protect every cluster that is at least partly not a hole
- * in the plugin's extents (allocated in the top image, for the qcow2
- * plugin).  Runs before protection starts, so nothing changes under
- * it.  0 or -1 (reported).
+/* The snapshot instant of a backup set by parameters: before any
+ * client can connect.
  */
-static int
-protect_allocated (nbdkit_next *next, int64_t size)
-{
-  const uint64_t chunk = UINT64_C (1) << 30;
-  uint64_t offset = 0, protected_bytes = 0;
-  int err = 0;
-
-  while (offset < (uint64_t) size) {
-    uint32_t count = MIN (chunk, (uint64_t) size - offset);
-    struct nbdkit_extents *exts;
-    size_t i, n;
-
-    exts = nbdkit_extents_full (next, count, offset, 0, &err);
-    if (exts == NULL) {
-      nbdkit_error ("cbw-sync=top: reading the source's extents at "
-                    "offset %" PRIu64 " failed", offset);
-      return -1;
-    }
-    n = nbdkit_extents_count (exts);
-    for (i = 0; i < n; ++i) {
-      struct nbdkit_extent x = nbdkit_get_extent (exts, i);
-      uint64_t a = MAX (x.offset, offset);
-      uint64_t b = MIN (x.offset + x.length, offset + count);
-
-      if (a >= b || (x.type & NBDKIT_EXTENT_HOLE))
-        continue;
-      engine_protect (engine, a >> engine->cluster_bits,
-                      ((b - 1) >> engine->cluster_bits) + 1);
-      protected_bytes += b - a;
-    }
-    nbdkit_extents_free (exts);
-    offset += count;
-  }
-  nbdkit_debug ("cbw: sync=top: %" PRIu64 " of %" PRIi64
-                " bytes allocated in the top layer", protected_bytes, size);
-  return 0;
-}
-
-/* The snapshot instant: before any client can connect. */
 static int
 cbw_after_fork (nbdkit_backend *backend)
 {
-  struct job_params p = {
-    .name = "cbw",
-    .sync = sync_name[sync_mode],
-    .background_copy = sync_mode != SYNC_NONE,
-    .workers = workers,
-    .status_path = status_path,
-    .speed = speed,
-  };
-  int64_t size;
+  struct control_error err = { 0 };
+  struct backup *b;
   int r;
 
-  job_next = nbdkit_next_context_open (backend, 1, "", 1);
-  if (job_next == NULL) {
+  cbw_job_next = nbdkit_next_context_open (backend, 1, "", 1);
+  if (cbw_job_next == NULL) {
     nbdkit_error ("cbw: cannot open the source for the backup job");
     return -1;
   }
-  if (job_next->prepare (job_next) == -1)
-    goto err;
-  size = job_next->get_size (job_next);
-  if (size == -1)
+  if (cbw_job_next->prepare (cbw_job_next) == -1)
     goto err;
   /* Zero extents let the job skip reading what reads as zero. */
-  r = job_next->can_extents (job_next);
+  r = cbw_job_next->can_extents (cbw_job_next);
   if (r == -1)
     goto err;
-  p.use_extents = r > 0;
+  cbw_use_extents = r > 0;
 
-  switch (target_format) {
-  case TARGET_NBD:
-    /* One connection per copier, plus some for writers' copies. */
-    target = target_nbd_open ("cbw-target", target_path, size, workers + 2);
-    break;
-  case TARGET_QCOW2: {
-    struct target_qcow2_options qo = {
-      .backing = target_backing,
-      .backing_format = target_backing_format,
-      .cluster_size = cluster_size,
-    };
-    target = target_qcow2_open ("cbw-target", target_path, size, &qo);
-    break;
-  }
-  default:
-    target = target_file_open ("cbw-target", target_path, size);
-  }
-  if (target == NULL)
-    goto err;
-  engine = engine_new ("cbw", size, cluster_size, target, on_error);
-  if (engine == NULL)
-    goto err;
-  engine_set_copy_timeout (engine, copy_timeout);
-  if (sync_mode == SYNC_TOP) {
-    if (protect_allocated (job_next, size) == -1)
-      goto err;
-  }
-  else if (sync_mode == SYNC_INCREMENTAL) {
-    struct control_error cerr = { 0 };
-
-    bitmap = incremental_begin (engine, bitmap_name, &cerr);
-    if (bitmap == NULL) {
-      nbdkit_error ("cbw-bitmap: %s", cerr.desc);
+  if (cbw_defaults.target) {
+    b = backup_prepare (&cbw_defaults, "cbw-", cbw_job_next, &err);
+    if (b == NULL) {
+      nbdkit_error ("%s", err.desc);
       goto err;
     }
+    cbw_current = b;
+    cbw_engine = b->engine;
+    backup_activate (b);
+    if (backup_start_job (b, cbw_job_next, cbw_use_extents) == -1)
+      goto err;
   }
-  else
-    engine_protect (engine, 0, engine->nr_clusters);
-  engine_activate (engine);
-  job = job_start (&p, engine, job_next);
-  if (job == NULL)
-    goto err;
-  return 0;
+  return control_start ();
 
  err:
-  if (status_path)
-    job_write_initial_status (status_path, "failed");
+  if (cbw_defaults.status_path)
+    job_write_initial_status (cbw_defaults.status_path, "failed");
   cbw_cleanup (backend);
   return -1;
 }
@@ -561,7 +404,8 @@ cbw_pwrite (nbdkit_next *next, void *handle, const void *buf,
 {
   GATE_FOR_CURRENT_SCOPE ();
 
-  if (engine && engine_before_write (engine, next, offset, count, err) == -1)
+  if (cbw_engine &&
+      engine_before_write (cbw_engine, next, offset, count, err) == -1)
     return -1;
   return next->pwrite (next, buf, count, offset, flags, err);
 }
@@ -572,7 +416,8 @@ cbw_zero (nbdkit_next *next, void *handle, uint32_t count, uint64_t offset,
 {
   GATE_FOR_CURRENT_SCOPE ();
 
-  if (engine && engine_before_write (engine, next, offset, count, err) == -1)
+  if (cbw_engine &&
+      engine_before_write (cbw_engine, next, offset, count, err) == -1)
     return -1;
   return next->zero (next, count, offset, flags, err);
 }
@@ -583,7 +428,8 @@ cbw_trim (nbdkit_next *next, void *handle, uint32_t count, uint64_t offset,
 {
   GATE_FOR_CURRENT_SCOPE ();
 
-  if (engine && engine_before_write (engine, next, offset, count, err) == -1)
+  if (cbw_engine &&
+      engine_before_write (cbw_engine, next, offset, count, err) == -1)
     return -1;
   return next->trim (next, count, offset, flags, err);
 }
