@@ -60,6 +60,8 @@ backup_usage (const char *cmd)
           "  -b, --backing=FILE        backing file of a new qcow2 target "
           "(relative\n"
           "                            to the target's directory)\n"
+          "  -F, --backing-format=raw|qcow2\n"
+          "                            format of the backing file\n"
           "      --cluster-size=SIZE   copy granularity\n"
           "      --speed=RATE          background copy limit in bytes/s "
           "(0: none)\n"
@@ -192,9 +194,10 @@ backup_main (int argc, char *argv[])
     OPT_COPY_TIMEOUT, OPT_BITMAP, OPT_BITMAP_MODE, OPT_JSON, OPT_PROGRESS,
     OPT_NO_PROGRESS,
   };
-  static const char short_options[] = "b:f:hj:s:t:vw";
+  static const char short_options[] = "b:F:f:hj:s:t:vw";
   static const struct option long_options[] = {
     { "backing",      required_argument, NULL, 'b' },
+    { "backing-format", required_argument, NULL, 'F' },
     { "bitmap",       required_argument, NULL, OPT_BITMAP },
     { "bitmap-mode",  required_argument, NULL, OPT_BITMAP_MODE },
     { "cluster-size", required_argument, NULL, OPT_CLUSTER_SIZE },
@@ -223,7 +226,8 @@ backup_main (int argc, char *argv[])
     { "on-success", "never", "always", NULL };
   const char *cmd = argv[0];
   const char *target = NULL, *sync = NULL, *format = NULL;
-  const char *backing = NULL, *on_error = NULL, *bitmap = NULL;
+  const char *backing = NULL, *backing_format = NULL;
+  const char *on_error = NULL, *bitmap = NULL;
   const char *bitmap_mode = NULL, *job_id = NULL;
   uint64_t cluster_size = 0, speed = 0;
   bool have_cluster_size = false, have_speed = false;
@@ -260,6 +264,12 @@ backup_main (int argc, char *argv[])
       if (*optarg == '\0')
         return usage_error (cmd, "--backing: empty file name");
       backing = optarg;
+      break;
+    case 'F':
+      if (!one_of (optarg, formats))
+        return usage_error (cmd, "--backing-format: expected raw or qcow2, "
+                            "got '%s'", optarg);
+      backing_format = optarg;
       break;
     case OPT_CLUSTER_SIZE:
       if (!parse_size (optarg, &cluster_size) || cluster_size == 0 ||
@@ -351,6 +361,8 @@ backup_main (int argc, char *argv[])
       (sync && add_string (args, "sync", sync) == -1) ||
       (format && add_string (args, "format", format) == -1) ||
       (backing && add_string (args, "backing", backing) == -1) ||
+      (backing_format &&
+       add_string (args, "backing-format", backing_format) == -1) ||
       (have_cluster_size &&
        json_object_object_add (args, "cluster-size",
                                json_object_new_int64 (cluster_size)) == -1) ||

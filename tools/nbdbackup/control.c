@@ -411,7 +411,8 @@ control_execute (struct control *c, const char *command, json_object *args,
     json_object_object_add (req, "arguments", args);
   json_object_object_add (req, "id", json_object_new_int64 (id));
   if (control_send_line (c, json_object_to_json_string_ext
-                         (req, JSON_C_TO_STRING_PLAIN)) == -1)
+                         (req, JSON_C_TO_STRING_PLAIN |
+                          JSON_C_TO_STRING_NOSLASHESCAPE)) == -1)
     goto out;
 
   for (;;) {
