@@ -31,9 +31,9 @@ start_fleece () {
 }
 
 # The cbw tests need backup-start (a cbw filter that sits idle until
-# told to back up).
+# told to back up): look in the built filter.
 requires_backup_start () {
-    grep -q backup-start "$abs_top_srcdir/filters/cbw/cbw.c" ||
+    grep -q backup-start "$cbw" ||
         skip "the cbw filter has no backup-start yet"
 }
 
@@ -160,6 +160,8 @@ EOF
     [[ "$output" == "nbdbackup backup: missing --target"* ]]
     run -2 nbdbackup backup /tmp/x --target=t --sync=sometimes
     [[ "$output" == *"--sync: expected full, top, none or incremental, got 'sometimes'"* ]]
+    run -2 nbdbackup backup /tmp/x --target=t --backing-format=vmdk
+    [[ "$output" == *"--backing-format: expected raw or qcow2, got 'vmdk'"* ]]
     run -2 nbdbackup backup /tmp/x --target=t --speed=fast
     [[ "$output" == *"--speed: expected bytes per second"* ]]
     run -2 nbdbackup backup /tmp/x --target=t --sync=incremental
@@ -189,6 +191,52 @@ EOF
     for sub in status snapshot backup wait cancel set-speed control; do
         [[ "$output" == *"  $sub "* ]]
     done
+}
+
+@test "nbdbackup wait: a job that cbw started with the server" {
+    requires qemu-io jq
+    make_disk "$d/disk.img" 32M 22
+    cp "$d/disk.img" "$d/instant.img"
+    # cbw backs up from the server's start; fleece brings the control
+    # socket, which every filter of the suite shares.
+    start_nbdkit srv --filter="$cbw" --filter="$fleece" file "$d/disk.img" \
+        cbw-target="$d/backup.img" cbw-speed=1M \
+        fleece-control="$ctlsock" fleece-store="$d"
+    qemu-io -f raw "$srv_uri" -c "write -P 0x33 0 32M" >/dev/null
+    run -0 nbdbackup status --json "$ctlsock"
+    id="$(jq -r '.jobs[0].id' <<<"$output")"
+    [ "$(jq -r '.jobs[0].target' <<<"$output")" = "$d/backup.img" ]
+    run -0 nbdbackup status "$ctlsock"
+    [[ "$output" == *"job $id: "*" of 32.0 MiB ("*"%)"*"  sync full, target $d/backup.img"* ]]
+    # The bar goes to stderr, is drawn at least once and erased.
+    run -0 --separate-stderr nbdbackup wait --progress "$ctlsock"
+    [ "$output" = "job $id completed" ]
+    [[ "$stderr" == *"% ["*"/32.0 MiB"* ]]
+    [[ "$stderr" == *$'\r\e[K' ]]
+    cmp "$d/backup.img" "$d/instant.img"
+    run -0 nbdbackup wait --json "$ctlsock" "$id"
+    [ "$(jq -r '.status' <<<"$output")" = completed ]
+    [ "$(jq -r '."current-progress"' <<<"$output")" = 33554432 ]
+    [ "$(jq -r '."total-progress"' <<<"$output")" = 33554432 ]
+    run -3 nbdbackup wait "$ctlsock" no-such-job
+    [ "$output" = "nbdbackup: the server has no job 'no-such-job'" ]
+}
+
+@test "nbdbackup wait: a job that cbw started and that fails exits 4" {
+    requires jq
+    make_disk "$d/disk.img" 32M 23
+    start_nbdkit tgt --filter=error memory 32M error=ENOSPC \
+        error-pwrite-rate=1 error-zero-rate=1
+    start_nbdkit srv --filter="$cbw" --filter="$fleece" file "$d/disk.img" \
+        cbw-target="$tgt_uri" fleece-control="$ctlsock" fleece-store="$d"
+    run -4 --separate-stderr nbdbackup wait "$ctlsock"
+    [ -z "$output" ]
+    [[ "$stderr" == "nbdbackup: job "*" failed: "*"No space left on device"* ]]
+    run -4 --separate-stderr nbdbackup wait --json "$ctlsock"
+    [ "$(jq -r '.status' <<<"$output")" = failed ]
+    [ "$(jq -r '.error' <<<"$output")" != null ]
+    run -0 nbdbackup status "$ctlsock"
+    [[ "$output" == *": failed, "*"  error: "*"No space left on device"* ]]
 }
 
 @test "nbdbackup backup: the backup is the disk at the backup-start instant" {
@@ -243,8 +291,8 @@ EOF
     [ -z "$output" ]
     run -4 nbdbackup wait "$ctlsock" c1
     [[ "$output" == "nbdbackup: job c1 was cancelled"* ]]
-    run -4 nbdbackup wait --json "$ctlsock" c1
-    [ "$(jq -r '.status' <<<"${lines[0]}")" = cancelled ]
+    run -4 --separate-stderr nbdbackup wait --json "$ctlsock" c1
+    [ "$(jq -r '.status' <<<"$output")" = cancelled ]
     [ ! -e "$d/c.img" ]
 }
 
@@ -252,13 +300,13 @@ EOF
     requires jq
     start_cbw
     start_nbdkit tgt --filter=error memory 32M error=ENOSPC \
-        error-pwrite-rate=1 error-zero-rate=1 error-flush-rate=1
+        error-pwrite-rate=1 error-zero-rate=1
     run -4 nbdbackup backup "$ctlsock" --target="$tgt_uri" --job-id=f1 \
         --wait --no-progress
     [[ "$output" == *"nbdbackup: job f1 failed: "* ]]
-    run -4 nbdbackup wait --json "$ctlsock" f1
-    [ "$(jq -r '.status' <<<"${lines[0]}")" = failed ]
-    [ "$(jq -r '.error' <<<"${lines[0]}")" != null ]
+    run -4 --separate-stderr nbdbackup wait --json "$ctlsock" f1
+    [ "$(jq -r '.status' <<<"$output")" = failed ]
+    [ "$(jq -r '.error' <<<"$output")" != null ]
 }
 
 @test "nbdbackup job subcommands: refusals exit 3 with the server's message" {
