@@ -1,0 +1,329 @@
+#!/usr/bin/env bash
+# nbdkit-backup
+# Copyright (C) 2026 the nbdkit-backup authors.  BSD-3-Clause.
+#
+# Push backup with fleecing against a slow target, in one run: does
+# nbdkit-fleece-filter keep writers fast when the backup target is
+# slow, where copy-before-write straight into the target does not?
+#
+# The slow target is a second nbdkit (file plugin, a sparse scratch
+# file the size of the disk) behind nbdkit's rate filter, RATE bits per
+# second (the rate filter's unit; default 50M, about 6 MiB/s).  A
+# writer (bench/nbdload, random 4K at QD16, then sequential 1M at QD4)
+# runs for SECONDS_PER seconds against a disk of random data served:
+#
+# (a) by the plain file plugin, with no backup: the baseline;
+# (b) through the fleece filter (snapshot at start, store in the bench
+#     directory) while `nbdbackup pull` copies the snapshot export into
+#     the slow target;
+# (c) through the cbw filter (cbw-sync=full) pushing straight into the
+#     slow target.
+#
+# The backup must still be running when the writer ends, or the run
+# measures nothing; the output says whether it was, and how far it had
+# got.  Then the rate limit is lifted (the rate filter's rate-file), the
+# backup finishes at full speed, and the target is compared with cmp to
+# a copy of the disk taken before the server started: the backup must
+# hold the disk as it was at the snapshot instant.  The disk is
+# restored from that copy before (b) and (c).
+#
+# Also the snapshot's read throughput: nbdcopy to null: of the fleece
+# snapshot export of a quiet disk, against nbdcopy of the same disk
+# served by the plain file plugin.
+#
+# Warm cache, stated: the disk is in the page cache throughout (it was
+# just written or restored), a warm-up writer run of each workload comes
+# first, and `sync` runs before every measured run.
+#
+# Prints a table with ratios to the baselines and writes it to
+# bench/results/fleece-bench-DATE.txt.  Asserts nothing about speed;
+# exit 77 when a tool or the build is missing, 1 when a run fails or a
+# backup differs from the disk.
+#
+# Environment: SIZE (disk size, default 2G), SECONDS_PER (writer
+# seconds, default 8), RATE (target rate in bits per second, default
+# 50M), REPEAT (measured snapshot reads of each kind, best kept,
+# default 2), TMPDIR (where the disks go, default /var/tmp).  Needs
+# about 4 * SIZE of free space.
+set -euo pipefail
+export LC_ALL=C
+
+here="$(cd "$(dirname "$0")" && pwd)"
+: "${abs_top_builddir:=$(cd "$here/.." && pwd)}"
+SIZE="${SIZE:-2G}"
+SECS="${SECONDS_PER:-8}"
+RATE="${RATE:-50M}"
+REPEAT="${REPEAT:-2}"
+fleece="$abs_top_builddir/filters/fleece/.libs/nbdkit-fleece-filter.so"
+cbw="$abs_top_builddir/filters/cbw/.libs/nbdkit-cbw-filter.so"
+nbdload="$abs_top_builddir/bench/nbdload"
+nbdbackup="$abs_top_builddir/tools/nbdbackup/nbdbackup"
+for c in nbdkit nbdcopy cmp numfmt; do
+    command -v "$c" >/dev/null || { echo "$c not installed" >&2; exit 77; }
+done
+nbdkit --filter=rate null rate=1M --run true 2>/dev/null ||
+    { echo "nbdkit rate filter not installed" >&2; exit 77; }
+[ -f "$fleece" ] && [ -f "$cbw" ] && [ -x "$nbdload" ] && [ -x "$nbdbackup" ] ||
+    { echo "build first" >&2; exit 77; }
+
+bytes="$(numfmt --from=iec "$SIZE")"
+rate_bits="$(numfmt --from=iec "$RATE")"   # nbdkit_parse_size: K = 1024
+mkdir -p "$here/results"
+results="$here/results/fleece-bench-$(date +%Y%m%d-%H%M%S).txt"
+data="$(mktemp -d "${TMPDIR:-/var/tmp}/fleece-bench.XXXXXX")"
+socks="$(mktemp -d /tmp/flb.XXXXXX)"      # short: sun_path is 108 bytes
+pids=()                                   # servers and the pull, by PID
+cleanup () {
+    local p
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || :; done
+    rm -rf "$data" "$socks"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# out FORMAT ARGS...: print, and append to the results file.
+out () { printf "$@" | tee -a "$results"; }
+field () { sed -n "s/.*\"$1\":\"\{0,1\}\([^\",}]*\).*/\1/p" "$2"; }
+ratio () { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'; }
+best () { awk -v a="$1" -v b="$2" 'BEGIN { print (b == "" || a + 0 < b + 0) ? a : b }'; }
+now () { date +%s.%N; }
+since () { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
+mib () { awk -v b="$1" 'BEGIN { printf "%.0f", b / 1048576 }'; }
+
+# serve NAME ARGS...: start nbdkit on a fresh Unix socket with a fresh
+# pidfile; sets ${NAME}_pid and ${NAME}_sock.  Not in a subshell: the
+# server exits with its parent.
+nserved=0
+serve () {
+    local name="$1" sock="$socks/$nserved.sock" pidf="$socks/$nserved.pid" i
+    shift
+    nserved=$((nserved + 1))
+    nbdkit --exit-with-parent -f -U "$sock" -P "$pidf" "$@" \
+        >"$data/$name.log" 2>&1 3>&- &
+    for i in $(seq 200); do
+        [ -s "$pidf" ] && break
+        kill -0 $! 2>/dev/null || { cat "$data/$name.log" >&2; exit 1; }
+        sleep 0.05
+    done
+    [ -s "$pidf" ] || { echo "nbdkit ($name) did not start" >&2; exit 1; }
+    printf -v "${name}_pid" '%s' "$(cat "$pidf")"
+    printf -v "${name}_sock" '%s' "$sock"
+    pids+=("$(cat "$pidf")")
+}
+
+# forget PID: it has exited; cleanup must not signal it (or a reuse).
+forget () {
+    local p keep=()
+    for p in "${pids[@]}"; do [ "$p" = "$1" ] || keep+=("$p"); done
+    pids=("${keep[@]}")
+}
+
+# stop NAME: SIGTERM the server by PID and wait until it has gone.
+stop () {
+    local pidvar="${1}_pid" i
+    local pid="${!pidvar}"
+    kill "$pid" 2>/dev/null || :
+    for i in $(seq 1200); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+    if kill -0 "$pid" 2>/dev/null; then echo "nbdkit $pid did not exit" >&2; exit 1; fi
+    wait "$pid" 2>/dev/null || :
+    forget "$pid"
+}
+
+# wait_job STATUS: until the cbw job is no longer starting or running.
+wait_job () {
+    local i
+    for i in $(seq 6000); do
+        [ -s "$1" ] && ! grep -q '"state":"\(running\|starting\)"' "$1" && return 0
+        kill -0 "$src_pid" 2>/dev/null || break
+        sleep 0.05
+    done
+    echo "the job did not finish: $(cat "$1")" >&2; exit 1
+}
+
+src="$data/src.img" orig="$data/orig.img" tgt="$data/target.img"
+st="$data/status.json" ratef="$data/rate"
+
+# slow_target: a fresh sparse target behind the rate filter; sets
+# $tgt_uri.  The limit holds until lift_rate.
+slow_target () {
+    rm -f "$tgt" "$ratef"
+    truncate -s "$bytes" "$tgt"
+    serve tgt --filter=rate file "$tgt" rate="$RATE" rate-file="$ratef"
+    tgt_uri="nbd+unix:///?socket=$tgt_sock"
+}
+lift_rate () { echo 1000G >"$ratef.new"; mv "$ratef.new" "$ratef"; }
+
+# restore: put the disk back as it was (random data, == $orig).
+restore () { cp "$orig" "$src"; sync; }
+
+out '# fleece-bench %s, %s\n' "$(date -Is)" \
+    "$(git -C "$here" describe --always --dirty 2>/dev/null || echo unknown)"
+out '# %s, %s CPUs, load %s, %s, %s on %s (%s)\n' "$(uname -r)" "$(nproc)" \
+    "$(cut -d' ' -f1-3 /proc/loadavg)" \
+    "$(nbdkit --version)" "$(nbdcopy --version | head -1)" \
+    "${TMPDIR:-/var/tmp}" "$(df -PT "$data" | awk 'NR == 2 { print $2 }')"
+out '# disk %s of random data; slow target: rate=%s (bits/s, %.2f MiB/s)\n' \
+    "$SIZE" "$RATE" "$(awk -v r="$rate_bits" 'BEGIN { print r / 8 / 1048576 }')"
+
+head -c "$bytes" /dev/urandom >"$src"
+cp "$src" "$orig"
+sync
+
+# --- snapshot read throughput --------------------------------------
+
+# read_run plain|fleece: nbdcopy the quiet disk to null:; sets $secs.
+read_run () {
+    local t0 export=""
+    sync
+    if [ "$1" = plain ]; then
+        serve src file "$src"
+    else
+        serve src --filter="$fleece" file "$src" fleece-store="$data"
+        export=snapshot
+    fi
+    t0=$(now)
+    nbdcopy "nbd+unix:///$export?socket=$src_sock" null:
+    secs=$(since "$t0")
+    stop src
+}
+
+read_run plain                          # warm-up
+read_run fleece                         # warm-up
+declare -A T
+for ((rep = 0; rep < REPEAT; rep++)); do
+    for k in $( ((rep % 2)) && echo fleece plain || echo plain fleece); do
+        read_run "$k"
+        T[$k]=$(best "$secs" "${T[$k]:-}")
+    done
+done
+mibs () { awk -v s="$bytes" -v t="$1" 'BEGIN { printf "%.1f", s / 1048576 / t }'; }
+out '\n(1) reading a quiet %s disk with nbdcopy to null: (warm cache,\n' "$SIZE"
+out '    best of %s, order alternating)\n\n' "$REPEAT"
+out '%-40s %9s %9s %8s\n' "" seconds "MiB/s" ratio
+base=$(mibs "${T[plain]}")
+out '%-40s %9s %9s %8s\n' "file plugin, default export" "${T[plain]}" "$base" 1.00
+r=$(mibs "${T[fleece]}")
+out '%-40s %9s %9s %8s\n' "fleece filter, snapshot export" "${T[fleece]}" "$r" \
+    "$(ratio "$r" "$base")"
+
+# --- writers against a slow target ---------------------------------
+
+# writer SETUP OP-ARGS...: run nbdload against SETUP (plain, fleece,
+# cbw), its JSON line into $data/j; sets $note (the backup when the
+# writer ended) and $check (the backup against the disk at the
+# instant).
+failed=0
+writer () {
+    local setup="$1" t0 pull_pid prog
+    shift
+    note="" check=""
+    sync
+    case "$setup" in
+    plain)
+        serve src file "$src"
+        "$nbdload" --op write --seconds "$SECS" "$@" \
+            "nbd+unix:///?socket=$src_sock" >"$data/j"
+        stop src
+        return
+        ;;
+    fleece)
+        slow_target
+        serve src --filter="$fleece" file "$src" fleece-store="$data" \
+            fleece-control="$socks/ctl"
+        "$nbdbackup" pull --json --progress \
+            "nbd+unix:///snapshot?socket=$src_sock" "$tgt_uri" \
+            >"$data/pull.json" 2>"$data/pull.err" &
+        pull_pid=$!
+        pids+=("$pull_pid")
+        "$nbdload" --op write --seconds "$SECS" "$@" \
+            "nbd+unix:///?socket=$src_sock" >"$data/j"
+        if kill -0 "$pull_pid" 2>/dev/null; then
+            prog=$(tr '\r' '\n' <"$data/pull.err" |
+                       grep -o '[0-9.]*/[0-9.]* MiB' | tail -1 || :)
+            note="pull running (${prog:-?} done): outlasted the writer"
+        else
+            note="pull ENDED before the writer"
+        fi
+        "$nbdbackup" status --json "$socks/ctl" >"$data/ctl.json"
+        note="$note; store $(mib "$(field store-used "$data/ctl.json")") MiB"
+        t0=$(now)
+        lift_rate
+        wait "$pull_pid" || { echo "pull failed: $(cat "$data/pull.err")" >&2; exit 1; }
+        forget "$pull_pid"
+        check="pull finished $(since "$t0") s after the limit was lifted"
+        stop src
+        ;;
+    cbw)
+        slow_target
+        rm -f "$st"
+        serve src --filter="$cbw" file "$src" cbw-target="$tgt_uri" \
+            cbw-sync=full cbw-status="$st"
+        "$nbdload" --op write --seconds "$SECS" "$@" \
+            "nbd+unix:///?socket=$src_sock" >"$data/j"
+        cp "$st" "$data/at-end.json"
+        f="$data/at-end.json"
+        prog="$(mib "$(field bytes_done "$f")")/$(mib "$(field bytes_total "$f")") MiB"
+        if grep -q '"state":"running"' "$f"; then
+            note="job running ($prog done): outlasted the writer"
+        else
+            note="job $(field state "$f") before the writer ended"
+        fi
+        note="$note; $(mib "$(field bytes_before_writes "$f")") MiB copied before writes"
+        t0=$(now)
+        lift_rate
+        wait_job "$st"
+        grep -q '"state":"completed"' "$st" ||
+            { echo "cbw job: $(cat "$st")" >&2; exit 1; }
+        check="job completed $(since "$t0") s after the limit was lifted"
+        stop src
+        ;;
+    esac
+    if cmp -s "$tgt" "$orig"; then
+        check="$check; target == disk at the instant (cmp)"
+    else
+        check="$check; target DIFFERS from the disk at the instant"
+        failed=1
+    fi
+    stop tgt
+    restore
+}
+
+out '\n(2) writers for %s s each on the %s disk, the backup target\n' "$SECS" "$SIZE"
+out '    limited to rate=%s (warm cache, a warm-up run of each workload\n' "$RATE"
+out '    first; ratio = MiB/s over the file plugin'"'"'s)\n\n'
+out '%-19s %-23s %9s %8s %9s %9s %6s  %s\n' workload setup "MiB/s" IOPS \
+    "p50 us" "p99 us" ratio "backup when the writer ended"
+checks=()
+for wl in "rand 4K write QD16:--pattern rand --bs 4K --qd 16" \
+          "seq 1M write QD4:--pattern seq --bs 1M --qd 4"; do
+    name="${wl%%:*}" args="${wl#*:}"
+    # shellcheck disable=SC2086
+    writer plain $args                   # warm-up
+    restore
+    base=""
+    for setup in plain fleece cbw; do
+        # shellcheck disable=SC2086
+        writer "$setup" $args
+        [ "$setup" != plain ] || restore
+        m=$(field mib_per_s "$data/j")
+        [ -n "$base" ] || base="$m"
+        case "$setup" in
+        plain)  label="file plugin, no backup" ;;
+        fleece) label="fleece + nbdbackup pull" ;;
+        cbw)    label="cbw sync=full, push" ;;
+        esac
+        out '%-19s %-23s %9s %8s %9s %9s %6s  %s\n' "$name" "$label" \
+            "$m" "$(field iops "$data/j")" "$(field lat_us_p50 "$data/j")" \
+            "$(field lat_us_p99 "$data/j")" "$(ratio "$m" "$base")" "$note"
+        [ -z "$check" ] || checks+=("${wl%%:*}, $label: $check")
+        name=""
+    done
+done
+
+out '\ncorrectness (rate limit lifted after the writer, backup finished,\n'
+out 'target compared with a copy of the disk taken before the server started):\n'
+for c in "${checks[@]}"; do out '  %s\n' "$c"; done
+
+out '\n# load at the end: %s\n' "$(cut -d' ' -f1-3 /proc/loadavg)"
+out 'results: %s\n' "${results#"$here/"}"
+exit "$failed"
