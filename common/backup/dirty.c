@@ -77,6 +77,9 @@ struct dirty_saved {
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static struct dirty_bitmap *bitmaps;
 static uint64_t disk_size;
+/* Read on every write without the lock (an atomic load): set once by
+ * the dirtybitmap filter before any client, cleared at unload.
+ */
 static dirty_change_hook *change_hook;
 
 const char *
@@ -143,18 +146,14 @@ dirty_set_disk_size (uint64_t size)
 void
 dirty_set_change_hook (dirty_change_hook *hook)
 {
-  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
-  change_hook = hook;
+  __atomic_store_n (&change_hook, hook, __ATOMIC_RELEASE);
 }
 
 int
 dirty_before_change (void)
 {
-  dirty_change_hook *hook;
+  dirty_change_hook *hook = __atomic_load_n (&change_hook, __ATOMIC_ACQUIRE);
 
-  pthread_mutex_lock (&lock);
-  hook = change_hook;
-  pthread_mutex_unlock (&lock);
   return hook ? hook () : 0;
 }
 
@@ -818,6 +817,6 @@ dirty_free_all (void)
   }
   pthread_mutex_lock (&lock);
   disk_size = 0;
-  change_hook = NULL;
   pthread_mutex_unlock (&lock);
+  dirty_set_change_hook (NULL);
 }
