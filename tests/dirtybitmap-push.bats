@@ -324,3 +324,74 @@ check_mode () {
     [ -z "$s_pid" ] || ! wait "$s_pid"
     grep -q "cbw-bitmap: bitmap 'b0' not found" "$d/s.log"
 }
+
+@test "dirtybitmap push: on command, bitmap actions and backup-start in one transaction" {
+    fleece="$(filter_path fleece)"
+    make_disk "$d/disk.img" 16M 43
+    cp "$d/disk.img" "$d/model.img"
+    start_nbdkit srv --filter="$fleece" --filter="$cbw" --filter="$dirtybitmap" \
+        file "$d/disk.img" cbw-control="$ctlsock" fleece-snapshot=on-command \
+        fleece-store="$d" dirtybitmap-file="$d/bitmaps"
+    ctl_connect C "$ctlsock"
+    snap="nbd+unix:///snapshot?socket=$srv_sock"
+    events="$BATS_TEST_TMPDIR/events.C"
+
+    # transaction ACTION-JSON...: snapshot-start plus the actions, with
+    # writers racing it; the snapshot (same instant) lands in FILE $1.
+    at_instant () {
+        local out="$1" w; shift
+        local IFS=,
+        rm -f "$events"
+        pitwriter --seed "$RANDOM" --connections 2 --ops 150 --max-len 256K \
+            --quiet --model "$d/model.img" "$srv_uri" & w=$!
+        run -0 qmp C transaction '{"actions":[{"type":"snapshot-start"},'"$*"']}'
+        [ "$output" = '{}' ]
+        nbdcopy "$snap" "$out"
+        wait $w
+        run -0 ctl_event C BLOCK_JOB_COMPLETED
+        run -0 qmp C snapshot-stop
+    }
+
+    # Full backup and a new bitmap at one instant.
+    at_instant "$d/snap0.img" \
+        '{"type":"block-dirty-bitmap-add","data":{"name":"b0"}}' \
+        '{"type":"backup-start","data":{"target":"'"$d/full.qcow2"'","format":"qcow2"}}'
+    same "$d/full.qcow2" qcow2 "$d/snap0.img" raw
+
+    # Incremental: the bitmap frozen at the instant, then on success
+    # left with only the writes made since.
+    at_instant "$d/snap1.img" \
+        '{"type":"backup-start","data":{"target":"'"$d/inc1.qcow2"'","sync":"incremental","bitmap":"b0","backing":"full.qcow2"}}'
+    same "$d/inc1.qcow2" qcow2 "$d/snap1.img" raw
+    run -0 bitmaps C
+    [[ "$output" == "b0 "*" 65536 true false true false" ]]
+
+    # A second incremental on the first, the disk quiet.
+    rm -f "$events"
+    run -0 qmp C transaction '{"actions":[{"type":"backup-start","data":{"target":"'"$d/inc2.qcow2"'","sync":"incremental","bitmap":"b0","backing":"inc1.qcow2"}}]}'
+    [ "$output" = '{}' ]
+    run -0 ctl_event C BLOCK_JOB_COMPLETED
+    same "$d/inc2.qcow2" qcow2 "$d/disk.img" raw
+    run -0 qemu-img check "$d/inc2.qcow2"
+    cmp "$d/disk.img" "$d/model.img"
+    # Busy while a backup holds it (a slow one: 1K/s, one worker, two
+    # clusters apart), and whole again when it is cancelled.
+    io "$srv_uri" "write -P 8 1M 4K" "write -P 8 5M 4K"
+    rm -f "$events"
+    run -0 qmp C backup-start '{"target":"'"$d/inc3.qcow2"'","sync":"incremental","bitmap":"b0","backing":"inc2.qcow2","speed":1024,"workers":1}'
+    [ "$output" = '{}' ]
+    io "$srv_uri" "write -P 9 0 4K"
+    run -0 bitmaps C
+    [ "$output" = "b0 131072 65536 true true true false" ]
+    run -0 qmp C block-dirty-bitmap-clear '{"name":"b0"}'
+    [ "$output" = "error: bitmap 'b0' is busy (an incremental backup is using it): it cannot be cleared" ]
+    run -0 qmp C block-dirty-bitmap-remove '{"name":"b0"}'
+    [ "$output" = "error: bitmap 'b0' is busy (an incremental backup is using it): it cannot be removed" ]
+    run -0 qmp C job-cancel '{"id":"cbw"}'
+    run -0 ctl_event C BLOCK_JOB_CANCELLED
+    run -0 bitmaps C
+    [ "$output" = "b0 196608 65536 true false true false" ]
+    run -0 ranges C b0
+    [ "$output" = "0+65536 1048576+65536 5242880+65536" ]
+    ctl_close C
+}
