@@ -59,6 +59,7 @@
 #include <libnbd.h>
 
 #include "cleanup.h"
+#include "parse.h"
 
 #define PROG "pitwriter"
 
@@ -171,55 +172,6 @@ usage_error (const char *fs, ...)
   va_end (args);
   fprintf (stderr, "\n");
   usage (2);
-}
-
-/* Parse a decimal unsigned integer; false if str is not one. */
-static bool
-parse_u64 (const char *str, uint64_t *ret)
-{
-  char *end;
-  unsigned long long r;
-
-  if (*str < '0' || *str > '9')
-    return false;
-  errno = 0;
-  r = strtoull (str, &end, 10);
-  if (errno != 0 || *end != '\0')
-    return false;
-  *ret = r;
-  return true;
-}
-
-/* Parse a size with an optional K, M, G or T suffix (powers of 1024,
- * either case); false if str is not one or overflows.
- */
-static bool
-parse_size (const char *str, uint64_t *ret)
-{
-  char *end;
-  unsigned long long r;
-  unsigned shift = 0;
-
-  if (*str < '0' || *str > '9')
-    return false;
-  errno = 0;
-  r = strtoull (str, &end, 10);
-  if (errno != 0)
-    return false;
-  switch (*end) {
-  case '\0': break;
-  case 'k': case 'K': shift = 10; end++; break;
-  case 'm': case 'M': shift = 20; end++; break;
-  case 'g': case 'G': shift = 30; end++; break;
-  case 't': case 'T': shift = 40; end++; break;
-  default: return false;
-  }
-  if (*end != '\0')
-    return false;
-  if (shift > 0 && r > (UINT64_MAX >> shift))
-    return false;
-  *ret = (uint64_t) r << shift;
-  return true;
 }
 
 /* Parse --kinds: a comma-separated subset of write,zero,trim. */
@@ -556,10 +508,9 @@ main (int argc, char *argv[])
         usage_error ("--seed: expected an unsigned integer, got '%s'", optarg);
       break;
     case OPT_CONNECTIONS:
-      if (!parse_u64 (optarg, &v) || v < 1 || v > MAX_CONNECTIONS)
+      if (!parse_unsigned (optarg, 1, MAX_CONNECTIONS, &nr_connections))
         usage_error ("--connections: expected an integer 1..%d, got '%s'",
                      MAX_CONNECTIONS, optarg);
-      nr_connections = v;
       break;
     case OPT_OPS:
       if (!parse_u64 (optarg, &nr_ops))

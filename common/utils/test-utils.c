@@ -3,7 +3,7 @@
  * SPDX-License-Identifier: BSD-3-Clause
  */
 
-/* Unit tests for cleanup and file helpers. */
+/* Unit tests for cleanup, file and number parsing helpers. */
 
 #include <config.h>
 
@@ -11,7 +11,9 @@
 #include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +22,7 @@
 
 #include "cleanup.h"
 #include "files.h"
+#include "parse.h"
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 
@@ -28,6 +31,64 @@ locked_scope (void)
 {
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
   assert (pthread_mutex_trylock (&lock) == EBUSY);
+}
+
+static void
+test_parse (void)
+{
+  static const char *const bad[] = {
+    "", " 1", "+1", "-1", "1 ", "0x10", "1KB", "1P", "K", "1.5M", NULL
+  };
+  uint64_t u = 42;
+  unsigned n = 42;
+  size_t i;
+
+  /* Plain numbers, and every suffix in either case. */
+  assert (parse_u64 ("0", &u) && u == 0);
+  assert (parse_u64 ("18446744073709551615", &u) && u == UINT64_MAX);
+  assert (parse_size ("4096", &u) && u == 4096);
+  assert (parse_size ("1k", &u) && u == 1024);
+  assert (parse_size ("64K", &u) && u == 65536);
+  assert (parse_size ("3m", &u) && u == UINT64_C (3) << 20);
+  assert (parse_size ("2G", &u) && u == UINT64_C (2) << 30);
+  assert (parse_size ("5t", &u) && u == UINT64_C (5) << 40);
+  assert (parse_size ("0M", &u) && u == 0);
+  assert (parse_size ("16777215T", &u) && u == UINT64_C (16777215) << 40);
+
+  /* Not numbers: EINVAL, and *ret is left alone. */
+  u = 42;
+  for (i = 0; bad[i] != NULL; ++i) {
+    errno = 0;
+    assert (!parse_size (bad[i], &u) && errno == EINVAL);
+    errno = 0;
+    assert (!parse_u64 (bad[i], &u) && errno == EINVAL);
+    errno = 0;
+    assert (!parse_unsigned (bad[i], 0, UINT_MAX, &n) && errno == EINVAL);
+  }
+  assert (!parse_u64 ("1K", &u) && errno == EINVAL);
+  assert (u == 42 && n == 42);
+
+  /* Too large, before or after the suffix: ERANGE. */
+  errno = 0;
+  assert (!parse_u64 ("18446744073709551616", &u) && errno == ERANGE);
+  errno = 0;
+  assert (!parse_size ("18446744073709551616", &u) && errno == ERANGE);
+  errno = 0;
+  assert (!parse_size ("16777216T", &u) && errno == ERANGE);
+  errno = 0;
+  assert (!parse_size ("17179869184G", &u) && errno == ERANGE);
+  assert (u == 42);
+
+  /* Ranges are inclusive. */
+  assert (parse_unsigned ("1", 1, 16, &n) && n == 1);
+  assert (parse_unsigned ("16", 1, 16, &n) && n == 16);
+  errno = 0;
+  assert (!parse_unsigned ("0", 1, 16, &n) && errno == ERANGE);
+  errno = 0;
+  assert (!parse_unsigned ("17", 1, 16, &n) && errno == ERANGE);
+  errno = 0;
+  assert (!parse_unsigned ("4294967296", 0, UINT_MAX, &n) && errno == ERANGE);
+  assert (n == 16);
 }
 
 int
@@ -73,6 +134,7 @@ main (void)
   unlink (path);
   rmdir (dir);
   assert (monotonic_seconds () > 0);
+  test_parse ();
   printf ("test-utils: ok\n");
   return 0;
 }

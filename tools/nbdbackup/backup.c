@@ -37,6 +37,7 @@
 
 #include "cleanup.h"
 #include "nbdkit-stubs.h"
+#include "parse.h"
 #include "nbdbackup.h"
 #include "control.h"
 

@@ -65,16 +65,10 @@ extern int job_choose (struct control *c, const char *id, char **ret);
 extern int job_wait (struct control *c, const char *id, bool json,
                      bool progress);
 
-/* options.c: parsing helpers.  All return false on a bad value and
- * print nothing; the caller names the option in its usage error.
+/* options.c: option helpers.  Numbers are parsed with common/utils'
+ * parse.h, which prints nothing; the caller names the option in its
+ * usage error.
  */
-
-/* A size with an optional K, M, G or T suffix (powers of 1024). */
-extern bool parse_size (const char *str, uint64_t *ret);
-
-/* A decimal unsigned integer within [min, max]. */
-extern bool parse_unsigned (const char *str, unsigned min, unsigned max,
-                            unsigned *ret);
 
 /* A size for people: "512 B", "64.0 KiB", "1.5 GiB". */
 extern void format_size (char *buf, size_t len, uint64_t size);

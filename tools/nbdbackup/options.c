@@ -7,7 +7,6 @@
 
 #include <config.h>
 
-#include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <stdarg.h>
@@ -18,52 +17,6 @@
 #include <string.h>
 
 #include "nbdbackup.h"
-
-bool
-parse_size (const char *str, uint64_t *ret)
-{
-  char *end;
-  unsigned long long r;
-  unsigned shift = 0;
-
-  /* strtoull accepts leading spaces and a sign: we don't. */
-  if (*str < '0' || *str > '9')
-    return false;
-  errno = 0;
-  r = strtoull (str, &end, 10);
-  if (errno != 0)
-    return false;
-  switch (*end) {
-  case '\0': break;
-  case 'k': case 'K': shift = 10; end++; break;
-  case 'm': case 'M': shift = 20; end++; break;
-  case 'g': case 'G': shift = 30; end++; break;
-  case 't': case 'T': shift = 40; end++; break;
-  default: return false;
-  }
-  if (*end != '\0')
-    return false;
-  if (shift > 0 && r > (UINT64_MAX >> shift))
-    return false;
-  *ret = (uint64_t) r << shift;
-  return true;
-}
-
-bool
-parse_unsigned (const char *str, unsigned min, unsigned max, unsigned *ret)
-{
-  char *end;
-  unsigned long long r;
-
-  if (*str < '0' || *str > '9')
-    return false;
-  errno = 0;
-  r = strtoull (str, &end, 10);
-  if (errno != 0 || *end != '\0' || r < min || r > max)
-    return false;
-  *ret = r;
-  return true;
-}
 
 void
 format_size (char *buf, size_t len, uint64_t size)

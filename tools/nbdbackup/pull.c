@@ -33,6 +33,7 @@
 #include "files.h"
 #include "ispowerof2.h"
 #include "nbdkit-stubs.h"
+#include "parse.h"
 #include "copy.h"
 #include "nbdbackup.h"
 #include "source.h"

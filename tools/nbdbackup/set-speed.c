@@ -18,6 +18,7 @@
 
 #include <json.h>
 
+#include "parse.h"
 #include "nbdbackup.h"
 #include "control.h"
 
