@@ -173,11 +173,13 @@ job_write_status (struct job *j)
 
   if (j->status_path == NULL)
     return 0;
+  pthread_mutex_lock (&j->status_lock);
   o = job_object (j, false);
   pthread_mutex_lock (&j->lock);
   j->last_status = monotonic_seconds ();
   pthread_mutex_unlock (&j->lock);
   r = write_json (j->status_path, o);
+  pthread_mutex_unlock (&j->status_lock);
   if (r == -1)
     nbdkit_error ("%s: writing status file %s: %m", j->p.name,
                   j->status_path);
@@ -454,6 +456,7 @@ job_start (const struct job_params *p, struct engine *e, nbdkit_next *next)
   j->speed = p->speed;
   j->start_time = monotonic_seconds ();
   j->state = JOB_RUNNING;
+  pthread_mutex_init (&j->status_lock, NULL);
   pthread_mutex_init (&j->lock, NULL);
   pthread_cond_init (&j->done_cond, NULL);
   {
@@ -521,6 +524,7 @@ job_free (struct job *j)
     return;
   registry_remove_object ("job", j->id);
   free (j->id);
+  pthread_mutex_destroy (&j->status_lock);
   pthread_mutex_destroy (&j->lock);
   pthread_cond_destroy (&j->done_cond);
   pthread_cond_destroy (&j->throttle_cond);

@@ -57,6 +57,11 @@ struct job {
   uint64_t bytes_total;
   double start_time;
 
+  /* Status file writes are serialized, each describing the job as it
+   * is when it is written, so the last write is the newest state.
+   */
+  pthread_mutex_t status_lock;
+
   /* This lock protects the fields below. */
   pthread_mutex_t lock;
   pthread_cond_t done_cond;

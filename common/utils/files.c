@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -39,11 +40,14 @@ replace_file_atomically (const char *path, const void *data, size_t len)
   const char *p = data;
   int saved;
 
-  if (asprintf (&tmp, "%s.tmp.%ld", path, (long) getpid ()) == -1)
+  /* A unique name: several threads may replace the same file. */
+  if (asprintf (&tmp, "%s.tmp.XXXXXX", path) == -1)
     return -1;
-  fd = open (tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  fd = mkostemp (tmp, O_CLOEXEC);
   if (fd == -1)
     return -1;
+  if (fchmod (fd, 0644) == -1)
+    goto err;
   while (len > 0) {
     ssize_t r = write (fd, p, len);
     if (r == -1) {
