@@ -6,13 +6,15 @@
 /* nbdkit_error and nbdkit_debug for programs that link common/ code
  * outside an nbdkit server: the unit tests and the nbdbackup tool.
  * Errors go to stderr; debug messages only when NBDKIT_BACKUP_DEBUG
- * is set in the environment.
+ * is set in the environment, unless the program decides otherwise
+ * through the hooks in nbdkit-stubs.h.
  */
 
 #include <config.h>
 
 #include <errno.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,14 +22,33 @@
 
 #include "nbdkit-stubs.h"
 
+static bool
+debug_from_env (void)
+{
+  return getenv ("NBDKIT_BACKUP_DEBUG") != NULL;
+}
+
 const char *stub_program_name = "nbdkit-backup";
+void (*stub_before_message) (void) = NULL;
+void (*stub_error_hook) (const char *msg) = NULL;
+bool (*stub_debug_enabled) (void) = debug_from_env;
 
 void
 nbdkit_verror (const char *fs, va_list args)
 {
-  fprintf (stderr, "%s: ", stub_program_name);
-  vfprintf (stderr, fs, args);   /* glibc's printf knows %m */
-  fputc ('\n', stderr);
+  char *msg;
+
+  /* The caller has restored errno, so %m formats its error.  Format
+   * first: the hooks may change errno.
+   */
+  if (vasprintf (&msg, fs, args) == -1)
+    msg = NULL;
+  if (stub_before_message)
+    stub_before_message ();
+  fprintf (stderr, "%s: %s\n", stub_program_name, msg ? msg : fs);
+  if (msg && stub_error_hook)
+    stub_error_hook (msg);
+  free (msg);
 }
 
 void
@@ -46,8 +67,14 @@ nbdkit_error (const char *fs, ...)
 void
 nbdkit_vdebug (const char *fs, va_list args)
 {
-  if (getenv ("NBDKIT_BACKUP_DEBUG") == NULL)
+  int saved = errno;
+
+  if (!stub_debug_enabled ())
     return;
+  if (stub_before_message) {
+    stub_before_message ();
+    errno = saved;              /* for %m */
+  }
   fprintf (stderr, "%s: debug: ", stub_program_name);
   vfprintf (stderr, fs, args);
   fputc ('\n', stderr);

@@ -3,32 +3,28 @@
  * SPDX-License-Identifier: BSD-3-Clause
  */
 
-/* Messages.  The tool provides nbdkit_error and nbdkit_debug itself
- * (instead of linking common/utils' libstubs) because it needs two
- * things the stubs don't do: clear the progress bar's line before a
- * message is printed, and remember the first error, which is the root
- * cause that --json reports.  The common/ libraries (qcow2) report
- * through these functions too, so their errors are handled the same.
+/* Messages.  nbdkit_error and nbdkit_debug come from common/utils'
+ * libstubs, as in the unit tests, so that the common/ libraries'
+ * (qcow2's) errors are handled the same way as the tool's own.  The
+ * tool sets the stubs' hooks for the two things it needs on top:
+ * clearing the progress bar's line before a message is printed (see
+ * progress.c), and remembering the first error, which is the root
+ * cause that --json reports.  Debug messages follow --verbose and
+ * NBDBACKUP_DEBUG instead of the stubs' NBDKIT_BACKUP_DEBUG.
  */
 
 #include <config.h>
 
-#include <errno.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "nbdkit-stubs.h"
 #include "nbdbackup.h"
 
-/* nbdkit-stubs.h declares this for libstubs; define it for anyone who
- * reads it.
- */
-const char *stub_program_name = PROGRAM_NAME;
-
 bool log_verbose = false;
-void (*log_before_message) (void) = NULL;
 
 static char *first_error;
 
@@ -38,59 +34,25 @@ log_first_error (void)
   return first_error;
 }
 
-void
-nbdkit_verror (const char *fs, va_list args)
+static void
+remember_error (const char *msg)
 {
-  char *msg;
-
-  /* The caller has restored errno, so %m formats its error. */
-  if (vasprintf (&msg, fs, args) == -1)
-    msg = NULL;
-  if (log_before_message)
-    log_before_message ();
-  fprintf (stderr, "%s: %s\n", PROGRAM_NAME, msg ? msg : fs);
   if (first_error == NULL)
-    first_error = msg;
-  else
-    free (msg);
+    first_error = strdup (msg);
+}
+
+static bool
+debug_enabled (void)
+{
+  return log_verbose || getenv ("NBDBACKUP_DEBUG") != NULL;
 }
 
 void
-nbdkit_error (const char *fs, ...)
+log_init (void)
 {
-  va_list args;
-  int saved = errno;
-
-  va_start (args, fs);
-  errno = saved;
-  nbdkit_verror (fs, args);
-  va_end (args);
-  errno = saved;
-}
-
-void
-nbdkit_vdebug (const char *fs, va_list args)
-{
-  if (!log_verbose && getenv ("NBDBACKUP_DEBUG") == NULL)
-    return;
-  if (log_before_message)
-    log_before_message ();
-  fprintf (stderr, "%s: debug: ", PROGRAM_NAME);
-  vfprintf (stderr, fs, args);
-  fputc ('\n', stderr);
-}
-
-void
-nbdkit_debug (const char *fs, ...)
-{
-  va_list args;
-  int saved = errno;
-
-  va_start (args, fs);
-  errno = saved;
-  nbdkit_vdebug (fs, args);
-  va_end (args);
-  errno = saved;
+  stub_program_name = PROGRAM_NAME;
+  stub_error_hook = remember_error;
+  stub_debug_enabled = debug_enabled;
 }
 
 void
@@ -98,8 +60,8 @@ warning (const char *fs, ...)
 {
   va_list args;
 
-  if (log_before_message)
-    log_before_message ();
+  if (stub_before_message)
+    stub_before_message ();
   fprintf (stderr, "%s: warning: ", PROGRAM_NAME);
   va_start (args, fs);
   vfprintf (stderr, fs, args);

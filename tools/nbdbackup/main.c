@@ -122,6 +122,7 @@ main (int argc, char *argv[])
   char *prog;
   int r;
 
+  log_init ();
   if (argc < 2) {
     usage (stderr);
     return NBDBACKUP_EXIT_USAGE;

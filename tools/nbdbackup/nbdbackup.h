@@ -91,18 +91,20 @@ extern int parse_simple_options (int argc, char *argv[],
 extern int usage_error (const char *cmd, const char *fs, ...)
   __attribute__ ((format (printf, 2, 3)));
 
-/* log.c: messages.  Errors go through nbdkit_error (declared in
- * nbdkit-stubs.h), which the tool implements itself so that the
- * common/ libraries' errors are handled the same way as its own.
+/* log.c: messages.  Errors and debug messages go through
+ * nbdkit_error and nbdkit_debug (common/utils' nbdkit-stubs.h), like
+ * the common/ libraries' own.  Anything that prints to stderr calls
+ * stub_before_message first, which the progress bar sets to clear its
+ * line.
  */
+
+/* Point the stubs' hooks at the functions below.  main calls it
+ * first.
+ */
+extern void log_init (void);
 
 /* Print debug messages (--verbose or NBDBACKUP_DEBUG in the env). */
 extern bool log_verbose;
-
-/* Called before any message is printed (the progress bar clears its
- * line), or NULL.
- */
-extern void (*log_before_message) (void);
 
 /* The first error reported since the program started, or NULL: the
  * root cause, for the JSON summary.

@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "nbdkit-stubs.h"
 #include "nbdbackup.h"
 
 void
@@ -83,8 +84,8 @@ usage_error (const char *cmd, const char *fs, ...)
 {
   va_list args;
 
-  if (log_before_message)
-    log_before_message ();
+  if (stub_before_message)
+    stub_before_message ();
   fprintf (stderr, "%s: ", cmd);
   va_start (args, fs);
   vfprintf (stderr, fs, args);

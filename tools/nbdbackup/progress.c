@@ -11,7 +11,7 @@
  * at most every 100 ms, sized to the terminal.  The rate is the
  * average since the start (bytes handled, including zero ranges that
  * cost nothing, which is what the ETA needs).  Any message printed
- * while the bar is up clears the line first (log_before_message); the
+ * while the bar is up clears the line first (stub_before_message); the
  * next update draws it again.
  */
 
@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include "files.h"
+#include "nbdkit-stubs.h"
 #include "nbdbackup.h"
 #include "progress.h"
 
@@ -57,7 +58,7 @@ progress_start_from (uint64_t total_, uint64_t done, bool enabled_)
   start_time = monotonic_seconds ();
   last_draw = 0;
   if (enabled) {
-    log_before_message = clear_line;
+    stub_before_message = clear_line;
     progress_update (done);
   }
 }
@@ -158,6 +159,6 @@ progress_end (void)
   if (!enabled)
     return;
   clear_line ();
-  log_before_message = NULL;
+  stub_before_message = NULL;
   enabled = false;
 }
