@@ -33,94 +33,25 @@
 # WORKERS (worker counts besides the default 4, default "1 2 8"),
 # REPEAT (measured runs of each kind in (a), best kept, default 2),
 # TMPDIR (where the disks go, default /var/tmp).
-set -euo pipefail
-export LC_ALL=C
-
 here="$(cd "$(dirname "$0")" && pwd)"
-: "${abs_top_builddir:=$(cd "$here/.." && pwd)}"
+. "$here/lib.sh"
 SIZE="${SIZE:-2G}"
 BSIZE="${BSIZE:-8G}"
 SECS="${SECONDS_PER:-5}"
 REPEAT="${REPEAT:-2}"
 WORKERS="${WORKERS:-1 2 8}"
 cbw="$abs_top_builddir/filters/cbw/.libs/nbdkit-cbw-filter.so"
-nbdload="$abs_top_builddir/bench/nbdload"
-for c in nbdkit nbdcopy; do
-    command -v "$c" >/dev/null || { echo "$c not installed" >&2; exit 77; }
-done
-[ -f "$cbw" ] && [ -x "$nbdload" ] || { echo "build first" >&2; exit 77; }
+requires nbdkit nbdcopy
+requires_built "$cbw" "$nbdload"
 
 bytes="$(numfmt --from=iec "$SIZE")"
 bbytes="$(numfmt --from=iec "$BSIZE")"
-mkdir -p "$here/results"
-results="$here/results/cbw-bench-$(date +%Y%m%d-%H%M%S).txt"
-data="$(mktemp -d "${TMPDIR:-/var/tmp}/cbw-bench.XXXXXX")"
-socks="$(mktemp -d /tmp/cbwb.XXXXXX)"     # short: sun_path is 108 bytes
-server=""
-cleanup () {
-    [ -z "$server" ] || kill "$server" 2>/dev/null || :
-    rm -rf "$data" "$socks"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# out FORMAT ARGS...: print, and append to the results file.
-out () { printf "$@" | tee -a "$results"; }
-field () { sed -n "s/.*\"$1\":\"\{0,1\}\([^\",}]*\).*/\1/p" "$2"; }
-ratio () { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'; }
-# best A B: the smaller of two times.
-best () { awk -v a="$1" -v b="$2" 'BEGIN { print (b == "" || a + 0 < b + 0) ? a : b }'; }
-
-# serve ARGS...: start nbdkit on a fresh Unix socket with a fresh
-# pidfile; sets $server (its PID) and $uri.  Not in a subshell: the
-# server exits with its parent.
-nserved=0
-serve () {
-    local sock="$socks/$nserved.sock" pidf="$socks/$nserved.pid" i
-    nserved=$((nserved + 1))
-    rm -f "$sock" "$pidf"
-    nbdkit --exit-with-parent -f -U "$sock" -P "$pidf" "$@" \
-        >"$data/nbdkit.log" 2>&1 3>&- &
-    for i in $(seq 200); do
-        [ -s "$pidf" ] && break
-        kill -0 $! 2>/dev/null || { cat "$data/nbdkit.log" >&2; exit 1; }
-        sleep 0.05
-    done
-    [ -s "$pidf" ] || { echo "nbdkit did not start" >&2; exit 1; }
-    server="$(cat "$pidf")"
-    uri="nbd+unix:///?socket=$sock"
-}
-
-# stop: SIGTERM the server by PID and wait until it has gone.
-stop () {
-    local i
-    kill "$server" 2>/dev/null || :
-    for i in $(seq 1200); do kill -0 "$server" 2>/dev/null || break; sleep 0.05; done
-    if kill -0 "$server" 2>/dev/null; then echo "nbdkit $server did not exit" >&2; exit 1; fi
-    wait "$server" 2>/dev/null || :
-    server=""
-}
-
-# wait_job STATUS: until the job is no longer starting or running.
-wait_job () {
-    local i
-    for i in $(seq 6000); do
-        [ -s "$1" ] && ! grep -q '"state":"\(running\|starting\)"' "$1" && return 0
-        kill -0 "$server" 2>/dev/null || break
-        sleep 0.05
-    done
-    echo "the job did not finish: $(cat "$1")" >&2; exit 1
-}
+scratch cbw-bench "${TMPDIR:-/var/tmp}"
 
 src="$data/src.img" dst="$data/dst.img" st="$data/status.json"
 fresh () { rm -f "$dst" "$dst.incomplete" "$st"; sync; }
 
-out '# cbw-bench %s, %s\n' "$(date -Is)" \
-    "$(git -C "$here" describe --always --dirty 2>/dev/null || echo unknown)"
-out '# %s, %s CPUs, load %s, %s, %s on %s (%s)\n' "$(uname -r)" "$(nproc)" \
-    "$(cut -d' ' -f1-3 /proc/loadavg)" \
-    "$(nbdkit --version)" "$(nbdcopy --version | head -1)" \
-    "${TMPDIR:-/var/tmp}" "$(df -PT "$data" | awk 'NR == 2 { print $2 }')"
+results_open cbw-bench "$(nbdkit --version), $(nbdcopy --version | head -1)"
 
 head -c "$bytes" /dev/urandom >"$src"
 sync "$src"
@@ -131,21 +62,21 @@ sync "$src"
 nbdcopy_run () {
     local t0 t1
     fresh
-    serve file "$src"
-    t0=$(date +%s.%N)
-    nbdcopy --flush "$uri" "$dst"
-    t1=$(date +%s.%N)
-    stop
+    serve src file "$src"
+    t0=$(now)
+    nbdcopy --flush "$src_uri" "$dst"
+    t1=$(now)
+    stop src
     secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')
 }
 
 # cbw_run WORKERS: a full backup with no writer; sets $secs.
 cbw_run () {
     fresh
-    serve --filter="$cbw" file "$src" cbw-target="$dst" cbw-status="$st" \
+    serve src --filter="$cbw" file "$src" cbw-target="$dst" cbw-status="$st" \
         cbw-workers="$1"
-    wait_job "$st"
-    stop
+    wait_job "$st" "$src_pid"
+    stop src
     grep -q '"state":"completed"' "$st" || { echo "job failed: $(cat "$st")" >&2; exit 1; }
     cmp -s "$src" "$dst" || { echo "backup differs from the disk" >&2; exit 1; }
     secs=$(printf '%.3f' "$(field elapsed_seconds "$st")")
@@ -195,15 +126,15 @@ writer () {
     local setup="$1"; shift
     fresh
     case "$setup" in
-    plain) serve file "$src" ;;
-    none)  serve --filter="$cbw" file "$src" cbw-target="$dst" \
+    plain) serve src file "$src" ;;
+    none)  serve src --filter="$cbw" file "$src" cbw-target="$dst" \
                cbw-sync=none cbw-status="$st" ;;
-    full)  serve --filter="$cbw" file "$src" cbw-target="$dst" \
+    full)  serve src --filter="$cbw" file "$src" cbw-target="$dst" \
                cbw-status="$st" cbw-workers=1 cbw-on-exit=cancel ;;
     esac
-    "$nbdload" --op write --seconds "$SECS" "$@" "$uri" >"$data/j"
+    "$nbdload" --op write --seconds "$SECS" "$@" "$src_uri" >"$data/j"
     [ "$setup" != full ] || cp "$st" "$data/at-end.json"
-    stop
+    stop src
     case "$setup" in
     none) grep -q '"state":"completed"' "$st" || { echo "sync=none job: $(cat "$st")" >&2; exit 1; } ;;
     esac
@@ -246,5 +177,4 @@ for wl in "rand 4K write QD16:--pattern rand --bs 4K --qd 16" \
     done
 done
 
-out '\n# load at the end: %s\n' "$(cut -d' ' -f1-3 /proc/loadavg)"
-out 'results: %s\n' "${results#"$here/"}"
+results_close

@@ -19,83 +19,72 @@
 #
 # Environment: SIZE (disk size, default 2G), SECONDS_PER (writer run,
 # default 8), DIR (where disks live, default /var/tmp).
-set -euo pipefail
-
-: "${abs_top_builddir:=$(cd "$(dirname "$0")/.." && pwd)}"
+here="$(cd "$(dirname "$0")" && pwd)"
+. "$here/lib.sh"
 SIZE="${SIZE:-2G}"
 SECS="${SECONDS_PER:-8}"
 DIR="${DIR:-/var/tmp}"
 cbw="$abs_top_builddir/filters/cbw/.libs/nbdkit-cbw-filter.so"
-nbdload="$abs_top_builddir/bench/nbdload"
-for c in nbdkit qemu-storage-daemon qemu-img socat; do
-    command -v "$c" >/dev/null || { echo "$c not installed" >&2; exit 77; }
-done
-[ -f "$cbw" ] && [ -x "$nbdload" ] || { echo "build first" >&2; exit 77; }
-
-tmp="$(mktemp -d "$DIR/cbw-vs-qsd.XXXXXX")"
-pids=()
-cleanup () {
-    local p
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || :; done
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
+requires nbdkit qemu-storage-daemon qemu-img socat
+requires_built "$cbw" "$nbdload"
+scratch cbw-vs-qsd "$DIR"
 
 bytes=$(numfmt --from=iec "$SIZE")
-echo "# disk $SIZE of random data in $tmp, writer ${SECS}s rand 4K QD16"
-head -c "$bytes" /dev/urandom > "$tmp/master.img"
+echo "# disk $SIZE of random data in $data, writer ${SECS}s rand 4K QD16"
+head -c "$bytes" /dev/urandom > "$data/master.img"
 
-now () { date +%s.%N; }
-field () { sed -n "s/.*\"$1\":\([0-9.]*\).*/\1/p"; }
-fresh_source () { cp --reflink=auto "$tmp/master.img" "$tmp/src.img"; sync; }
+fresh_source () { cp --reflink=auto "$data/master.img" "$data/src.img"; sync; }
 new_target () {                 # new_target raw|qcow2 PATH
     rm -f "$2" "$2.incomplete"
     if [ "$1" = qcow2 ]; then qemu-img create -q -f qcow2 "$2" "$SIZE"
     else truncate -s "$SIZE" "$2"; fi
 }
-wait_pid () { while kill -0 "$1" 2>/dev/null; do sleep 0.05; done; }
 
 # ---- qemu-storage-daemon ----
 # One QMP session per daemon: commands go in through a FIFO, replies
 # and events collect in qmp.log, so that timing needs no polling.
 qsd_start () {
-    qmp="$tmp/qmp.sock"; rm -f "$qmp" "$tmp/qsd.pid" "$tmp/qin" "$tmp/qmp.log"
-    qemu-storage-daemon \
-        --chardev socket,path="$qmp",server=on,wait=off,id=m0 \
-        --monitor chardev=m0 --pidfile "$tmp/qsd.pid" 3>&- &
-    for _ in $(seq 100); do [ -S "$qmp" ] && [ -s "$tmp/qsd.pid" ] && break; sleep 0.05; done
-    qsd_pid=$(cat "$tmp/qsd.pid"); pids+=("$qsd_pid")
-    mkfifo "$tmp/qin"
-    socat UNIX-CONNECT:"$qmp" - <"$tmp/qin" >"$tmp/qmp.log" 3>&- &
+    rm -f "$data/qin" "$data/qmp.log"
+    new_socket
+    start_server qsd "$sock" "$pidf" qemu-storage-daemon \
+        --chardev socket,path="$sock",server=on,wait=off,id=m0 \
+        --monitor chardev=m0 --pidfile "$pidf"
+    mkfifo "$data/qin"
+    socat UNIX-CONNECT:"$qsd_sock" - <"$data/qin" >"$data/qmp.log" 3>&- &
     socat_pid=$!; pids+=("$socat_pid")
-    exec 7>"$tmp/qin"
+    exec 7>"$data/qin"
     nreplies=0
     qmp '{"execute":"qmp_capabilities"}'
 }
-qsd_stop () { exec 7>&-; kill "$qsd_pid"; wait_pid "$qsd_pid"; wait_pid "$socat_pid"; }
+qsd_stop () {
+    exec 7>&-
+    stop qsd
+    wait_gone "$socat_pid" || { echo "socat did not exit" >&2; exit 1; }
+    forget "$socat_pid"
+}
 # qmp JSON...: send commands, wait for their replies; stop on error.
 qmp () {
     local c
     for c in "$@"; do
         echo "$c" >&7
         nreplies=$((nreplies + 1))
-        until [ "$(grep -c '"return"\|"error"' "$tmp/qmp.log")" -ge "$nreplies" ]; do
+        until [ "$(grep -c '"return"\|"error"' "$data/qmp.log")" -ge "$nreplies" ]; do
             sleep 0.01
         done
-        if grep -q '"error"' "$tmp/qmp.log"; then
-            echo "QMP error: $(cat "$tmp/qmp.log")" >&2; exit 1
+        if grep -q '"error"' "$data/qmp.log"; then
+            echo "QMP error: $(cat "$data/qmp.log")" >&2; exit 1
         fi
     done
 }
 # Wall-clock time of the event NAME (QMP event timestamps).
 qmp_event_time () {
-    until grep -q "\"$1\"" "$tmp/qmp.log"; do sleep 0.01; done
-    grep "\"$1\"" "$tmp/qmp.log" | head -1 |
+    until grep -q "\"$1\"" "$data/qmp.log"; do sleep 0.01; done
+    grep "\"$1\"" "$data/qmp.log" | head -1 |
         sed 's/.*"seconds": *\([0-9]*\), *"microseconds": *\([0-9]*\).*/\1 \2/' |
         { read -r s us; printf '%d.%06d\n' "$s" "$us"; }
 }
 qsd_nodes () {                  # qsd_nodes TARGET-FORMAT TARGET-PATH
-    qmp '{"execute":"blockdev-add","arguments":{"driver":"raw","node-name":"src","file":{"driver":"file","filename":"'"$tmp/src.img"'"}}}' \
+    qmp '{"execute":"blockdev-add","arguments":{"driver":"raw","node-name":"src","file":{"driver":"file","filename":"'"$data/src.img"'"}}}' \
         '{"execute":"blockdev-add","arguments":{"driver":"'"$1"'","node-name":"tgt","file":{"driver":"file","filename":"'"$2"'"}}}' >/dev/null
 }
 qsd_backup () {                 # qsd_backup SYNC
@@ -106,20 +95,20 @@ qsd_backup () {                 # qsd_backup SYNC
 declare -A R
 for fmt in raw qcow2; do
     fresh_source
-    new_target "$fmt" "$tmp/tgt.$fmt"
-    qsd_start; qsd_nodes "$fmt" "$tmp/tgt.$fmt"
+    new_target "$fmt" "$data/tgt.$fmt"
+    qsd_start; qsd_nodes "$fmt" "$data/tgt.$fmt"
     t0=$(now); qsd_backup full
     t1=$(qmp_event_time BLOCK_JOB_COMPLETED); qsd_stop
     R[qsd_full_$fmt]=$(echo "$bytes / 1048576 / ($t1 - $t0)" | bc -l)
 
     fresh_source
-    rm -f "$tmp/tgt.$fmt" "$tmp/tgt.$fmt.incomplete" "$tmp/st.json"
+    rm -f "$data/tgt.$fmt" "$data/tgt.$fmt.incomplete" "$data/st.json"
     # From before nbdkit starts to the final status write (its mtime).
-    rm -f "$tmp/c.sock"; t0=$(now)
-    nbdkit -U "$tmp/c.sock" -P "$tmp/c.pid" --filter="$cbw" file "$tmp/src.img" \
-        cbw-target="$tmp/tgt.$fmt" cbw-target-format="$fmt" cbw-status="$tmp/st.json"
-    until grep -q '"state":"completed"' "$tmp/st.json" 2>/dev/null; do sleep 0.05; done
-    t1=$(stat -c %.9Y "$tmp/st.json"); kill "$(cat "$tmp/c.pid")"; wait_pid "$(cat "$tmp/c.pid")"
+    t0=$(now)
+    serve cbw --filter="$cbw" file "$data/src.img" \
+        cbw-target="$data/tgt.$fmt" cbw-target-format="$fmt" cbw-status="$data/st.json"
+    until grep -q '"state":"completed"' "$data/st.json" 2>/dev/null; do sleep 0.05; done
+    t1=$(stat -c %.9Y "$data/st.json"); stop cbw
     R[cbw_full_$fmt]=$(echo "$bytes / 1048576 / ($t1 - $t0)" | bc -l)
     printf 'full backup to %-5s  cbw %8.1f MiB/s   qsd %8.1f MiB/s   ratio %.2f\n' \
         "$fmt" "${R[cbw_full_$fmt]}" "${R[qsd_full_$fmt]}" \
@@ -134,24 +123,24 @@ load () {                       # load URI -> iops p50 p99 (one line)
 }
 for mode in nobackup none full; do
     # qemu-storage-daemon
-    fresh_source; new_target raw "$tmp/tgt.raw"
-    qsd_start; qsd_nodes raw "$tmp/tgt.raw"
-    qmp '{"execute":"nbd-server-start","arguments":{"addr":{"type":"unix","data":{"path":"'"$tmp/q.sock"'"}}}}' \
+    fresh_source; new_target raw "$data/tgt.raw"
+    qsd_start; qsd_nodes raw "$data/tgt.raw"
+    qmp '{"execute":"nbd-server-start","arguments":{"addr":{"type":"unix","data":{"path":"'"$socks/q.sock"'"}}}}' \
         '{"execute":"block-export-add","arguments":{"type":"nbd","id":"e","node-name":"src","writable":true}}' >/dev/null
     [ "$mode" = nobackup ] || qsd_backup "$mode"
-    R[qsd_$mode]=$(load "nbd+unix:///src?socket=$tmp/q.sock")
+    R[qsd_$mode]=$(load "nbd+unix:///src?socket=$socks/q.sock")
     qsd_stop
 
     # nbdkit (cbw, or the bare file plugin)
-    fresh_source; rm -f "$tmp/tgt.raw" "$tmp/tgt.raw.incomplete" "$tmp/c.sock"
+    fresh_source; rm -f "$data/tgt.raw" "$data/tgt.raw.incomplete"
     if [ "$mode" = nobackup ]; then
-        nbdkit -U "$tmp/c.sock" -P "$tmp/c.pid" file "$tmp/src.img"
+        serve cbw file "$data/src.img"
     else
-        nbdkit -U "$tmp/c.sock" -P "$tmp/c.pid" --filter="$cbw" file "$tmp/src.img" \
-            cbw-target="$tmp/tgt.raw" cbw-sync="$mode" cbw-on-exit=cancel
+        serve cbw --filter="$cbw" file "$data/src.img" \
+            cbw-target="$data/tgt.raw" cbw-sync="$mode" cbw-on-exit=cancel
     fi
-    R[cbw_$mode]=$(load "nbd+unix:///?socket=$tmp/c.sock")
-    kill "$(cat "$tmp/c.pid")"; wait_pid "$(cat "$tmp/c.pid")"
+    R[cbw_$mode]=$(load "$cbw_uri")
+    stop cbw
 
     read -r ci cp50 cp99 <<<"${R[cbw_$mode]}"
     read -r qi qp50 qp99 <<<"${R[qsd_$mode]}"

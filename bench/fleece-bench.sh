@@ -45,123 +45,39 @@
 # 50M), REPEAT (measured snapshot reads of each kind, best kept,
 # default 2), TMPDIR (where the disks go, default /var/tmp).  Needs
 # about 4 * SIZE of free space.
-set -euo pipefail
-export LC_ALL=C
-
 here="$(cd "$(dirname "$0")" && pwd)"
-: "${abs_top_builddir:=$(cd "$here/.." && pwd)}"
+. "$here/lib.sh"
 SIZE="${SIZE:-2G}"
 SECS="${SECONDS_PER:-8}"
 RATE="${RATE:-50M}"
 REPEAT="${REPEAT:-2}"
 fleece="$abs_top_builddir/filters/fleece/.libs/nbdkit-fleece-filter.so"
 cbw="$abs_top_builddir/filters/cbw/.libs/nbdkit-cbw-filter.so"
-nbdload="$abs_top_builddir/bench/nbdload"
-nbdbackup="$abs_top_builddir/tools/nbdbackup/nbdbackup"
-for c in nbdkit nbdcopy cmp numfmt; do
-    command -v "$c" >/dev/null || { echo "$c not installed" >&2; exit 77; }
-done
+requires nbdkit nbdcopy cmp numfmt
 nbdkit --filter=rate null rate=1M --run true 2>/dev/null ||
     { echo "nbdkit rate filter not installed" >&2; exit 77; }
-[ -f "$fleece" ] && [ -f "$cbw" ] && [ -x "$nbdload" ] && [ -x "$nbdbackup" ] ||
-    { echo "build first" >&2; exit 77; }
+requires_built "$fleece" "$cbw" "$nbdload" "$nbdbackup"
 
 bytes="$(numfmt --from=iec "$SIZE")"
 rate_bits="$(numfmt --from=iec "$RATE")"   # nbdkit_parse_size: K = 1024
-mkdir -p "$here/results"
-results="$here/results/fleece-bench-$(date +%Y%m%d-%H%M%S).txt"
-data="$(mktemp -d "${TMPDIR:-/var/tmp}/fleece-bench.XXXXXX")"
-socks="$(mktemp -d /tmp/flb.XXXXXX)"      # short: sun_path is 108 bytes
-pids=()                                   # servers and the pull, by PID
-cleanup () {
-    local p
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || :; done
-    rm -rf "$data" "$socks"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# out FORMAT ARGS...: print, and append to the results file.
-out () { printf "$@" | tee -a "$results"; }
-field () { sed -n "s/.*\"$1\":\"\{0,1\}\([^\",}]*\).*/\1/p" "$2"; }
-ratio () { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'; }
-best () { awk -v a="$1" -v b="$2" 'BEGIN { print (b == "" || a + 0 < b + 0) ? a : b }'; }
-now () { date +%s.%N; }
-since () { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
-mib () { awk -v b="$1" 'BEGIN { printf "%.0f", b / 1048576 }'; }
-
-# serve NAME ARGS...: start nbdkit on a fresh Unix socket with a fresh
-# pidfile; sets ${NAME}_pid and ${NAME}_sock.  Not in a subshell: the
-# server exits with its parent.
-nserved=0
-serve () {
-    local name="$1" sock="$socks/$nserved.sock" pidf="$socks/$nserved.pid" i
-    shift
-    nserved=$((nserved + 1))
-    nbdkit --exit-with-parent -f -U "$sock" -P "$pidf" "$@" \
-        >"$data/$name.log" 2>&1 3>&- &
-    for i in $(seq 200); do
-        [ -s "$pidf" ] && break
-        kill -0 $! 2>/dev/null || { cat "$data/$name.log" >&2; exit 1; }
-        sleep 0.05
-    done
-    [ -s "$pidf" ] || { echo "nbdkit ($name) did not start" >&2; exit 1; }
-    printf -v "${name}_pid" '%s' "$(cat "$pidf")"
-    printf -v "${name}_sock" '%s' "$sock"
-    pids+=("$(cat "$pidf")")
-}
-
-# forget PID: it has exited; cleanup must not signal it (or a reuse).
-forget () {
-    local p keep=()
-    for p in "${pids[@]}"; do [ "$p" = "$1" ] || keep+=("$p"); done
-    pids=("${keep[@]}")
-}
-
-# stop NAME: SIGTERM the server by PID and wait until it has gone.
-stop () {
-    local pidvar="${1}_pid" i
-    local pid="${!pidvar}"
-    kill "$pid" 2>/dev/null || :
-    for i in $(seq 1200); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
-    if kill -0 "$pid" 2>/dev/null; then echo "nbdkit $pid did not exit" >&2; exit 1; fi
-    wait "$pid" 2>/dev/null || :
-    forget "$pid"
-}
-
-# wait_job STATUS: until the cbw job is no longer starting or running.
-wait_job () {
-    local i
-    for i in $(seq 6000); do
-        [ -s "$1" ] && ! grep -q '"state":"\(running\|starting\)"' "$1" && return 0
-        kill -0 "$src_pid" 2>/dev/null || break
-        sleep 0.05
-    done
-    echo "the job did not finish: $(cat "$1")" >&2; exit 1
-}
+scratch fleece-bench "${TMPDIR:-/var/tmp}"
 
 src="$data/src.img" orig="$data/orig.img" tgt="$data/target.img"
 st="$data/status.json" ratef="$data/rate"
 
-# slow_target: a fresh sparse target behind the rate filter; sets
-# $tgt_uri.  The limit holds until lift_rate.
+# slow_target: a fresh sparse target behind the rate filter, server
+# tgt.  The limit holds until lift_rate.
 slow_target () {
     rm -f "$tgt" "$ratef"
     truncate -s "$bytes" "$tgt"
     serve tgt --filter=rate file "$tgt" rate="$RATE" rate-file="$ratef"
-    tgt_uri="nbd+unix:///?socket=$tgt_sock"
 }
 lift_rate () { echo 1000G >"$ratef.new"; mv "$ratef.new" "$ratef"; }
 
 # restore: put the disk back as it was (random data, == $orig).
 restore () { cp "$orig" "$src"; sync; }
 
-out '# fleece-bench %s, %s\n' "$(date -Is)" \
-    "$(git -C "$here" describe --always --dirty 2>/dev/null || echo unknown)"
-out '# %s, %s CPUs, load %s, %s, %s on %s (%s)\n' "$(uname -r)" "$(nproc)" \
-    "$(cut -d' ' -f1-3 /proc/loadavg)" \
-    "$(nbdkit --version)" "$(nbdcopy --version | head -1)" \
-    "${TMPDIR:-/var/tmp}" "$(df -PT "$data" | awk 'NR == 2 { print $2 }')"
+results_open fleece-bench "$(nbdkit --version), $(nbdcopy --version | head -1)"
 out '# disk %s of random data; slow target: rate=%s (bits/s, %.2f MiB/s)\n' \
     "$SIZE" "$RATE" "$(awk -v r="$rate_bits" 'BEGIN { print r / 8 / 1048576 }')"
 
@@ -221,8 +137,7 @@ writer () {
     case "$setup" in
     plain)
         serve src file "$src"
-        "$nbdload" --op write --seconds "$SECS" "$@" \
-            "nbd+unix:///?socket=$src_sock" >"$data/j"
+        "$nbdload" --op write --seconds "$SECS" "$@" "$src_uri" >"$data/j"
         stop src
         return
         ;;
@@ -235,8 +150,7 @@ writer () {
             >"$data/pull.json" 2>"$data/pull.err" &
         pull_pid=$!
         pids+=("$pull_pid")
-        "$nbdload" --op write --seconds "$SECS" "$@" \
-            "nbd+unix:///?socket=$src_sock" >"$data/j"
+        "$nbdload" --op write --seconds "$SECS" "$@" "$src_uri" >"$data/j"
         if kill -0 "$pull_pid" 2>/dev/null; then
             prog=$(tr '\r' '\n' <"$data/pull.err" |
                        grep -o '[0-9.]*/[0-9.]* MiB' | tail -1 || :)
@@ -258,8 +172,7 @@ writer () {
         rm -f "$st"
         serve src --filter="$cbw" file "$src" cbw-target="$tgt_uri" \
             cbw-sync=full cbw-status="$st"
-        "$nbdload" --op write --seconds "$SECS" "$@" \
-            "nbd+unix:///?socket=$src_sock" >"$data/j"
+        "$nbdload" --op write --seconds "$SECS" "$@" "$src_uri" >"$data/j"
         cp "$st" "$data/at-end.json"
         f="$data/at-end.json"
         prog="$(mib "$(field bytes_done "$f")")/$(mib "$(field bytes_total "$f")") MiB"
@@ -271,7 +184,7 @@ writer () {
         note="$note; $(mib "$(field bytes_before_writes "$f")") MiB copied before writes"
         t0=$(now)
         lift_rate
-        wait_job "$st"
+        wait_job "$st" "$src_pid"
         grep -q '"state":"completed"' "$st" ||
             { echo "cbw job: $(cat "$st")" >&2; exit 1; }
         check="job completed $(since "$t0") s after the limit was lifted"
@@ -324,6 +237,5 @@ out '\ncorrectness (rate limit lifted after the writer, backup finished,\n'
 out 'target compared with a copy of the disk taken before the server started):\n'
 for c in "${checks[@]}"; do out '  %s\n' "$c"; done
 
-out '\n# load at the end: %s\n' "$(cut -d' ' -f1-3 /proc/loadavg)"
-out 'results: %s\n' "${results#"$here/"}"
+results_close
 exit "$failed"

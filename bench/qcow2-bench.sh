@@ -9,71 +9,54 @@
 # line per measurement and the plugin/qemu-nbd ratios; asserts nothing.
 #
 # Environment: SIZE (image size, default 512M), SECONDS_PER (default 5).
-set -euo pipefail
-
-: "${abs_top_builddir:=$(cd "$(dirname "$0")/.." && pwd)}"
+here="$(cd "$(dirname "$0")" && pwd)"
+. "$here/lib.sh"
 SIZE="${SIZE:-512M}"
 SECS="${SECONDS_PER:-5}"
 plugin="$abs_top_builddir/plugins/qcow2/.libs/nbdkit-qcow2-plugin.so"
-nbdload="$abs_top_builddir/bench/nbdload"
-for c in nbdkit qemu-nbd qemu-img nbdcopy; do
-    command -v "$c" >/dev/null || { echo "$c not installed" >&2; exit 77; }
-done
-[ -f "$plugin" ] && [ -x "$nbdload" ] || { echo "build first" >&2; exit 77; }
-
-tmp="$(mktemp -d /tmp/qcow2-bench.XXXXXX)"
-pids=()
-cleanup () {
-    local p
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || :; done
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
+requires nbdkit qemu-nbd qemu-img nbdcopy
+requires_built "$plugin" "$nbdload"
+scratch qcow2-bench /tmp
 
 # A full image of random data, 64K clusters (qemu-img's default).
-head -c "$(numfmt --from=iec "$SIZE")" /dev/urandom > "$tmp/src.raw"
-qemu-img convert -f raw -O qcow2 "$tmp/src.raw" "$tmp/full.qcow2"
-rm "$tmp/src.raw"
-qemu-img create -q -f qcow2 "$tmp/empty.qcow2" "$SIZE"
+head -c "$(numfmt --from=iec "$SIZE")" /dev/urandom > "$data/src.raw"
+qemu-img convert -f raw -O qcow2 "$data/src.raw" "$data/full.qcow2"
+rm "$data/src.raw"
+qemu-img create -q -f qcow2 "$data/empty.qcow2" "$SIZE"
 
-# serve KIND IMAGE: start a server, set $uri (not in a subshell: the
-# server exits with its parent).
-serve () {
-    local kind="$1" img="$2" sock="$tmp/$1.$RANDOM.sock" pidf="$tmp/$1.$RANDOM.pid" i
-    case "$kind" in
+# serve_image KIND IMAGE: serve IMAGE with the plugin or qemu-nbd;
+# sets $uri (server img).
+serve_image () {
+    case "$1" in
     plugin)
-        nbdkit --exit-with-parent -U "$sock" -P "$pidf" "$plugin" file="$img" 3>&- & ;;
+        serve img "$plugin" file="$2" ;;
     qemu-nbd)
-        qemu-nbd -t -f qcow2 -k "$sock" --pid-file="$pidf" "$img" 3>&- & ;;
+        new_socket
+        start_server img "$sock" "$pidf" \
+            qemu-nbd -t -f qcow2 -k "$sock" --pid-file="$pidf" "$2" ;;
     esac
-    for i in $(seq 100); do [ -s "$pidf" ] && [ -S "$sock" ] && break; sleep 0.1; done
-    pids+=("$(cat "$pidf")")
-    uri="nbd+unix:///?socket=$sock"
+    uri="$img_uri"
 }
-
-stop_last () { kill "${pids[-1]}"; unset 'pids[-1]'; sleep 0.3; }
-
-field () { sed -n "s/.*\"$1\":\([0-9.]*\).*/\1/p"; }
 
 declare -A R
 for kind in plugin qemu-nbd; do
-    cp --sparse=always "$tmp/full.qcow2" "$tmp/$kind.qcow2"
-    serve "$kind" "$tmp/$kind.qcow2"
-    t0=$(date +%s.%N)
+    cp --sparse=always "$data/full.qcow2" "$data/$kind.qcow2"
+    serve_image "$kind" "$data/$kind.qcow2"
+    t0=$(now)
     nbdcopy "$uri" null:
-    t1=$(date +%s.%N)
+    t1=$(now)
     R[$kind.seq]=$(awk -v a="$t0" -v b="$t1" -v s="$(numfmt --from=iec "$SIZE")" \
                    'BEGIN { printf "%.1f", s / (b - a) / 1048576 }')
     R[$kind.rread]=$("$nbdload" --op read --pattern rand --bs 4K --qd 16 \
                      --seconds "$SECS" "$uri" | field iops)
     R[$kind.rwrite]=$("$nbdload" --op write --pattern rand --bs 4K --qd 16 \
                       --seconds "$SECS" "$uri" | field iops)
-    stop_last
-    cp "$tmp/empty.qcow2" "$tmp/$kind-e.qcow2"
-    serve "$kind" "$tmp/$kind-e.qcow2"
+    stop img
+    cp "$data/empty.qcow2" "$data/$kind-e.qcow2"
+    serve_image "$kind" "$data/$kind-e.qcow2"
     R[$kind.awrite]=$("$nbdload" --op write --pattern rand --bs 4K --qd 16 \
                       --seconds "$SECS" "$uri" | field iops)
-    stop_last
+    stop img
 done
 
 printf '%-34s %12s %12s %8s\n' measurement plugin qemu-nbd ratio

@@ -3,7 +3,7 @@
 # Copyright (C) 2026 the nbdkit-backup authors.  BSD-3-Clause.
 #
 # run-all.sh [NAME...]: run every benchmark script in bench/ (every
-# *.sh but this one), or the named ones (cbw, qcow2-bench,
+# *.sh but this one and lib.sh), or the named ones (cbw, qcow2-bench,
 # cbw-vs-qsd.sh), one after the other, never in parallel, since each
 # measures the whole machine.  `make bench` runs it from the source
 # directory with abs_top_builddir set.
@@ -23,7 +23,7 @@ if [ $# -gt 0 ]; then
 else
     names=()
     for s in *.sh; do
-        [ "$s" = run-all.sh ] || names+=("$s")
+        [ "$s" = run-all.sh ] || [ "$s" = lib.sh ] || names+=("$s")
     done
 fi
 
