@@ -82,8 +82,7 @@ backup_usage (const char *cmd)
           "'nbdbackup wait'\n"
           "      --progress, --no-progress, --json\n"
           "                            with --wait, as for 'nbdbackup wait'\n"
-          "  -v, --verbose             print debug messages\n"
-          "  -h, --help                print this help\n"
+          HELP_VERBOSE_HELP
           "\n"
           "SIZE and RATE take K, M, G or T suffixes.\n"
           "\n"
@@ -328,11 +327,10 @@ backup_main (int argc, char *argv[])
     case OPT_JSON: json = true; break;
     case OPT_PROGRESS: progress = 1; break;
     case OPT_NO_PROGRESS: progress = 0; break;
-    case 'v': log_verbose = true; break;
-    case 'h': backup_usage (cmd); return NBDBACKUP_EXIT_OK;
     default:
-      fprintf (stderr, "Try '%s --help' for more information.\n", cmd);
-      return NBDBACKUP_EXIT_USAGE;
+      r = common_option (c, cmd, backup_usage);
+      if (r != -1)
+        return r;
     }
   }
   if (argc - optind < 1)

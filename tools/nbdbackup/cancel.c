@@ -35,13 +35,22 @@ cancel_usage (const char *cmd)
           "wait'\n"
           "to wait until it has stopped.\n"
           "\n"
-          "  -v, --verbose             print debug messages\n"
-          "  -h, --help                print this help\n"
+          HELP_VERBOSE_HELP
           "\n"
           "Exit status: 0 success, 1 cannot talk to the server, 2 usage "
           "error,\n"
           "3 the server refused (or has no such job).  See nbdbackup(1).\n",
           cmd);
+}
+
+/* The arguments of job-cancel. */
+static json_object *
+id_args (const char *id)
+{
+  json_object *args = json_object_new_object ();
+
+  json_object_object_add (args, "id", json_object_new_string (id));
+  return args;
 }
 
 int
@@ -50,7 +59,6 @@ cancel_main (int argc, char *argv[])
   const char *cmd = argv[0];
   struct control *ctl;
   char *id = NULL;
-  json_object *args;
   int r;
 
   r = parse_simple_options (argc, argv, cancel_usage);
@@ -62,25 +70,18 @@ cancel_main (int argc, char *argv[])
     return usage_error (cmd, "unexpected argument '%s' after JOB-ID",
                         argv[optind + 2]);
 
+  /* With an explicit id the server decides whether it exists. */
+  if (argc - optind == 2)
+    return control_run (argv[optind], "job-cancel",
+                        id_args (argv[optind + 1]), NULL);
+
   catch_signals ();
   ctl = control_connect (argv[optind]);
   if (ctl == NULL)
     return NBDBACKUP_EXIT_FAILED;
-  /* With an explicit id the server decides whether it exists. */
-  if (argc - optind == 2) {
-    id = strdup (argv[optind + 1]);
-    if (id == NULL) {
-      perror ("strdup");
-      r = NBDBACKUP_EXIT_FAILED;
-    }
-  }
-  else
-    r = job_choose (ctl, NULL, &id);
-  if (id) {
-    args = json_object_new_object ();
-    json_object_object_add (args, "id", json_object_new_string (id));
-    r = control_command (ctl, "job-cancel", args, NULL);
-  }
+  r = job_choose (ctl, NULL, &id);
+  if (r == NBDBACKUP_EXIT_OK)
+    r = control_command (ctl, "job-cancel", id_args (id), NULL);
   free (id);
   control_close (ctl);
   return r;

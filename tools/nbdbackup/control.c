@@ -477,6 +477,24 @@ control_command (struct control *c, const char *command, json_object *args,
   }
 }
 
+int
+control_run (const char *path, const char *command, json_object *args,
+             json_object **ret)
+{
+  struct control *c;
+  int r;
+
+  catch_signals ();
+  c = control_connect (path);
+  if (c == NULL) {
+    json_object_put (args);
+    return NBDBACKUP_EXIT_FAILED;
+  }
+  r = control_command (c, command, args, ret);
+  control_close (c);
+  return r;
+}
+
 char *
 control_read_reply_line (struct control *c, bool *is_error)
 {

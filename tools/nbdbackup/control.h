@@ -59,6 +59,14 @@ extern int control_execute (struct control *c, const char *command,
 extern int control_command (struct control *c, const char *command,
                             json_object *args, json_object **ret);
 
+/* The whole of a subcommand that sends one command: catch SIGINT and
+ * SIGTERM, connect to the control socket at path, control_command,
+ * close.  Returns an exit status as control_command does, and
+ * NBDBACKUP_EXIT_FAILED if the connection failed (args are freed).
+ */
+extern int control_run (const char *path, const char *command,
+                        json_object *args, json_object **ret);
+
 extern void control_error_free (struct control_error *err);
 
 /* Send one request line as it is (it must not contain a newline). */

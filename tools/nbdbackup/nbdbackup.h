@@ -78,12 +78,32 @@ extern void format_size (char *buf, size_t len, uint64_t size);
  */
 extern bool is_nbd_uri (const char *str);
 
+/* The options every subcommand has, for the default case of its
+ * getopt_long loop: c is 'v' (--verbose: sets log_verbose and returns
+ * -1 to go on), 'h' (--help: prints usage_fn's help and returns
+ * NBDBACKUP_EXIT_OK), or anything else, an error getopt_long has
+ * reported (points to --help and returns NBDBACKUP_EXIT_USAGE).
+ */
+extern int common_option (int c, const char *cmd,
+                          void (*usage_fn) (const char *cmd));
+
 /* Parse the options of a subcommand that has only -h/--help and
  * -v/--verbose; usage_fn prints its --help.  Returns -1 to go on
  * (optind is the first operand), else an exit status.
  */
 extern int parse_simple_options (int argc, char *argv[],
                                  void (*usage_fn) (const char *cmd));
+
+/* Lines of --help that most subcommands share: -v and -h, and the
+ * exit statuses of a subcommand that sends one command.
+ */
+#define HELP_VERBOSE_HELP \
+  "  -v, --verbose             print debug messages\n" \
+  "  -h, --help                print this help\n"
+#define HELP_EXIT_REFUSED \
+  "\n" \
+  "Exit status: 0 success, 1 cannot talk to the server, 2 usage error,\n" \
+  "3 the server refused.  See nbdbackup(1).\n"
 
 /* Print "nbdbackup CMD: MESSAGE" and a pointer to --help on stderr;
  * returns NBDBACKUP_EXIT_USAGE.  cmd is argv[0] of the subcommand.

@@ -53,6 +53,23 @@ is_nbd_uri (const char *str)
 }
 
 int
+common_option (int c, const char *cmd, void (*usage_fn) (const char *cmd))
+{
+  switch (c) {
+  case 'v':
+    log_verbose = true;
+    return -1;
+  case 'h':
+    usage_fn (cmd);
+    return NBDBACKUP_EXIT_OK;
+  default:
+    /* getopt_long has printed what is wrong, naming the option. */
+    fprintf (stderr, "Try '%s --help' for more information.\n", cmd);
+    return NBDBACKUP_EXIT_USAGE;
+  }
+}
+
+int
 parse_simple_options (int argc, char *argv[],
                       void (*usage_fn) (const char *cmd))
 {
@@ -61,20 +78,12 @@ parse_simple_options (int argc, char *argv[],
     { "verbose", no_argument, NULL, 'v' },
     { NULL, 0, NULL, 0 }
   };
-  int c;
+  int c, r;
 
   while ((c = getopt_long (argc, argv, "hv", long_options, NULL)) != -1) {
-    switch (c) {
-    case 'v':
-      log_verbose = true;
-      break;
-    case 'h':
-      usage_fn (argv[0]);
-      return NBDBACKUP_EXIT_OK;
-    default:
-      fprintf (stderr, "Try '%s --help' for more information.\n", argv[0]);
-      return NBDBACKUP_EXIT_USAGE;
-    }
+    r = common_option (c, argv[0], usage_fn);
+    if (r != -1)
+      return r;
   }
   return -1;
 }

@@ -111,8 +111,7 @@ pull_usage (const char *cmd)
           "      --no-progress         never show the progress bar\n"
           "      --json                print a JSON summary on stdout at "
           "the end\n"
-          "  -v, --verbose             print debug messages\n"
-          "  -h, --help                print this help\n"
+          HELP_VERBOSE_HELP
           "\n"
           "SIZEs take K, M, G or T suffixes.  SOURCE-URI and an NBD TARGET "
           "are\n"
@@ -164,7 +163,7 @@ parse_options (int argc, char *argv[], struct pull *p)
   const char *format = NULL;
   int progress = -1;            /* -1 = if stderr is a terminal */
   uint64_t v;
-  int c;
+  int c, r;
 
   while ((c = getopt_long (argc, argv, short_options, long_options,
                            NULL)) != -1) {
@@ -225,16 +224,10 @@ parse_options (int argc, char *argv[], struct pull *p)
     case OPT_JSON:
       p->json = true;
       break;
-    case 'v':
-      log_verbose = true;
-      break;
-    case 'h':
-      pull_usage (cmd);
-      return NBDBACKUP_EXIT_OK;
     default:
-      /* getopt_long has printed what is wrong, naming the option. */
-      fprintf (stderr, "Try '%s --help' for more information.\n", cmd);
-      return NBDBACKUP_EXIT_USAGE;
+      r = common_option (c, cmd, pull_usage);
+      if (r != -1)
+        return r;
     }
   }
 

@@ -33,12 +33,8 @@ set_speed_usage (const char *cmd)
           "before guest\n"
           "writes are never limited.\n"
           "\n"
-          "  -v, --verbose             print debug messages\n"
-          "  -h, --help                print this help\n"
-          "\n"
-          "Exit status: 0 success, 1 cannot talk to the server, 2 usage "
-          "error,\n"
-          "3 the server refused.  See nbdbackup(1).\n",
+          HELP_VERBOSE_HELP
+          HELP_EXIT_REFUSED,
           cmd);
 }
 
@@ -46,7 +42,6 @@ int
 set_speed_main (int argc, char *argv[])
 {
   const char *cmd = argv[0];
-  struct control *ctl;
   json_object *args;
   uint64_t speed;
   int r;
@@ -66,15 +61,9 @@ set_speed_main (int argc, char *argv[])
                         "optional K, M, G or T suffix, got '%s'",
                         argv[optind + 2]);
 
-  catch_signals ();
-  ctl = control_connect (argv[optind]);
-  if (ctl == NULL)
-    return NBDBACKUP_EXIT_FAILED;
   args = json_object_new_object ();
   json_object_object_add (args, "id",
                           json_object_new_string (argv[optind + 1]));
   json_object_object_add (args, "speed", json_object_new_int64 (speed));
-  r = control_command (ctl, "job-set-speed", args, NULL);
-  control_close (ctl);
-  return r;
+  return control_run (argv[optind], "job-set-speed", args, NULL);
 }

@@ -30,12 +30,8 @@ snapshot_usage (const char *cmd)
           "SOCKET\n"
           "(nbdkit-fleece-filter with fleece-snapshot=on-command).\n"
           "\n"
-          "  -v, --verbose             print debug messages\n"
-          "  -h, --help                print this help\n"
-          "\n"
-          "Exit status: 0 success, 1 cannot talk to the server, 2 usage "
-          "error,\n"
-          "3 the server refused.  See nbdbackup(1).\n",
+          HELP_VERBOSE_HELP
+          HELP_EXIT_REFUSED,
           cmd);
 }
 
@@ -43,7 +39,6 @@ int
 snapshot_main (int argc, char *argv[])
 {
   const char *cmd = argv[0], *command;
-  struct control *ctl;
   int r;
 
   r = parse_simple_options (argc, argv, snapshot_usage);
@@ -64,11 +59,5 @@ snapshot_main (int argc, char *argv[])
     return usage_error (cmd, "unexpected argument '%s' after SOCKET",
                         argv[optind + 2]);
 
-  catch_signals ();
-  ctl = control_connect (argv[optind + 1]);
-  if (ctl == NULL)
-    return NBDBACKUP_EXIT_FAILED;
-  r = control_command (ctl, command, NULL, NULL);
-  control_close (ctl);
-  return r;
+  return control_run (argv[optind + 1], command, NULL, NULL);
 }

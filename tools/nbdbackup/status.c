@@ -36,12 +36,8 @@ status_usage (const char *cmd)
           "\n"
           "      --json                print the server's query-status "
           "reply as JSON\n"
-          "  -v, --verbose             print debug messages\n"
-          "  -h, --help                print this help\n"
-          "\n"
-          "Exit status: 0 success, 1 cannot talk to the server, 2 usage "
-          "error,\n"
-          "3 the server refused.  See nbdbackup(1).\n",
+          HELP_VERBOSE_HELP
+          HELP_EXIT_REFUSED,
           cmd);
 }
 
@@ -168,18 +164,16 @@ status_main (int argc, char *argv[])
   };
   const char *cmd = argv[0];
   bool json = false;
-  struct control *ctl;
   json_object *ret = NULL;
   int c, r;
 
   while ((c = getopt_long (argc, argv, "hv", long_options, NULL)) != -1) {
     switch (c) {
     case OPT_JSON: json = true; break;
-    case 'v': log_verbose = true; break;
-    case 'h': status_usage (cmd); return NBDBACKUP_EXIT_OK;
     default:
-      fprintf (stderr, "Try '%s --help' for more information.\n", cmd);
-      return NBDBACKUP_EXIT_USAGE;
+      r = common_option (c, cmd, status_usage);
+      if (r != -1)
+        return r;
     }
   }
   if (argc - optind < 1)
@@ -188,11 +182,7 @@ status_main (int argc, char *argv[])
     return usage_error (cmd, "unexpected argument '%s' after SOCKET",
                         argv[optind + 1]);
 
-  catch_signals ();
-  ctl = control_connect (argv[optind]);
-  if (ctl == NULL)
-    return NBDBACKUP_EXIT_FAILED;
-  r = control_command (ctl, "query-status", NULL, &ret);
+  r = control_run (argv[optind], "query-status", NULL, &ret);
   if (r == NBDBACKUP_EXIT_OK) {
     if (json)
       printf ("%s\n", json_object_to_json_string_ext
@@ -201,6 +191,5 @@ status_main (int argc, char *argv[])
       print_status (ret);
   }
   json_object_put (ret);
-  control_close (ctl);
   return r;
 }

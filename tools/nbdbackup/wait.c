@@ -60,8 +60,7 @@ wait_usage (const char *cmd)
           "      --json                print the job's final state (as "
           "query-jobs\n"
           "                            describes it) as JSON\n"
-          "  -v, --verbose             print debug messages\n"
-          "  -h, --help                print this help\n"
+          HELP_VERBOSE_HELP
           "\n"
           "Exit status: 0 the job completed, 1 cannot talk to the server, "
           "2 usage\n"
@@ -349,11 +348,10 @@ wait_main (int argc, char *argv[])
     case OPT_JSON: json = true; break;
     case OPT_PROGRESS: progress = 1; break;
     case OPT_NO_PROGRESS: progress = 0; break;
-    case 'v': log_verbose = true; break;
-    case 'h': wait_usage (cmd); return NBDBACKUP_EXIT_OK;
     default:
-      fprintf (stderr, "Try '%s --help' for more information.\n", cmd);
-      return NBDBACKUP_EXIT_USAGE;
+      r = common_option (c, cmd, wait_usage);
+      if (r != -1)
+        return r;
     }
   }
   if (argc - optind < 1)
