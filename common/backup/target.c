@@ -10,21 +10,21 @@
  * renamed to PATH only once complete and flushed; the directory is
  * synced after each rename, so that after a crash either the old name
  * or the new one is on disk, never a complete-looking half backup.
+ * The renaming itself is common/utils' publish.c, which nbdbackup
+ * shares.
  */
 
 #include <config.h>
 
-#include <errno.h>
 #include <fcntl.h>
 #include <stdbool.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include <nbdkit-filter.h>
 
-#include "files.h"
+#include "publish.h"
 #include "target.h"
 
 bool
@@ -59,40 +59,22 @@ target_file_is_qcow2 (const char *path)
 int
 target_set_names (struct target *t, const char *path)
 {
-  if ((t->name = strdup (path)) == NULL ||
-      asprintf (&t->working_name, "%s.incomplete", path) == -1) {
+  if ((t->name = strdup (path)) == NULL) {
     nbdkit_error ("malloc: %m");
-    t->working_name = NULL;
     return -1;
   }
-  return 0;
+  t->working_name = incomplete_name (path);
+  return t->working_name ? 0 : -1;
 }
 
 int
 target_unpublish (const char *param, struct target *t)
 {
-  if (rename (t->name, t->working_name) == -1) {
-    nbdkit_error ("%s: rename %s to %s: %m", param, t->name,
-                  t->working_name);
-    return -1;
-  }
-  if (fsync_parent_dir (t->name) == -1) {
-    nbdkit_error ("%s: %s: fsync of directory: %m", param, t->name);
-    return -1;
-  }
-  return 0;
+  return rename_durably (param, t->name, t->working_name);
 }
 
 int
 target_publish (struct target *t)
 {
-  if (rename (t->working_name, t->name) == -1) {
-    nbdkit_error ("rename %s to %s: %m", t->working_name, t->name);
-    return -1;
-  }
-  if (fsync_parent_dir (t->name) == -1) {
-    nbdkit_error ("%s: fsync of directory: %m", t->name);
-    return -1;
-  }
-  return 0;
+  return rename_durably (NULL, t->working_name, t->name);
 }

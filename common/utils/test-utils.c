@@ -3,7 +3,7 @@
  * SPDX-License-Identifier: BSD-3-Clause
  */
 
-/* Unit tests for cleanup, file and number parsing helpers. */
+/* Unit tests for cleanup, file, publishing and number parsing helpers. */
 
 #include <config.h>
 
@@ -23,6 +23,7 @@
 #include "cleanup.h"
 #include "files.h"
 #include "parse.h"
+#include "publish.h"
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 
@@ -91,6 +92,37 @@ test_parse (void)
   assert (n == 16);
 }
 
+/* PATH.incomplete is renamed to PATH and back. */
+static void
+test_publish (const char *dir)
+{
+  CLEANUP_FREE char *path = NULL;
+  CLEANUP_FREE char *inc = NULL;
+  int fd;
+
+  assert (asprintf (&path, "%s/backup.img", dir) > 0);
+  inc = incomplete_name (path);
+  assert (inc != NULL);
+  assert (strlen (inc) == strlen (path) + strlen (".incomplete"));
+  assert (strncmp (inc, path, strlen (path)) == 0);
+  assert (strcmp (inc + strlen (path), ".incomplete") == 0);
+
+  fd = open (inc, O_WRONLY | O_CREAT | O_EXCL, 0644);
+  assert (fd >= 0);
+  close (fd);
+  assert (rename_durably (NULL, inc, path) == 0);
+  assert (access (path, F_OK) == 0 && access (inc, F_OK) == -1);
+  assert (rename_durably ("test", path, inc) == 0);
+  assert (access (path, F_OK) == -1 && access (inc, F_OK) == 0);
+
+  /* A missing file: reported, errno kept, nothing renamed. */
+  errno = 0;
+  assert (rename_durably ("test", path, inc) == -1);
+  assert (errno == ENOENT);
+  assert (access (inc, F_OK) == 0);
+  unlink (inc);
+}
+
 int
 main (void)
 {
@@ -132,6 +164,7 @@ main (void)
   }
 
   unlink (path);
+  test_publish (dir);
   rmdir (dir);
   assert (monotonic_seconds () > 0);
   test_parse ();

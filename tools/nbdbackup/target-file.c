@@ -3,7 +3,9 @@
  * SPDX-License-Identifier: BSD-3-Clause
  */
 
-/* What the raw and qcow2 targets share: the TARGET.incomplete rule.
+/* What the raw and qcow2 targets share: the TARGET.incomplete rule
+ * (the naming and renaming are common/utils' publish.c, which the cbw
+ * filter shares), and the tool's policy for what is already there.
  *
  * A file target is created as TARGET.incomplete and renamed to TARGET
  * only after every byte is written and flushed, then the directory is
@@ -23,12 +25,10 @@
 
 #include <errno.h>
 #include <stdbool.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "files.h"
 #include "nbdkit-stubs.h"
 #include "target.h"
 
@@ -54,18 +54,6 @@ file_target_check (const char *path, bool force)
   return 0;
 }
 
-char *
-incomplete_name (const char *path)
-{
-  char *r;
-
-  if (asprintf (&r, "%s.incomplete", path) == -1) {
-    nbdkit_error ("asprintf: %m");
-    return NULL;
-  }
-  return r;
-}
-
 int
 remove_stale (const char *incomplete)
 {
@@ -81,20 +69,6 @@ remove_old_target (const char *path)
 {
   if (unlink (path) == -1 && errno != ENOENT) {
     nbdkit_error ("%s: cannot remove: %m", path);
-    return -1;
-  }
-  return 0;
-}
-
-int
-publish (const char *incomplete, const char *path)
-{
-  if (rename (incomplete, path) == -1) {
-    nbdkit_error ("rename %s to %s: %m", incomplete, path);
-    return -1;
-  }
-  if (fsync_parent_dir (path) == -1) {
-    nbdkit_error ("%s: fsync directory: %m", path);
     return -1;
   }
   return 0;

@@ -35,6 +35,7 @@
 #include "cleanup.h"
 #include "ispowerof2.h"
 #include "nbdkit-stubs.h"
+#include "publish.h"
 #include "qcow2.h"
 #include "rounding.h"
 #include "target.h"
@@ -93,7 +94,7 @@ q_commit (struct target *t)
   qt->img = NULL;
   if (qcow2_close (img) == -1)
     return -1;
-  return publish (qt->incomplete, qt->path);
+  return rename_durably (NULL, qt->incomplete, qt->path);
 }
 
 static void

@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "nbdkit-stubs.h"
+#include "publish.h"
 #include "target.h"
 
 struct raw_target {
@@ -81,7 +82,7 @@ raw_commit (struct target *t)
     nbdkit_error ("%s: close: %m", rt->incomplete);
     return -1;
   }
-  return publish (rt->incomplete, rt->path);
+  return rename_durably (NULL, rt->incomplete, rt->path);
 }
 
 static void

@@ -94,20 +94,14 @@ extern struct target *qcow2_target_create (const char *path, uint64_t size,
 extern struct target *nbd_target_open (const char *uri, uint64_t size,
                                        unsigned nr_lanes, uint32_t chunk);
 
-/* target-file.c: helpers for the file backends. */
-
-/* path + ".incomplete", or NULL (reported). */
-extern char *incomplete_name (const char *path);
+/* target-file.c: helpers for the file backends, besides
+ * incomplete_name and rename_durably (common/utils' publish.h).
+ */
 
 /* Remove a stale TARGET.incomplete left by an earlier failed run. */
 extern int remove_stale (const char *incomplete);
 
 /* With --force: remove the old TARGET once TARGET.incomplete exists. */
 extern int remove_old_target (const char *path);
-
-/* Rename incomplete to path and sync the directory.  0 or -1
- * (reported).
- */
-extern int publish (const char *incomplete, const char *path);
 
 #endif /* NBDBACKUP_TARGET_H */
