@@ -3,7 +3,7 @@
  * SPDX-License-Identifier: BSD-3-Clause
  */
 
-/* What every kind of target shares: recognising a target's kind, and
+/* What every kind of target shares: recognising a qcow2 target, and
  * the publish-by-rename mechanism of file targets (raw and qcow2).
  *
  * A file target lives at "PATH.incomplete" while the job runs and is
@@ -26,21 +26,6 @@
 
 #include "publish.h"
 #include "target.h"
-
-bool
-target_is_nbd_uri (const char *name)
-{
-  static const char *const schemes[] = {
-    "nbd://", "nbds://", "nbd+unix://", "nbds+unix://",
-    "nbd+vsock://", "nbds+vsock://",
-  };
-  size_t i;
-
-  for (i = 0; i < sizeof schemes / sizeof schemes[0]; ++i)
-    if (strncmp (name, schemes[i], strlen (schemes[i])) == 0)
-      return true;
-  return false;
-}
 
 bool
 target_file_is_qcow2 (const char *path)

@@ -85,9 +85,6 @@ enum target_format {
   TARGET_NBD,
 };
 
-/* True if name is an NBD URI (nbd://, nbds://, nbd+unix://, ...). */
-extern bool target_is_nbd_uri (const char *name);
-
 /* True if path is an existing file starting with the qcow2 magic. */
 extern bool target_file_is_qcow2 (const char *path);
 

@@ -17,6 +17,7 @@
 #include "ispowerof2.h"
 #include "iszero.h"
 #include "minmax.h"
+#include "nbd-uri.h"
 #include "rounding.h"
 
 int
@@ -53,6 +54,17 @@ main (void)
     assert (is_zero (buf, i));
     buf[i] = 0;
   }
+  assert (is_nbd_uri ("nbd://host/export"));
+  assert (is_nbd_uri ("nbds://host"));
+  assert (is_nbd_uri ("nbd+unix:///?socket=/tmp/s"));
+  assert (is_nbd_uri ("nbds+unix:///e?socket=/tmp/s"));
+  assert (is_nbd_uri ("nbd+vsock://2"));
+  assert (is_nbd_uri ("nbds+vsock://2"));
+  assert (!is_nbd_uri (""));
+  assert (!is_nbd_uri ("nbd:"));
+  assert (!is_nbd_uri ("NBD://host"));
+  assert (!is_nbd_uri ("/var/tmp/nbd://x"));
+  assert (!is_nbd_uri ("backup.img"));
   printf ("test-headers: ok\n");
   return 0;
 }

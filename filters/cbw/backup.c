@@ -25,6 +25,7 @@
 #include "cleanup.h"
 #include "incremental.h"
 #include "minmax.h"
+#include "nbd-uri.h"
 
 const char *const sync_name[] = { "full", "top", "none", "incremental" };
 
@@ -131,14 +132,14 @@ spec_check (struct backup_spec *s, const char *p, struct control_error *err)
    * magic, by a backing file asked for; else raw.
    */
   if (s->format == TARGET_AUTO) {
-    if (target_is_nbd_uri (target))
+    if (is_nbd_uri (target))
       s->format = TARGET_NBD;
     else if (target_file_is_qcow2 (target) || s->backing)
       s->format = TARGET_QCOW2;
     else
       s->format = TARGET_RAW;
   }
-  if ((s->format == TARGET_NBD) != target_is_nbd_uri (target))
+  if ((s->format == TARGET_NBD) != is_nbd_uri (target))
     return control_fail (err, CONTROL_GENERIC_ERROR,
                          "%starget: '%s' %s an NBD URI but %starget-format "
                          "is %s", p, target,

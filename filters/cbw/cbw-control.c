@@ -30,6 +30,7 @@
 #include "cleanup.h"
 #include "incremental.h"
 #include "ispowerof2.h"
+#include "nbd-uri.h"
 #include "registry.h"
 
 static int
@@ -62,7 +63,7 @@ static int
 set_str (char **field, const char *s, bool path,
          struct control_error *err)
 {
-  char *copy = path && !target_is_nbd_uri (s) && *s != '/'
+  char *copy = path && !is_nbd_uri (s) && *s != '/'
     ? nbdkit_absolute_path (s) : strdup (s);
 
   if (copy == NULL)

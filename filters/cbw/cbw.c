@@ -59,6 +59,7 @@
 #include "ispowerof2.h"
 #include "job.h"
 #include "minmax.h"
+#include "nbd-uri.h"
 #include "registry.h"
 #include "target.h"
 
@@ -116,7 +117,7 @@ cbw_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
   struct backup_spec *d = &cbw_defaults;
 
   if (strcmp (key, "cbw-target") == 0)
-    return set_param (&d->target, value, !target_is_nbd_uri (value));
+    return set_param (&d->target, value, !is_nbd_uri (value));
   else if (strcmp (key, "cbw-target-format") == 0) {
     if (parse_target_format (value, &d->format) == -1) {
       nbdkit_error ("cbw-target-format: unknown format '%s' "

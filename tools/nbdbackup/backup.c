@@ -36,6 +36,7 @@
 #include <json.h>
 
 #include "cleanup.h"
+#include "nbd-uri.h"
 #include "nbdkit-stubs.h"
 #include "parse.h"
 #include "nbdbackup.h"

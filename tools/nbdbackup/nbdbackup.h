@@ -73,11 +73,6 @@ extern int job_wait (struct control *c, const char *id, bool json,
 /* A size for people: "512 B", "64.0 KiB", "1.5 GiB". */
 extern void format_size (char *buf, size_t len, uint64_t size);
 
-/* True if str looks like an NBD URI (nbd://, nbds://, nbd+unix://,
- * nbds+unix://, nbd+vsock://, nbds+vsock://).
- */
-extern bool is_nbd_uri (const char *str);
-
 /* The options every subcommand has, for the default case of its
  * getopt_long loop: c is 'v' (--verbose: sets log_verbose and returns
  * -1 to go on), 'h' (--help: prints usage_fn's help and returns

@@ -14,7 +14,6 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
 
 #include "nbdkit-stubs.h"
 #include "nbdbackup.h"
@@ -35,21 +34,6 @@ format_size (char *buf, size_t len, uint64_t size)
     i++;
   }
   snprintf (buf, len, "%.1f %s", v, units[i]);
-}
-
-bool
-is_nbd_uri (const char *str)
-{
-  static const char *const schemes[] = {
-    "nbd://", "nbds://", "nbd+unix://", "nbds+unix://",
-    "nbd+vsock://", "nbds+vsock://", NULL
-  };
-  size_t i;
-
-  for (i = 0; schemes[i] != NULL; ++i)
-    if (strncmp (str, schemes[i], strlen (schemes[i])) == 0)
-      return true;
-  return false;
 }
 
 int

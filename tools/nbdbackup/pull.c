@@ -32,6 +32,7 @@
 
 #include "files.h"
 #include "ispowerof2.h"
+#include "nbd-uri.h"
 #include "nbdkit-stubs.h"
 #include "parse.h"
 #include "copy.h"
