@@ -24,11 +24,9 @@
 #include "rounding.h"
 #include "qcow2-internal.h"
 
-int
-full_pread (int fd, void *buf, size_t count, uint64_t offset)
+static int
+pread_loop (int fd, char *p, size_t count, uint64_t offset)
 {
-  char *p = buf;
-
   while (count > 0) {
     ssize_t r = pread (fd, p, count, offset);
     if (r == -1) {
@@ -45,6 +43,35 @@ full_pread (int fd, void *buf, size_t count, uint64_t offset)
     offset += r;
   }
   return 0;
+}
+
+/* The kernel copies file data out of the page cache with 'rep movsb',
+ * which on some CPUs runs at a fifth of its speed when the destination
+ * lies a few bytes past the source modulo 4K (AMD EPYC here: 1.6 GB/s
+ * at 1 to 31 bytes, 8-12 GB/s at any other distance).  nbdkit's large
+ * request buffers come from malloc and start 16 bytes into a page, so
+ * reading page-aligned clusters into them hit exactly that.  With such
+ * a skew (below ALIAS_SHIFT, for a margin), read all but the last
+ * ALIAS_SHIFT bytes that much further into buf, move them down (a
+ * user-space move by 64 bytes runs at full speed) and read the last
+ * ALIAS_SHIFT bytes in place.
+ */
+#define ALIAS_PAGE  4096
+#define ALIAS_SHIFT 64
+
+int
+full_pread (int fd, void *buf, size_t count, uint64_t offset)
+{
+  char *p = buf;
+  uint64_t skew = ((uintptr_t) p - offset) & (ALIAS_PAGE - 1);
+
+  if (skew == 0 || skew >= ALIAS_SHIFT || count <= ALIAS_SHIFT)
+    return pread_loop (fd, p, count, offset);
+  if (pread_loop (fd, p + ALIAS_SHIFT, count - ALIAS_SHIFT, offset) == -1)
+    return -1;
+  memmove (p, p + ALIAS_SHIFT, count - ALIAS_SHIFT);
+  return pread_loop (fd, p + count - ALIAS_SHIFT, ALIAS_SHIFT,
+                     offset + count - ALIAS_SHIFT);
 }
 
 int

@@ -4,8 +4,9 @@
  */
 
 /* Unit tests for common/qcow2: create, write, read back, zero, trim,
- * reopen, refcount table growth, and refusals of bad headers.  QEMU is
- * the referee in tests/qcow2-*.bats; here we check our own model.
+ * reopen, refcount table growth, refusals of bad headers, and file
+ * reads into buffers at every alignment.  QEMU is the referee in
+ * tests/qcow2-*.bats; here we check our own model.
  */
 
 #include <config.h>
@@ -137,6 +138,53 @@ test_refuse (uint64_t field, unsigned width, uint64_t value)
   unlink (path);
 }
 
+/* full_pread at every buffer skew around the 4K-aliasing window
+ * (header.c), into ranges that run past the end of the file.
+ */
+static void
+test_full_pread (void)
+{
+  char path[64];
+  const size_t fsize = 3 * 4096 + 100;
+  unsigned char *data = malloc (fsize);
+  unsigned char *mem = malloc (2 * 4096 + 8192);
+  unsigned char *page;
+  const size_t counts[] = { 1, 63, 64, 65, 127, 4096, 4096 + 300 };
+  const uint64_t offs[] = { 0, 1, 4096, 4096 - 40, fsize - 200, fsize + 5 };
+  unsigned skew, i, j;
+  size_t k;
+  int fd;
+
+  assert (data && mem);
+  page = (unsigned char *) (((uintptr_t) mem + 4095) & ~(uintptr_t) 4095);
+  for (k = 0; k < fsize; ++k)
+    data[k] = rnd ();
+  snprintf (path, sizeof path, "%s/pread.bin", dir);
+  fd = open (path, O_RDWR | O_CREAT | O_EXCL, 0600);
+  assert (fd >= 0);
+  assert (pwrite (fd, data, fsize, 0) == (ssize_t) fsize);
+  for (skew = 0; skew < 80; ++skew) {
+    for (i = 0; i < sizeof counts / sizeof counts[0]; ++i) {
+      for (j = 0; j < sizeof offs / sizeof offs[0]; ++j) {
+        uint64_t off = offs[j];
+        unsigned char *b = page + skew + (off & 4095);
+
+        memset (page, 0xa5, 2 * 4096 + 4096);
+        assert (full_pread (fd, b, counts[i], off) == 0);
+        for (k = 0; k < counts[i]; ++k)
+          assert (b[k] == (off + k < fsize ? data[off + k] : 0));
+        assert (b[counts[i]] == 0xa5);
+        if (b > page)
+          assert (b[-1] == 0xa5);
+      }
+    }
+  }
+  close (fd);
+  unlink (path);
+  free (data);
+  free (mem);
+}
+
 int
 main (void)
 {
@@ -144,6 +192,7 @@ main (void)
 
   assert (mkdtemp (dir) != NULL);
 
+  test_full_pread ();
   test_random (9, 3, 4 << 20, 300);
   test_random (9, 2, 4 << 20, 300);
   test_random (12, 3, 8 << 20, 200);
