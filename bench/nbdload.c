@@ -55,6 +55,7 @@
 #include <libnbd.h>
 
 #include "parse.h"
+#include "prng.h"
 
 #define PROG "nbdload"
 
@@ -111,8 +112,8 @@ static bool failed;
 static uint64_t histogram[NR_BUCKETS];
 static uint64_t lat_max_ns;
 
-/* xoshiro256** seeded through splitmix64. */
-static uint64_t prng_state[4];
+/* Random offsets (common/include/prng.h). */
+static struct prng prng;
 
 static void __attribute__ ((noreturn))
 usage (int status)
@@ -157,48 +158,6 @@ usage_error (const char *fs, ...)
   va_end (args);
   fprintf (stderr, "\n");
   usage (2);
-}
-
-static uint64_t
-splitmix64 (uint64_t *x)
-{
-  uint64_t z = (*x += UINT64_C (0x9e3779b97f4a7c15));
-
-  z = (z ^ (z >> 30)) * UINT64_C (0xbf58476d1ce4e5b9);
-  z = (z ^ (z >> 27)) * UINT64_C (0x94d049bb133111eb);
-  return z ^ (z >> 31);
-}
-
-static void
-prng_init (uint64_t seed_)
-{
-  uint64_t x = seed_;
-  unsigned i;
-
-  for (i = 0; i < 4; ++i)
-    prng_state[i] = splitmix64 (&x);
-}
-
-static inline uint64_t
-rotl64 (uint64_t x, int k)
-{
-  return (x << k) | (x >> (64 - k));
-}
-
-static uint64_t
-prng_next (void)
-{
-  uint64_t *s = prng_state;
-  const uint64_t result = rotl64 (s[1] * 5, 7) * 9;
-  const uint64_t t = s[1] << 17;
-
-  s[2] ^= s[0];
-  s[3] ^= s[1];
-  s[1] ^= s[2];
-  s[0] ^= s[3];
-  s[2] ^= t;
-  s[3] = rotl64 (s[3], 45);
-  return result;
 }
 
 static uint64_t
@@ -306,7 +265,7 @@ submit (struct conn *conn)
       seq_next = 0;
   }
   else
-    block = prng_next () % nr_blocks;
+    block = prng_uniform (&prng, nr_blocks);
   offset = range_offset + block * bs;
 
   clock_gettime (CLOCK_MONOTONIC, &slot->start);
@@ -586,14 +545,14 @@ main (int argc, char *argv[])
   }
 
   /* Random data, so that nothing on the way can shortcut zeroes. */
-  prng_init (seed);
+  prng_seed (&prng, seed);
   buf = malloc (bs);
   if (buf == NULL) {
     perror ("malloc");
     exit (1);
   }
   for (v = 0; v < bs; v += 8) {
-    uint64_t r = prng_next ();
+    uint64_t r = prng_next (&prng);
     memcpy (buf + v, &r, bs - v < 8 ? bs - v : 8);
   }
 

@@ -59,6 +59,7 @@
 #include <libnbd.h>
 
 #include "cleanup.h"
+#include "prng.h"
 #include "parse.h"
 
 #define PROG "pitwriter"
@@ -107,13 +108,6 @@ static pthread_mutex_t range_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t range_cond = PTHREAD_COND_INITIALIZER;
 static struct range *ranges;
 static bool failed;                    /* a request failed: stop */
-
-/* xoshiro256** seeded through splitmix64: fast, and the same stream
- * on every platform for a given seed.
- */
-struct prng {
-  uint64_t s[4];
-};
 
 struct worker {
   /* Fields set before the thread starts. */
@@ -204,78 +198,6 @@ parse_kinds (const char *str)
     if (kind_enabled[k])
       return;
   usage_error ("--kinds: no kinds given");
-}
-
-static uint64_t
-splitmix64 (uint64_t *x)
-{
-  uint64_t z = (*x += UINT64_C (0x9e3779b97f4a7c15));
-
-  z = (z ^ (z >> 30)) * UINT64_C (0xbf58476d1ce4e5b9);
-  z = (z ^ (z >> 27)) * UINT64_C (0x94d049bb133111eb);
-  return z ^ (z >> 31);
-}
-
-/* Seed stream number 'stream' of seed 'seed_'.  Distinct streams get
- * distinct splitmix64 states and so distinct sequences.
- */
-static void
-prng_init (struct prng *r, uint64_t seed_, uint64_t stream)
-{
-  uint64_t x = seed_;
-  unsigned i;
-
-  x = splitmix64 (&x) ^ ((stream + 1) * UINT64_C (0xd1342543de82ef95));
-  for (i = 0; i < 4; ++i)
-    r->s[i] = splitmix64 (&x);
-}
-
-static inline uint64_t
-rotl64 (uint64_t x, int k)
-{
-  return (x << k) | (x >> (64 - k));
-}
-
-static uint64_t
-prng_next (struct prng *r)
-{
-  uint64_t *s = r->s;
-  const uint64_t result = rotl64 (s[1] * 5, 7) * 9;
-  const uint64_t t = s[1] << 17;
-
-  s[2] ^= s[0];
-  s[3] ^= s[1];
-  s[1] ^= s[2];
-  s[0] ^= s[3];
-  s[2] ^= t;
-  s[3] = rotl64 (s[3], 45);
-  return result;
-}
-
-/* Uniform in [0, n), n > 0.  The modulo bias is negligible for the
- * sizes we draw (n <= export size, far below 2^64).
- */
-static uint64_t
-prng_uniform (struct prng *r, uint64_t n)
-{
-  return prng_next (r) % n;
-}
-
-static void
-prng_fill (struct prng *r, unsigned char *buf, size_t len)
-{
-  uint64_t v;
-
-  while (len >= 8) {
-    v = prng_next (r);
-    memcpy (buf, &v, 8);
-    buf += 8;
-    len -= 8;
-  }
-  if (len > 0) {
-    v = prng_next (r);
-    memcpy (buf, &v, len);
-  }
 }
 
 static unsigned
@@ -381,7 +303,7 @@ worker_run (void *vp)
     range_release (w->index, true);
     return NULL;
   }
-  prng_init (&r, seed, w->index);
+  prng_seed_stream (&r, seed, w->index);
 
   for (i = 0; i < w->nr_ops; ++i) {
     enum kind kind = kinds[prng_uniform (&r, nr_kinds)];

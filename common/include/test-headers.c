@@ -17,6 +17,7 @@
 #include "ispowerof2.h"
 #include "iszero.h"
 #include "minmax.h"
+#include "prng.h"
 #include "nbd-uri.h"
 #include "rounding.h"
 
@@ -65,6 +66,21 @@ main (void)
   assert (!is_nbd_uri ("NBD://host"));
   assert (!is_nbd_uri ("/var/tmp/nbd://x"));
   assert (!is_nbd_uri ("backup.img"));
+  /* The PRNG's sequences are part of the tests' reproducibility:
+   * these values must never change.
+   */
+  {
+    struct prng a, b;
+    unsigned char bytes[11];
+
+    prng_seed (&a, 0);
+    assert (prng_next (&a) == UINT64_C (11091344671253066420));
+    prng_seed_stream (&b, 42, 3);
+    assert (prng_next (&b) == UINT64_C (3871649674348433983));
+    prng_fill (&a, bytes, sizeof bytes);
+    assert (prng_uniform (&a, 10) < 10);
+  }
+
   printf ("test-headers: ok\n");
   return 0;
 }
