@@ -28,6 +28,7 @@
 #include <nbdkit-plugin.h>
 
 #include "ispowerof2.h"
+#include "minmax.h"
 #include "qcow2.h"
 
 static char *filename;
@@ -237,6 +238,23 @@ qcow2_get_size_cb (void *handle)
   return qcow2_get_size (img);
 }
 
+/* Preferred: a write of less than a cluster into an unallocated,
+ * compressed or shared cluster has to read and rewrite the rest of it
+ * (never below 4K, the protocol's default).  No real minimum, and no
+ * maximum beyond the protocol's 32M.
+ */
+static int
+qcow2_block_size (void *handle, uint32_t *minimum, uint32_t *preferred,
+                  uint32_t *maximum)
+{
+  uint32_t cs = qcow2_get_cluster_size (img);
+
+  *minimum = 1;
+  *preferred = MAX (cs, UINT32_C (4096));
+  *maximum = 32 * 1024 * 1024;
+  return 0;
+}
+
 static int
 qcow2_can_write (void *handle)
 {
@@ -372,6 +390,7 @@ static struct nbdkit_plugin plugin = {
   .get_ready         = qcow2_get_ready,
   .open              = qcow2_open_conn,
   .get_size          = qcow2_get_size_cb,
+  .block_size        = qcow2_block_size,
   .can_write         = qcow2_can_write,
   .can_flush         = qcow2_can_flush,
   .can_trim          = qcow2_can_write,
