@@ -50,11 +50,21 @@ make -j"$jobs"
 case "$what" in
     demo)  exec ./demo.sh ;;
     check)
+        # One closing line with the totals of every test-suite.log.
+        summary () {
+            find . -name test-suite.log -exec grep -h -E '^# (PASS|FAIL|ERROR|SKIP|XFAIL|XPASS): ' {} + |
+                awk '{ n[$2] += $3 }
+                     END { printf "%d passed, %d failed, %d skipped\n",
+                           n["PASS:"] + n["XFAIL:"],
+                           n["FAIL:"] + n["ERROR:"] + n["XPASS:"], n["SKIP:"] }'
+        }
         if ! make -j"$jobs" check; then
+            summary
             # Show what failed, for CI logs.
             find . -name test-suite.log -exec sh -c \
                 'grep -q "^# FAIL: *[1-9]\|^# ERROR: *[1-9]" "$1" && cat "$1"' _ {} \;
             exit 1
-        fi ;;
+        fi
+        summary ;;
     bench) make bench ;;
 esac
