@@ -36,85 +36,32 @@
 # Environment: SIZE (default 4G), SECONDS_PER (default 5), REPEAT
 # (measured runs of each backup, best kept, default 2), TMPDIR (where
 # the disks go, default /var/tmp).
-set -euo pipefail
-export LC_ALL=C
-
 here="$(cd "$(dirname "$0")" && pwd)"
-: "${abs_top_builddir:=$(cd "$here/.." && pwd)}"
+. "$here/lib.sh"
 SIZE="${SIZE:-4G}"
 SECS="${SECONDS_PER:-5}"
 REPEAT="${REPEAT:-2}"
 cbw="$abs_top_builddir/filters/cbw/.libs/nbdkit-cbw-filter.so"
 db="$abs_top_builddir/filters/dirtybitmap/.libs/nbdkit-dirtybitmap-filter.so"
 fleece="$abs_top_builddir/filters/fleece/.libs/nbdkit-fleece-filter.so"
-nbdbackup="$abs_top_builddir/tools/nbdbackup/nbdbackup"
-nbdload="$abs_top_builddir/bench/nbdload"
-for c in nbdkit qemu-io qemu-img socat; do
-    command -v "$c" >/dev/null || { echo "$c not installed" >&2; exit 77; }
-done
-[ -f "$cbw" ] && [ -f "$db" ] && [ -f "$fleece" ] && [ -x "$nbdload" ] &&
-    [ -x "$nbdbackup" ] ||
-    { echo "build first" >&2; exit 77; }
+requires nbdkit qemu-io qemu-img socat
+requires_built "$cbw" "$db" "$fleece" "$nbdload" "$nbdbackup"
 
 bytes="$(numfmt --from=iec "$SIZE")"
 clusters=$(( bytes / 65536 ))
-mkdir -p "$here/results"
-results="$here/results/dirtybitmap-bench-$(date +%Y%m%d-%H%M%S).txt"
-data="$(mktemp -d "${TMPDIR:-/var/tmp}/dirtybitmap-bench.XXXXXX")"
-socks="$(mktemp -d /tmp/dbb.XXXXXX)"     # short: sun_path is 108 bytes
-server=""
-cleanup () {
-    [ -z "$server" ] || kill "$server" 2>/dev/null || :
-    rm -rf "$data" "$socks"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+scratch dirtybitmap-bench "${TMPDIR:-/var/tmp}"
 
-out () { printf "$@" | tee -a "$results"; }
-field () { sed -n "s/.*\"$1\":\"\{0,1\}\([^\",}]*\).*/\1/p" "$2"; }
-ratio () { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'; }
-best () { awk -v a="$1" -v b="$2" 'BEGIN { print (b == "" || a + 0 < b + 0) ? a : b }'; }
-
-# serve ARGS...: nbdkit on a fresh socket; sets $server, $uri, $ctl.
-nserved=0
-serve () {
-    local sock="$socks/$nserved.sock" pidf="$socks/$nserved.pid" i
-    ctl="$socks/$nserved.ctl"
-    nserved=$((nserved + 1))
-    rm -f "$sock" "$pidf"
-    nbdkit --exit-with-parent -f -U "$sock" -P "$pidf" "$@" \
-        >"$data/nbdkit.log" 2>&1 3>&- &
-    for i in $(seq 200); do
-        [ -s "$pidf" ] && break
-        kill -0 $! 2>/dev/null || { cat "$data/nbdkit.log" >&2; exit 1; }
-        sleep 0.05
-    done
-    [ -s "$pidf" ] || { echo "nbdkit did not start" >&2; exit 1; }
-    server="$(cat "$pidf")"
-    uri="nbd+unix:///?socket=$sock"
-}
-
-stop () {
-    local i
-    kill "$server" 2>/dev/null || :
-    for i in $(seq 1200); do kill -0 "$server" 2>/dev/null || break; sleep 0.05; done
-    if kill -0 "$server" 2>/dev/null; then echo "nbdkit $server did not exit" >&2; exit 1; fi
-    wait "$server" 2>/dev/null || :
-    server=""
-}
-
-# control REQUEST...: send request lines to $ctl, print the replies.
+# control SOCKET REQUEST...: send request lines to the filter's control
+# socket, print the replies.
 control () {
+    local ctl="$1"
+    shift
     { printf '%s\n' "$@"; sleep 0.5; } | socat - UNIX-CONNECT:"$ctl" | tail -n +2
 }
 
 src="$data/src.img" bm="$data/bitmaps"
 
-out '# dirtybitmap-bench %s, %s\n' "$(date -Is)" \
-    "$(git -C "$here" describe --always --dirty 2>/dev/null || echo unknown)"
-out '# %s, %s CPUs, load %s, %s, on %s (%s)\n' "$(uname -r)" "$(nproc)" \
-    "$(cut -d' ' -f1-3 /proc/loadavg)" "$(nbdkit --version)" \
-    "${TMPDIR:-/var/tmp}" "$(df -PT "$data" | awk 'NR == 2 { print $2 }')"
+results_open dirtybitmap-bench "$(nbdkit --version)"
 
 head -c "$bytes" /dev/urandom >"$src"
 truncate -s "$bytes" "$data/previous.img"
@@ -132,6 +79,7 @@ seed () {
         else
             for (c = 0; c < n; c += every)
                 printf "write -P 7 %.0f 64K\n", c * 65536 }' >"$data/cmds"
+    # shellcheck disable=SC2016 # nbdkit --run expands $uri
     nbdkit -U - --filter="$db" file "$src" dirtybitmap-file="$bm" \
         dirtybitmap-add=b0 --run 'qemu-io -f raw "$uri" <'"$data/cmds"' >/dev/null'
     sync
@@ -139,19 +87,19 @@ seed () {
 
 # backup SYNC: one backup; sets $secs and $written.
 backup () {
-    local args line
+    local sync_args line
     rm -f "$data"/t.qcow2*
     sync
     if [ "$1" = full ]; then
-        args=(cbw-sync=full)
+        sync_args=(cbw-sync=full)
     else
-        args=(cbw-sync=incremental cbw-bitmap=b0 cbw-bitmap-mode=never
-              cbw-target-backing="$data/previous.img"
-              cbw-target-backing-format=raw)
+        sync_args=(cbw-sync=incremental cbw-bitmap=b0 cbw-bitmap-mode=never
+                   cbw-target-backing="$data/previous.img"
+                   cbw-target-backing-format=raw)
     fi
     nbdkit -U - -v --filter="$cbw" --filter="$db" file "$src" \
         dirtybitmap-file="$bm" cbw-target="$data/t.qcow2" \
-        cbw-target-format=qcow2 "${args[@]}" --run true 2>"$data/backup.log"
+        cbw-target-format=qcow2 "${sync_args[@]}" --run true 2>"$data/backup.log"
     # "cbw: job completed: N bytes written, N zero, N before writes, in S s"
     line="$(grep -o 'cbw: job completed: .*' "$data/backup.log")" ||
         { grep 'cbw: job' "$data/backup.log" >&2; echo "backup failed" >&2; exit 1; }
@@ -160,19 +108,19 @@ backup () {
 }
 
 # pull SOURCE-EXPORT [nbdbackup options]: one pull from a fleece
-# server; sets $secs and $written (data and zeros written).
+# server, src; sets $secs and $written (data and zeros written).
 pull () {
     local export="$1"; shift
     rm -f "$data"/t.qcow2*
     sync
-    serve --filter="$db" --filter="$fleece" file "$src" \
+    serve src --filter="$db" --filter="$fleece" file "$src" \
         fleece-store="$data" dirtybitmap-file="$bm" \
         dirtybitmap-control="$socks/p.ctl"
-    ctl="$socks/p.ctl"
-    control '{"execute":"block-dirty-bitmap-disable","arguments":{"name":"b0"}}' >/dev/null
-    "$nbdbackup" pull --json "$@" "${uri/\/\?/\/$export?}" "$data/t.qcow2" \
-        >"$data/pull.json"
-    stop
+    control "$socks/p.ctl" \
+        '{"execute":"block-dirty-bitmap-disable","arguments":{"name":"b0"}}' >/dev/null
+    "$nbdbackup" pull --json "$@" "nbd+unix:///$export?socket=$src_sock" \
+        "$data/t.qcow2" >"$data/pull.json"
+    stop src
     secs=$(printf '%.3f' "$(field seconds "$data/pull.json")")
     written=$(( $(field bytes_copied "$data/pull.json") + \
                 $(field bytes_zero "$data/pull.json") ))
@@ -224,23 +172,25 @@ done
 
 # --- (b) writer throughput ----------------------------------------
 
+# writer SETUP OP-ARGS...: run nbdload against SETUP (plain, one,
+# four), served as src; its JSON line into $data/j.
 writer () {
     local setup="$1"; shift
     rm -f "$bm"
     case "$setup" in
-    plain) serve file "$src" ;;
-    one)   serve --filter="$db" file "$src" dirtybitmap-file="$bm" \
+    plain) serve src file "$src" ;;
+    one)   serve src --filter="$db" file "$src" dirtybitmap-file="$bm" \
                dirtybitmap-add=a ;;
-    four)  serve --filter="$db" file "$src" dirtybitmap-file="$bm" \
+    four)  serve src --filter="$db" file "$src" dirtybitmap-file="$bm" \
                dirtybitmap-control="$socks/w.ctl" dirtybitmap-add=a \
                dirtybitmap-add=b
-           ctl="$socks/w.ctl"
-           control '{"execute":"block-dirty-bitmap-add","arguments":{"name":"c","granularity":4096}}' \
-                   '{"execute":"block-dirty-bitmap-add","arguments":{"name":"d","granularity":1048576}}' \
-                   >/dev/null ;;
+           control "$socks/w.ctl" \
+               '{"execute":"block-dirty-bitmap-add","arguments":{"name":"c","granularity":4096}}' \
+               '{"execute":"block-dirty-bitmap-add","arguments":{"name":"d","granularity":1048576}}' \
+               >/dev/null ;;
     esac
-    "$nbdload" --op write --seconds "$SECS" "$@" "$uri" >"$data/j"
-    stop
+    "$nbdload" --op write --seconds "$SECS" "$@" "$src_uri" >"$data/j"
+    stop src
     sync
 }
 
@@ -271,22 +221,24 @@ done
 
 # --- (c) memory per TiB -------------------------------------------
 
-rss () { awk '/^VmRSS/ { print $2 * 1024 }' "/proc/$server/status"; }
-serve --filter="$db" memory 1T dirtybitmap-control="$socks/m.ctl"
-ctl="$socks/m.ctl"
+# rss: the resident size of the server mem, in bytes.
+rss () { awk '/^VmRSS/ { print $2 * 1024 }' "/proc/$mem_pid/status"; }
+serve mem --filter="$db" memory 1T dirtybitmap-control="$socks/m.ctl"
 r0=$(rss)
-control '{"execute":"block-dirty-bitmap-add","arguments":{"name":"g64k"}}' >/dev/null
+control "$socks/m.ctl" \
+    '{"execute":"block-dirty-bitmap-add","arguments":{"name":"g64k"}}' >/dev/null
 r1=$(rss)
-control '{"execute":"block-dirty-bitmap-add","arguments":{"name":"g4k","granularity":4096}}' >/dev/null
+control "$socks/m.ctl" \
+    '{"execute":"block-dirty-bitmap-add","arguments":{"name":"g4k","granularity":4096}}' >/dev/null
 r2=$(rss)
-stop
-mib () { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1048576 }'; }
+stop mem
+# mib1 BYTES: MiB to one place (lib.sh's mib rounds to whole MiB).
+mib1 () { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1048576 }'; }
 out '\n(c) memory over a 1 TiB disk (server VmRSS)\n\n'
 out '%-36s %12s\n' "" "MiB"
-out '%-36s %12s\n' "filter, no bitmap" "$(mib "$r0")"
-out '%-36s %12s\n' "+ one 64K bitmap" "$(mib $(( r1 - r0 )))"
-out '%-36s %12s\n' "+ one 4K bitmap" "$(mib $(( r2 - r1 )))"
+out '%-36s %12s\n' "filter, no bitmap" "$(mib1 "$r0")"
+out '%-36s %12s\n' "+ one 64K bitmap" "$(mib1 $(( r1 - r0 )))"
+out '%-36s %12s\n' "+ one 4K bitmap" "$(mib1 $(( r2 - r1 )))"
 out '%-36s %12s\n' "(expected: disk / granularity / 8)" "2.0 and 32.0"
 
-out '\n# load at the end: %s\n' "$(cut -d' ' -f1-3 /proc/loadavg)"
-out 'results: %s\n' "${results#"$here/"}"
+results_close
