@@ -57,6 +57,7 @@ struct client {
   int fd;
   pthread_t thread;
   pthread_mutex_t write_lock;
+  bool greeted;                 /* Greeting sent: events may follow. */
   bool done;                    /* Thread finished; join and free. */
 };
 
@@ -508,12 +509,16 @@ control_emit_event (const char *name, json_object *data)
 
   pthread_mutex_lock (&server_lock);
   for (cl = clients; cl; cl = cl->next)
-    if (!cl->done)
+    if (cl->greeted && !cl->done)
       client_send (cl, s);
   pthread_mutex_unlock (&server_lock);
   json_object_put (o);
 }
 
+/* The greeting is the first line a client reads: it is sent, and the
+ * client marked as greeted, under the lock that control_emit_event
+ * holds, so that no event can come before it.
+ */
 static void
 greet (struct client *cl)
 {
@@ -524,8 +529,10 @@ greet (struct client *cl)
                           json_object_new_string (PACKAGE_VERSION));
   json_object_object_add (v, "filters", filters_array ());
   json_object_object_add (o, "nbdkit-backup", v);
-  client_send (cl, json_object_to_json_string_ext (o,
-                                                   JSON_OUT));
+  pthread_mutex_lock (&server_lock);
+  client_send (cl, json_object_to_json_string_ext (o, JSON_OUT));
+  cl->greeted = true;
+  pthread_mutex_unlock (&server_lock);
   json_object_put (o);
 }
 

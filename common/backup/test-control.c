@@ -5,16 +5,22 @@
 
 /* Unit tests for the control protocol's request handling: parse
  * errors, unknown commands, bad arguments, ids, and transactions that
- * commit all or nothing.
+ * commit all or nothing; and over a real socket, that the greeting is
+ * always the first line a client reads, even while events are sent.
  */
 
 #include <config.h>
 
 #undef NDEBUG
 #include <assert.h>
+#include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 
 #include "control.h"
 #include "gate.h"
@@ -87,6 +93,76 @@ static const struct control_action count_action = {
   .commit = count_commit,
   .abort = count_abort,
 };
+
+/* Events sent as fast as they can be, until told to stop. */
+static volatile bool emitting = true;
+
+static void *
+emit_loop (void *vp)
+{
+  while (emitting)
+    control_emit_event ("TEST_EVENT", NULL);
+  return NULL;
+}
+
+/* Connect to the socket at path and return its first line. */
+static char *
+first_line (const char *path)
+{
+  struct sockaddr_un addr = { .sun_family = AF_UNIX };
+  char *line = malloc (4096);
+  size_t n = 0;
+  int fd;
+
+  assert (line != NULL);
+  strcpy (addr.sun_path, path);
+  fd = socket (AF_UNIX, SOCK_STREAM, 0);
+  assert (fd >= 0);
+  assert (connect (fd, (struct sockaddr *) &addr, sizeof addr) == 0);
+  while (n < 4095) {
+    ssize_t r = read (fd, line + n, 1);
+    assert (r == 1);
+    if (line[n] == '\n')
+      break;
+    n++;
+  }
+  line[n] = '\0';
+  close (fd);
+  return line;
+}
+
+/* A client that connects while events are being sent reads the
+ * greeting first, never an event.
+ */
+static void
+test_greeting_first (void)
+{
+  char dir[] = "/tmp/test-control.XXXXXX";
+  char path[64];
+  pthread_t emitter;
+  int i;
+
+  assert (mkdtemp (dir) != NULL);
+  snprintf (path, sizeof path, "%s/ctl", dir);
+  assert (control_configure ("test-control", path) == 0);
+  assert (control_bind () == 0);
+  assert (control_start () == 0);
+  assert (pthread_create (&emitter, NULL, emit_loop, NULL) == 0);
+  for (i = 0; i < 200; ++i) {
+    char *line = first_line (path);
+    if (strncmp (line, "{\"nbdkit-backup\":", 17) != 0) {
+      fprintf (stderr, "client %d read first: %s\n", i, line);
+      abort ();
+    }
+    free (line);
+  }
+  emitting = false;
+  pthread_join (emitter, NULL);
+  control_stop ();
+  assert (access (path, F_OK) == -1);
+  assert (rmdir (dir) == 0);
+  printf ("greeting first: 200 clients ok\n");
+}
 
 int
 main (void)
@@ -166,6 +242,8 @@ main (void)
   r = call ("{\"execute\":\"query-status\"}");
   assert (strstr (r, "\"version\":\"" PACKAGE_VERSION "\""));
   free (r);
+
+  test_greeting_first ();
 
   printf ("test-control: ok\n");
   return 0;
