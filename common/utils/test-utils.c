@@ -123,6 +123,95 @@ test_publish (const char *dir)
   unlink (inc);
 }
 
+/* Hostile leftovers: FIFOs, symlinks, directories and devices where a
+ * regular file is expected are refused or removed, never followed or
+ * blocked on.
+ */
+static void
+test_hostile (const char *dir)
+{
+  CLEANUP_FREE char *victim = NULL, *link = NULL, *fifo = NULL;
+  CLEANUP_FREE char *sub = NULL, *fresh = NULL;
+  struct stat st;
+  char buf[16];
+  int fd;
+
+  assert (asprintf (&victim, "%s/victim", dir) > 0);
+  assert (asprintf (&link, "%s/link", dir) > 0);
+  assert (asprintf (&fifo, "%s/fifo", dir) > 0);
+  assert (asprintf (&sub, "%s/sub", dir) > 0);
+  assert (asprintf (&fresh, "%s/fresh", dir) > 0);
+
+  fd = open (victim, O_WRONLY | O_CREAT | O_EXCL, 0644);
+  assert (fd >= 0);
+  assert (write (fd, "precious", 8) == 8);
+  close (fd);
+  assert (symlink (victim, link) == 0);
+  assert (mkfifo (fifo, 0600) == 0);
+  assert (mkdir (sub, 0700) == 0);
+
+  /* Opening: a FIFO is refused at once (this would hang on a blocking
+   * open), a directory and a character device are refused, a symlink
+   * only with OPEN_NOFOLLOW, a missing file says ENOENT.
+   */
+  errno = 0;
+  assert (open_regular_file ("test", fifo, O_RDONLY, 0) == -1);
+  assert (errno == EINVAL);
+  assert (open_regular_file ("test", fifo, O_RDWR, 0) == -1);
+  assert (open_regular_file ("test", sub, O_RDONLY, 0) == -1);
+  assert (open_regular_file ("test", "/dev/null", O_RDONLY,
+                             OPEN_ALLOW_BLOCKDEV) == -1);
+  errno = 0;
+  assert (open_regular_file ("test", link, O_RDONLY, OPEN_NOFOLLOW) == -1);
+  assert (errno == ELOOP);
+  errno = 0;
+  assert (open_regular_file ("test", fresh, O_RDONLY, 0) == -1);
+  assert (errno == ENOENT);
+  fd = open_regular_file ("test", link, O_RDONLY, 0);
+  assert (fd >= 0);
+  assert (!(fcntl (fd, F_GETFL) & O_NONBLOCK));
+  assert (read (fd, buf, sizeof buf) == 8);
+  close (fd);
+
+  /* Creating over leftovers: the symlink and the FIFO are removed, not
+   * followed; the victim keeps its bytes; the new file is 0600.
+   */
+  fd = create_file_excl ("test", link, O_RDWR, 0600);
+  assert (fd >= 0);
+  assert (write (fd, "new", 3) == 3);
+  close (fd);
+  assert (lstat (link, &st) == 0 && S_ISREG (st.st_mode));
+  assert ((st.st_mode & 07777) == 0600);
+  fd = open (victim, O_RDONLY);
+  assert (fd >= 0 && read (fd, buf, sizeof buf) == 8);
+  assert (memcmp (buf, "precious", 8) == 0);
+  close (fd);
+  fd = create_file_excl ("test", fifo, O_WRONLY, 0600);
+  assert (fd >= 0);
+  close (fd);
+  assert (lstat (fifo, &st) == 0 && S_ISREG (st.st_mode));
+  errno = 0;
+  assert (create_file_excl ("test", sub, O_RDWR, 0600) == -1);
+  assert (errno == EISDIR);
+
+  /* Replacing: 0600, and a path that is not a regular file is left
+   * alone.
+   */
+  assert (replace_file_atomically (fresh, "x", 1) == 0);
+  assert (stat (fresh, &st) == 0 && (st.st_mode & 07777) == 0600);
+  unlink (link);
+  assert (symlink (victim, link) == 0);
+  errno = 0;
+  assert (replace_file_atomically (link, "x", 1) == -1);
+  assert (errno == EEXIST);
+  assert (lstat (link, &st) == 0 && S_ISLNK (st.st_mode));
+  assert (stat (victim, &st) == 0 && st.st_size == 8);
+
+  assert (strcmp (file_kind (S_IFIFO), "a FIFO") == 0);
+  unlink (victim); unlink (link); unlink (fifo); unlink (fresh);
+  rmdir (sub);
+}
+
 int
 main (void)
 {
@@ -165,6 +254,7 @@ main (void)
 
   unlink (path);
   test_publish (dir);
+  test_hostile (dir);
   rmdir (dir);
   assert (monotonic_seconds () > 0);
   test_parse ();
