@@ -37,6 +37,7 @@
 #include "parse.h"
 #include "chain.h"
 #include "copy.h"
+#include "disconnect.h"
 #include "nbdbackup.h"
 #include "source.h"
 #include "target.h"
@@ -358,9 +359,13 @@ do_pull (struct pull *p, struct copy_stats *stats)
   r = 0;
 
  out:
-  /* Close the handles before freeing the engine: libnbd may hold
+  /* Say goodbye to every server before hanging up (disconnect.c).
+   * Close the handles before freeing the engine: libnbd may hold
    * callbacks into it until then.
    */
+  if (tgt)
+    disconnect_all (tgt->nbd, tgt->nr_nbd, "target");
+  disconnect_all (src.nbd, src.nr_nbd, "source");
   if (tgt)
     tgt->ops->close (tgt);
   source_close (&src);
