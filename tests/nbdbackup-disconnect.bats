@@ -95,3 +95,27 @@ check_clean_disconnects () {
     check_clean_disconnects dst 2
     run -0 nbdinfo --size "$dst_uri"
 }
+
+@test "nbdbackup pull: a second signal stops waiting for a hung server" {
+    # Every read hangs for an hour: the requests in flight never end.
+    start_nbdkit src --filter=delay pattern 64G delay-read=3600
+    nbdbackup pull "$src_uri" "$d/out.img" 2>"$d/err" &
+    pid=$!
+    for _ in $(seq 1200); do
+        grep -aq 'delay: pread count=' "$BATS_TEST_TMPDIR/src.log" && break
+        sleep 0.1
+    done
+    kill -TERM "$pid"
+    # Once it has seen the first one (signals sent together merge).
+    for _ in $(seq 1200); do
+        grep -q 'interrupted by signal' "$d/err" && break
+        sleep 0.1
+    done
+    kill -TERM "$pid"
+    status=0; wait "$pid" || status=$?
+    cat "$d/err"
+    [ "$status" -eq 143 ]
+    grep -q 'interrupted by signal 15' "$d/err"
+    grep -q 'warning: giving up on [0-9]* request(s) in flight after a second signal' "$d/err"
+    [ ! -e "$d/out.img" ]
+}

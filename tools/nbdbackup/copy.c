@@ -615,8 +615,12 @@ drain_given_up (struct copy *c)
     c->drain_start = now;
   if (signal_count < 2 && now - c->drain_start < DRAIN_SECONDS)
     return false;
-  warning ("giving up on %u request(s) in flight after %s", c->busy,
-           signal_count >= 2 ? "a second signal" : "waiting for them");
+  if (signal_count >= 2)
+    warning ("giving up on %u request(s) in flight after a second signal",
+             c->busy);
+  else
+    warning ("giving up on %u request(s) in flight after %d seconds",
+             c->busy, DRAIN_SECONDS);
   return true;
 }
 
