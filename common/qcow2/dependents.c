@@ -271,10 +271,16 @@ qcow2_find_dependents (const char *path, char ***names, size_t *n)
   *names = NULL;
   *n = 0;
   if (stat (path, &st) == -1) {
-    if (errno == ENOENT)
-      return 0;
-    nbdkit_error ("%s: %m", path);
-    return -1;
+    if (errno != ENOENT) {
+      nbdkit_error ("%s: %m", path);
+      return -1;
+    }
+    *names = calloc (1, sizeof *list);
+    if (*names == NULL) {
+      nbdkit_error ("calloc: %m");
+      return -1;
+    }
+    return 0;
   }
   copy = strdup (path);
   if (copy == NULL) {
