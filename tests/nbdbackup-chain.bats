@@ -85,6 +85,12 @@ check_chain () {
     # Without an existing TARGET it is just a pull.
     run -0 nbdbackup pull --force-break-chain "$src_uri" "$d/new.qcow2"
     run -0 qemu-img compare -f raw -F qcow2 "$d/disk.img" "$d/new.qcow2"
+    # Never its own backing file, whatever the options.
+    sum="$(sha256sum <"$d/full.qcow2")"
+    run -1 nbdbackup pull --force-break-chain --backing=full.qcow2 \
+        "$src_uri" "$d/full.qcow2"
+    [ "$output" = "nbdbackup: --backing=full.qcow2 is $d/full.qcow2 itself: the new image would be its own backing file" ]
+    [ "$(sha256sum <"$d/full.qcow2")" = "$sum" ]
     # It is a file TARGET option.
     run -2 nbdbackup pull --force-break-chain "$src_uri" "$src_uri"
     [[ "$output" == *"--force-break-chain applies only to a file TARGET"* ]]

@@ -15,9 +15,11 @@
 
 #include <config.h>
 
+#include <libgen.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "cleanup.h"
 #include "dependents.h"
@@ -56,4 +58,35 @@ chain_check_replace (const char *path)
                 "%s (use --force-break-chain to do it anyway)",
                 path, list, n == 1 ? "it" : "them");
   return -1;
+}
+
+int
+chain_check_backing (const char *path, const char *backing)
+{
+  CLEANUP_FREE char *copy = NULL, *resolved = NULL;
+  struct stat st, bst;
+
+  if (stat (path, &st) == -1)
+    return 0;                   /* nothing there to be replaced */
+  copy = strdup (path);
+  if (copy == NULL) {
+    nbdkit_error ("strdup: %m");
+    return -1;
+  }
+  if (backing[0] == '/')
+    resolved = strdup (backing);
+  else if (asprintf (&resolved, "%s/%s", dirname (copy), backing) == -1)
+    resolved = NULL;
+  if (resolved == NULL) {
+    nbdkit_error ("malloc: %m");
+    return -1;
+  }
+  if (stat (resolved, &bst) == -1)
+    return 0;                   /* the qcow2 target reports it */
+  if (bst.st_dev == st.st_dev && bst.st_ino == st.st_ino) {
+    nbdkit_error ("--backing=%s is %s itself: the new image would be its "
+                  "own backing file", backing, path);
+    return -1;
+  }
+  return 0;
 }

@@ -14,4 +14,10 @@
  */
 extern int chain_check_replace (const char *path);
 
+/* Refuse a backing file name (relative to path's directory, as
+ * stored) that is the existing path itself: the new image would be
+ * its own backing file.  0 or -1 with the error reported.
+ */
+extern int chain_check_backing (const char *path, const char *backing);
+
 #endif /* NBDBACKUP_CHAIN_H */

@@ -313,7 +313,9 @@ do_pull (struct pull *p, struct copy_stats *stats)
 
   if (strcmp (p->format, "nbd") != 0 &&
       (file_target_check (p->target, p->file.force) == -1 ||
-       (!p->break_chain && chain_check_replace (p->target) == -1)))
+       (!p->break_chain && chain_check_replace (p->target) == -1) ||
+       (p->file.backing &&
+        chain_check_backing (p->target, p->file.backing) == -1)))
     return -1;
 
   if (source_open (&src, p->source, p->connections) == -1)
