@@ -51,13 +51,17 @@
  * nor written, so the overlay target reads them from its backing
  * file (the previous backup), and they count as "skipped".
  *
- * Errors.  The first error stops new work; requests in flight are
- * waited for, then copy_run returns -1.  If a connection dies, or a
- * signal arrives, the loop stops at once (requests in flight may
- * never complete) and the
- * engine's memory stays allocated until copy_free, which the caller
- * runs after closing every handle, because libnbd may still hold
- * callbacks that point at the slots until then.
+ * Errors and signals.  The first error, a connection that dies, or
+ * SIGINT/SIGTERM stops new work, and the requests in flight are
+ * waited for (a dead connection's are failed by libnbd at once) before
+ * copy_run returns -1, so that the caller can then say NBD_CMD_DISC on
+ * every connection.  Hanging up with requests in flight is what makes
+ * nbdkit 1.32.4 and 1.32.5 abort (nbdbackup(1), BUGS), and the server
+ * may be the live disk's.  The wait gives up after DRAIN_SECONDS, or
+ * at once on a second signal (the server may be what hangs); the
+ * engine's memory then stays allocated until copy_free, which the
+ * caller runs after closing every handle, because libnbd may still
+ * hold callbacks that point at the slots until then.
  */
 
 #include <config.h>
@@ -73,6 +77,7 @@
 
 #include <libnbd.h>
 
+#include "files.h"
 #include "iszero.h"
 #include "minmax.h"
 #include "nbdkit-stubs.h"
@@ -90,6 +95,11 @@
  * noticed.
  */
 #define POLL_MS 100
+
+/* How long to wait for the requests in flight after an error or a
+ * signal, before hanging up on them anyway.
+ */
+#define DRAIN_SECONDS 60
 
 enum slot_state { SLOT_FREE, SLOT_READING, SLOT_WRITING };
 
@@ -136,8 +146,11 @@ struct copy {
   uint64_t ext_end;             /* end of the extents in ext */
   uint64_t window_end;          /* end of the window asked for */
   bool failed;
+  bool interrupted;             /* the signal has been reported */
+  double drain_start;           /* when failed was seen busy, or 0 */
   struct copy_stats stats;
   struct pollfd *fds;           /* nr_handles */
+  bool *gone;                   /* nr_handles: connection dead (reported) */
 };
 
 static void
@@ -486,22 +499,28 @@ handle (struct copy *c, unsigned i, const char **what)
   return c->tgt->nbd[i - c->src->nr_nbd];
 }
 
-/* Wait for events on every connection and let libnbd handle them.
- * -1 if a connection failed: its requests will never complete.
+/* Wait for events on every live connection and let libnbd handle
+ * them.  -1 if a connection died (reported; libnbd fails its requests,
+ * the others go on), -2 if poll itself failed.
  */
 static int
 poll_once (struct copy *c)
 {
   const char *what;
   unsigned i;
+  int r = 0;
 
   for (i = 0; i < c->nr_handles; ++i) {
     struct nbd_handle *nbd = handle (c, i, &what);
-    unsigned dir = nbd_aio_get_direction (nbd);
+    unsigned dir;
 
-    c->fds[i].fd = nbd_aio_get_fd (nbd);
+    c->fds[i].fd = -1;          /* ignored by poll */
     c->fds[i].events = 0;
     c->fds[i].revents = 0;
+    if (c->gone[i])
+      continue;
+    dir = nbd_aio_get_direction (nbd);
+    c->fds[i].fd = nbd_aio_get_fd (nbd);
     if (dir & LIBNBD_AIO_DIRECTION_READ)
       c->fds[i].events |= POLLIN;
     if (dir & LIBNBD_AIO_DIRECTION_WRITE)
@@ -511,26 +530,29 @@ poll_once (struct copy *c)
     if (errno == EINTR)
       return 0;
     nbdkit_error ("poll: %m");
-    return -1;
+    return -2;
   }
   for (i = 0; i < c->nr_handles; ++i) {
     struct nbd_handle *nbd = handle (c, i, &what);
-    int r = 0;
+    int n = 0;
 
+    if (c->gone[i])
+      continue;
     if (c->fds[i].revents & (POLLIN | POLLHUP | POLLERR))
-      r = nbd_aio_notify_read (nbd);
+      n = nbd_aio_notify_read (nbd);
     else if (c->fds[i].revents & POLLOUT)
-      r = nbd_aio_notify_write (nbd);
-    if (r == -1) {
-      nbdkit_error ("%s: %s", what, nbd_get_error ());
-      return -1;
-    }
-    if (nbd_aio_is_dead (nbd) == 1 || nbd_aio_is_closed (nbd) == 1) {
-      nbdkit_error ("%s: the server closed the connection", what);
-      return -1;
+      n = nbd_aio_notify_write (nbd);
+    if (n == -1 || nbd_aio_is_dead (nbd) == 1 ||
+        nbd_aio_is_closed (nbd) == 1) {
+      if (n == -1)
+        nbdkit_error ("%s: %s", what, nbd_get_error ());
+      else
+        nbdkit_error ("%s: the server closed the connection", what);
+      c->gone[i] = true;
+      r = -1;
     }
   }
-  return 0;
+  return r;
 }
 
 struct copy *
@@ -553,8 +575,9 @@ copy_new (struct source *src, struct target *tgt,
   c->free_slots = calloc (c->nr_slots, sizeof *c->free_slots);
   c->ready = calloc (c->nr_slots, sizeof *c->ready);
   c->fds = calloc (c->nr_handles, sizeof *c->fds);
+  c->gone = calloc (c->nr_handles, sizeof *c->gone);
   if (c->slots == NULL || c->free_slots == NULL || c->ready == NULL ||
-      c->fds == NULL)
+      c->fds == NULL || c->gone == NULL)
     goto nomem;
   for (i = 0; i < c->nr_slots; ++i) {
     struct slot *slot = &c->slots[i];
@@ -580,20 +603,39 @@ copy_new (struct source *src, struct target *tgt,
   return NULL;
 }
 
+/* After the first error: true once waiting for the requests still in
+ * flight should stop (too long, or a second signal).
+ */
+static bool
+drain_given_up (struct copy *c)
+{
+  double now = monotonic_seconds ();
+
+  if (c->drain_start == 0)
+    c->drain_start = now;
+  if (signal_count < 2 && now - c->drain_start < DRAIN_SECONDS)
+    return false;
+  if (signal_count >= 2)
+    warning ("giving up on %u request(s) in flight after a second signal",
+             c->busy);
+  else
+    warning ("giving up on %u request(s) in flight after %d seconds",
+             c->busy, DRAIN_SECONDS);
+  return true;
+}
+
 int
 copy_run (struct copy *c, struct copy_stats *stats)
 {
   progress_start (c->stats.total, c->opts.progress);
   for (;;) {
-    /* On a signal, stop at once, without waiting for requests in
-     * flight: the server may be what hangs.
-     */
-    if (interrupted_by != 0) {
+    /* A signal stops new work like an error does. */
+    if (interrupted_by != 0 && !c->interrupted) {
+      c->interrupted = true;
       if (!c->failed)
         nbdkit_error ("interrupted by signal %d (%s)",
                       (int) interrupted_by, strsignal (interrupted_by));
       c->failed = true;
-      break;
     }
     /* Block status inside fill may complete reads: drain again. */
     do {
@@ -604,12 +646,19 @@ copy_run (struct copy *c, struct copy_stats *stats)
 
     if (c->busy == 0 && (c->failed || c->next >= c->src->size))
       break;
-    progress_update (c->stats.copied + c->stats.zero + c->stats.skipped);
-    if (poll_once (c) == -1) {
-      c->failed = true;
+    if (c->failed && drain_given_up (c))
       break;                    /* abandon what is in flight */
+    progress_update (c->stats.copied + c->stats.zero + c->stats.skipped);
+    switch (poll_once (c)) {
+    case -1:                    /* a connection died: drain the others */
+      c->failed = true;
+      break;
+    case -2:
+      c->failed = true;
+      goto out;
     }
   }
+ out:
   progress_end ();
 
   *stats = c->stats;
@@ -640,5 +689,6 @@ copy_free (struct copy *c)
   free (c->ready);
   free (c->ext);
   free (c->fds);
+  free (c->gone);
   free (c);
 }

@@ -21,9 +21,11 @@
  * messages ("nbdbackup pull: unrecognized option '--bad'") name it.
  *
  * Signals: SIGINT and SIGTERM only set a flag.  The subcommand
- * notices, stops, leaves its target visibly incomplete and returns;
- * main then re-raises the signal with the default action, so the
- * caller sees "killed by SIGINT" (status 130 in a shell) as usual.
+ * notices, stops, waits for its requests in flight, says goodbye to
+ * every NBD server (NBD_CMD_DISC), leaves its target visibly
+ * incomplete and returns; a second signal stops the waiting.  main
+ * then re-raises the signal with the default action, so the caller
+ * sees "killed by SIGINT" (status 130 in a shell) as usual.
  */
 
 #include <config.h>
@@ -62,12 +64,15 @@ static const struct subcommand subcommands[] = {
 };
 
 volatile sig_atomic_t interrupted_by = 0;
+volatile sig_atomic_t signal_count = 0;
 
 static void
 on_signal (int sig)
 {
   if (interrupted_by == 0)
     interrupted_by = sig;
+  if (signal_count < 2)
+    signal_count++;
 }
 
 void

@@ -136,6 +136,11 @@ extern void warning (const char *fs, ...)
  */
 extern volatile sig_atomic_t interrupted_by;
 
+/* How many of those signals arrived (counts up to 2): a second one
+ * means "stop waiting, now".
+ */
+extern volatile sig_atomic_t signal_count;
+
 /* Catch SIGINT and SIGTERM (without SA_RESTART, so poll returns). */
 extern void catch_signals (void);
 

@@ -35,7 +35,9 @@
 #include "nbd-uri.h"
 #include "nbdkit-stubs.h"
 #include "parse.h"
+#include "chain.h"
 #include "copy.h"
+#include "disconnect.h"
 #include "nbdbackup.h"
 #include "source.h"
 #include "target.h"
@@ -58,6 +60,7 @@ struct pull {
   const char *target;
   const char *format;           /* "raw", "qcow2" or "nbd" */
   struct file_target_options file;
+  bool break_chain;             /* --force-break-chain */
   unsigned connections;
   struct copy_options copy;
   bool json;
@@ -87,7 +90,12 @@ pull_usage (const char *cmd)
           "                            directory (default: none)\n"
           "  -F, --backing-format=raw|qcow2\n"
           "                            format of FILE (default: probed)\n"
-          "      --force               replace an existing TARGET\n"
+          "      --force               replace an existing TARGET, unless "
+          "qcow2\n"
+          "                            images beside it use it as backing "
+          "file\n"
+          "      --force-break-chain   replace it even then (breaks those "
+          "images)\n"
           "      --incremental         copy only what SOURCE-URI reports as "
           "allocated\n"
           "                            (e.g. a dirty:BITMAP export) into a "
@@ -140,7 +148,7 @@ parse_options (int argc, char *argv[], struct pull *p)
 {
   enum {
     OPT_CLUSTER_SIZE = 256, OPT_FORCE, OPT_CHUNK, OPT_PROGRESS,
-    OPT_NO_PROGRESS, OPT_JSON, OPT_INCREMENTAL,
+    OPT_NO_PROGRESS, OPT_JSON, OPT_INCREMENTAL, OPT_FORCE_BREAK_CHAIN,
   };
   static const char short_options[] = "b:C:F:f:hR:v";
   static const struct option long_options[] = {
@@ -150,6 +158,7 @@ parse_options (int argc, char *argv[], struct pull *p)
     { "cluster-size",   required_argument, NULL, OPT_CLUSTER_SIZE },
     { "connections",    required_argument, NULL, 'C' },
     { "force",          no_argument,       NULL, OPT_FORCE },
+    { "force-break-chain", no_argument,    NULL, OPT_FORCE_BREAK_CHAIN },
     { "format",         required_argument, NULL, 'f' },
     { "help",           no_argument,       NULL, 'h' },
     { "incremental",    no_argument,       NULL, OPT_INCREMENTAL },
@@ -195,6 +204,9 @@ parse_options (int argc, char *argv[], struct pull *p)
       break;
     case OPT_FORCE:
       p->file.force = true;
+      break;
+    case OPT_FORCE_BREAK_CHAIN:
+      p->file.force = p->break_chain = true;
       break;
     case OPT_INCREMENTAL:
       p->copy.skip_holes = true;
@@ -252,6 +264,7 @@ parse_options (int argc, char *argv[], struct pull *p)
     else if (p->file.cluster_size)    opt = "--cluster-size";
     else if (p->file.backing)         opt = "--backing";
     else if (p->file.backing_format)  opt = "--backing-format";
+    else if (p->break_chain)          opt = "--force-break-chain";
     else if (p->file.force)           opt = "--force";
     if (opt)
       return usage_error (cmd, "%s applies only to a file TARGET, and "
@@ -299,7 +312,10 @@ do_pull (struct pull *p, struct copy_stats *stats)
   int r = -1;
 
   if (strcmp (p->format, "nbd") != 0 &&
-      file_target_check (p->target, p->file.force) == -1)
+      (file_target_check (p->target, p->file.force) == -1 ||
+       (!p->break_chain && chain_check_replace (p->target) == -1) ||
+       (p->file.backing &&
+        chain_check_backing (p->target, p->file.backing) == -1)))
     return -1;
 
   if (source_open (&src, p->source, p->connections) == -1)
@@ -345,9 +361,13 @@ do_pull (struct pull *p, struct copy_stats *stats)
   r = 0;
 
  out:
-  /* Close the handles before freeing the engine: libnbd may hold
+  /* Say goodbye to every server before hanging up (disconnect.c).
+   * Close the handles before freeing the engine: libnbd may hold
    * callbacks into it until then.
    */
+  if (tgt)
+    disconnect_all (tgt->nbd, tgt->nr_nbd, "target");
+  disconnect_all (src.nbd, src.nr_nbd, "source");
   if (tgt)
     tgt->ops->close (tgt);
   source_close (&src);
