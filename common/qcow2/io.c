@@ -79,6 +79,12 @@ check_request (struct qcow2_image *img, uint32_t count, uint64_t offset,
     *err = EROFS;
     return -1;
   }
+  if (write && __atomic_load_n (&img->corrupt, __ATOMIC_RELAXED)) {
+    nbdkit_error ("%s: the image was marked corrupt; not writing",
+                  img->path);
+    *err = EIO;
+    return -1;
+  }
   if (offset > img->size || count > img->size - offset) {
     nbdkit_error ("%s: request beyond the end of the disk", img->path);
     *err = EINVAL;
@@ -126,6 +132,9 @@ qcow2_pread (struct qcow2_image *img, void *bufv, uint32_t count,
     {
       ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&img->lock);
       n = l2_lookup (img, vc, MIN (span, (uint64_t) LOOKUP_MAX), entries, err);
+      for (run = 0; n > 0 && run < (uint64_t) n; ++run)
+        if (meta_check_read (img, (vc + run) * cs, entries[run], err) == -1)
+          return -1;
     }
     if (n == -1)
       return -1;
@@ -186,6 +195,8 @@ read_old_cluster (struct qcow2_image *img, uint64_t vc, uint64_t e,
 {
   uint64_t cs = img->cluster_size;
 
+  if (meta_check_read (img, vc * cs, e, err) == -1)
+    return -1;
   switch (kind_of (img, e)) {
   case CLUSTER_UNALLOCATED:
     return backing_pread (img, c, cs, vc * cs, err);
@@ -229,6 +240,8 @@ write_cluster_slow (struct qcow2_image *img, uint64_t vc,
   host = e & QCOW2_OFFSET_MASK;
   if (k == CLUSTER_NORMAL && (e & QCOW2_OFLAG_COPIED)) {
     /* Someone allocated it meanwhile. */
+    if (meta_check_write (img, vc * cs + in, host + in, len, err) == -1)
+      return -1;
     if (buf)
       return full_pwrite (img->fd, buf, len, host + in) == -1 ?
         (*err = errno, nbdkit_error ("%s: write: %m", img->path), -1) : 0;
@@ -260,6 +273,8 @@ write_cluster_slow (struct qcow2_image *img, uint64_t vc,
     if (host == 0)
       return -1;
   }
+  if (meta_check_write (img, vc * cs + in, host, cs, err) == -1)
+    return -1;
   if (full_pwrite (img->fd, c, cs, host) == -1) {
     *err = errno;
     nbdkit_error ("%s: write: %m", img->path);
@@ -303,15 +318,19 @@ do_pwrite (struct qcow2_image *img, const unsigned char *buf,
           return -1;
         goto next;
       }
+      /* Fast path: owned clusters, contiguous on the host, none of
+       * them metadata.
+       */
+      host = entries[0] & QCOW2_OFFSET_MASK;
+      for (run = 1; run < (uint64_t) n; ++run)
+        if (kind_of (img, entries[run]) != CLUSTER_NORMAL ||
+            !(entries[run] & QCOW2_OFLAG_COPIED) ||
+            (entries[run] & QCOW2_OFFSET_MASK) != host + run * cs)
+          break;
+      len = MIN (run * cs - in, (uint64_t) count);
+      if (meta_check_write (img, offset, host + in, len, err) == -1)
+        return -1;
     }
-    /* Fast path: owned clusters, contiguous on the host. */
-    host = entries[0] & QCOW2_OFFSET_MASK;
-    for (run = 1; run < (uint64_t) n; ++run)
-      if (kind_of (img, entries[run]) != CLUSTER_NORMAL ||
-          !(entries[run] & QCOW2_OFLAG_COPIED) ||
-          (entries[run] & QCOW2_OFFSET_MASK) != host + run * cs)
-        break;
-    len = MIN (run * cs - in, (uint64_t) count);
     if (buf) {
       if (full_pwrite (img->fd, buf, len, host + in) == -1) {
         *err = errno;

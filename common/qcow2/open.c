@@ -45,6 +45,7 @@ free_image (struct qcow2_image *img)
   free (img->l1);
   free (img->rt);
   free (img->pending_free);
+  free (img->meta);
   free (img->backing_name);
   free (img->backing_format_name);
   free (img->path);
@@ -147,7 +148,7 @@ qcow2_open_depth (const char *path, const struct qcow2_open_options *opts,
                   "supported (open it read-only)", path);
     goto err;
   }
-  if (qcow2_load_tables (img, st.st_size) == -1)
+  if (qcow2_load_tables (img, st.st_size) == -1 || meta_init (img) == -1)
     goto err;
   if (cache_init (&img->l2_cache, cache_slots (img->cluster_size, 256),
                   img->cluster_size) == -1 ||
