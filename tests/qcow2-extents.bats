@@ -105,3 +105,27 @@ serve () {
     # zeros; the raw file's holes and what lies past its end too.
     grep -q "^$((10 * 65536)) .* 3$" want.map
 }
+
+@test "qcow2 extents: preallocated images map as over qemu-nbd" {
+    requires qemu-nbd
+    # With metadata preallocation qemu-nbd reads the clusters that are
+    # holes in the file as ZERO (not HOLE); falloc is plain data.
+    for o in preallocation=metadata preallocation=metadata,cluster_size=4096 \
+             preallocation=falloc; do
+        rm -f p.qcow2
+        qemu-img create -q -f qcow2 -o "$o" p.qcow2 4M
+        fill_image p.qcow2 $((4 * 1024 * 1024))
+        nbdinfo --map -- [ qemu-nbd -f qcow2 p.qcow2 ] | merge_nbdinfo > want.map
+        nbdkit -U - "$QCOW2_PLUGIN" file=p.qcow2 readonly=true \
+            --run 'nbdinfo --map "$uri"' | merge_nbdinfo > got.map
+        echo "$o"; cat want.map
+        diff -u want.map got.map
+        qemu-img map --output=json p.qcow2 | merge_map > want.json
+        nbdkit -U - "$QCOW2_PLUGIN" file=p.qcow2 readonly=true \
+            --run 'qemu-img map --output=json -f raw "$uri"' |
+            merge_map > got.json
+        diff -u want.json got.json
+        # Metadata preallocation has data that reads as zeros.
+        [[ "$o" != *metadata* ]] || grep -q ' 2$' want.map
+    done
+}

@@ -128,6 +128,11 @@ struct qcow2_image {
    * overwritten metadata: no write is done after that.
    */
   bool corrupt;
+
+  /* Whether the image is preallocated with metadata only (io.c),
+   * decided at the first block status.  Protected by the lock.
+   */
+  bool prealloc_checked, prealloc;
 };
 
 /* header.c */

@@ -20,7 +20,9 @@
  * a raw backing file), HOLE|ZERO wherever the chain reads as zeros
  * (zero clusters, allocated or not; clusters unallocated everywhere;
  * holes of a raw backing file; past the end of a shorter backing
- * file).  A HOLE without ZERO would tell QEMU "unallocated: zeros",
+ * file), and ZERO alone where a preallocated image's data cluster
+ * is a hole in the file (qemu-nbd's reading of metadata preallocation).
+ * A HOLE without ZERO would tell QEMU "unallocated: zeros",
  * which is false over a backing file.  Which clusters the top image
  * itself holds (for cbw's sync=top) is offered to the filters of this
  * process through libnbdkit-backup's registry instead (see
@@ -411,6 +413,8 @@ qcow2_extents_cb (void *handle, uint32_t count, uint64_t offset,
     }
     if (!(bs & QCOW2_BS_DATA))
       type = NBDKIT_EXTENT_HOLE | NBDKIT_EXTENT_ZERO;
+    else if (bs & QCOW2_BS_ZERO)
+      type = NBDKIT_EXTENT_ZERO;        /* a hole in a preallocated image */
     if (nbdkit_add_extent (extents, offset, len, type) == -1)
       return -1;
     if (flags & NBDKIT_FLAG_REQ_ONE)
