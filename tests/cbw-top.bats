@@ -110,3 +110,35 @@ make_chain () {
     run -0 qemu-img compare "$d/backup.qcow2" "$d/snap.qcow2"
     diff <(top_clusters "$d/backup.qcow2") <(top_clusters "$d/snap.qcow2")
 }
+
+@test "cbw-top: the qcow2 plugin's top layer, not its extents, decides" {
+    requires jq
+    make_chain 4
+    # The export's extents say data over all of base.img (that is what
+    # the chain reads as), yet only the top's clusters are protected.
+    run -0 nbdkit -U - "$qcow2" file="$d/top.qcow2" readonly=true \
+        --run 'nbdinfo --map "$uri"'
+    echo "$output"
+    [[ "$output" != *hole* || "$output" == *zero* ]]
+    run -0 nbdkit -U - --filter="$cbw" "$qcow2" file="$d/top.qcow2" \
+        cbw-sync=top cbw-target="$d/backup.qcow2" \
+        cbw-target-backing=base.img cbw-status="$d/status.json" \
+        --run "'$abs_top_srcdir/tests/wait-for-job' '$d/status.json'"
+    cat "$d/status.json"
+    grep -q '"state":"completed"' "$d/status.json"
+    total=$(jq .bytes_total "$d/status.json")
+    [ "$total" -eq "$(( $(top_clusters "$d/snap.qcow2" | wc -l) * 65536 ))" ]
+    run -0 qemu-img compare "$d/backup.qcow2" "$d/snap.qcow2"
+}
+
+@test "cbw-top: a filter that resizes the qcow2 plugin's disk is refused" {
+    make_chain 6
+    run nbdkit -U - --filter="$cbw" --filter=truncate "$qcow2" \
+        file="$d/top.qcow2" truncate=15M cbw-sync=top \
+        cbw-target="$d/backup.qcow2" cbw-target-backing=base.img \
+        cbw-status="$d/status.json" --run true
+    echo "$output"
+    grep -q '"state":"failed"' "$d/status.json"
+    [[ "$output" == *"sync=top: the qcow2 image $d/top.qcow2 is 16777216 bytes but the disk below cbw is 15728640 bytes: a filter in between changes the disk, so the top layer's allocation cannot be used"* ]]
+    [ ! -e "$d/backup.qcow2" ]
+}

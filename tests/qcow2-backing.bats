@@ -108,3 +108,39 @@ serve () {
     [ "$status" -ne 0 ]
     [[ "$output" == *"backing file 'gone.qcow2': No such file or directory"* ]]
 }
+
+# A FIFO is refused at once: opening one for reading would wait for a
+# writer forever.  timeout only bounds a regression (a hang fails the
+# test after a minute instead of stalling the suite).
+@test "qcow2: a FIFO as a backing file is refused, without hanging" {
+    mkfifo img/fifo.raw
+    qemu-img create -q -f qcow2 -u -b fifo.raw -F raw img/top.qcow2 1M
+    run timeout 60 nbdkit -U - "$QCOW2_PLUGIN" file=img/top.qcow2 \
+        readonly=true --run true
+    echo "$output"
+    [ "$status" -eq 1 ]
+    [[ "$output" == *"backing file $PWD/img/fifo.raw: is a FIFO, not a regular file or block device"* ]]
+
+    # And as backing= on purpose.
+    run timeout 60 nbdkit -U - "$QCOW2_PLUGIN" file=img/alt.qcow2 \
+        backing=img/fifo.raw readonly=true --run true
+    echo "$output"
+    [ "$status" -eq 1 ]
+    [[ "$output" == *"backing file $PWD/img/fifo.raw: is a FIFO, not a regular file or block device"* ]]
+}
+
+@test "qcow2: a FIFO as file= is refused, without hanging" {
+    mkfifo img/fifo.qcow2
+    for ro in true false; do
+        run timeout 60 nbdkit -U - "$QCOW2_PLUGIN" file=img/fifo.qcow2 \
+            readonly=$ro --run true
+        echo "$output"
+        [ "$status" -eq 1 ]
+        [[ "$output" == *"qcow2 image $PWD/img/fifo.qcow2: is a FIFO, not a regular file or block device"* ]]
+    done
+    # A directory is no image either.
+    run nbdkit -U - "$QCOW2_PLUGIN" file=img/sub readonly=true --run true
+    echo "$output"
+    [ "$status" -eq 1 ]
+    [[ "$output" == *"qcow2 image $PWD/img/sub: is a directory, not a regular file or block device"* ]]
+}

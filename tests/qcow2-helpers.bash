@@ -41,22 +41,23 @@ read_matches () {
     cmp "$want" "$got"
 }
 
-# Sample the allocation map every STEP bytes: "alloc zero" per line.
-# From qemu-img map: allocated in the top image = depth 0 and present.
+# Sample the map every STEP bytes: "offset data zero" per line, from
+# qemu-img map of the image file (the whole chain, as qemu-nbd and so
+# the plugin's base:allocation describe it).
 qemu_map_samples () {
     local img="$1" size="$2" step="$3"
     qemu-img map --output=json "$img" | awk -v size="$size" -v step="$step" '
         function num(k,   m) { match($0, "\"" k "\": [0-9]+"); return substr($0, RSTART + length(k) + 4, RLENGTH - length(k) - 4) + 0 }
         function flag(k) { return index($0, "\"" k "\": true") > 0 }
         /"start"/ {
-            s = num("start"); l = num("length"); d = num("depth");
-            a = (d == 0 && flag("present")) ? 1 : 0; z = flag("zero") ? 1 : 0;
+            s = num("start"); l = num("length");
+            a = flag("data") ? 1 : 0; z = flag("zero") ? 1 : 0;
             for (o = s - s % step; o < s + l; o += step) if (o >= s) { A[o] = a; Z[o] = z }
         }
         END { for (o = 0; o < size; o += step) print o, A[o], Z[o] }'
 }
 
-# The same from nbdinfo --map over the plugin (HOLE = not allocated).
+# The same from nbdinfo --map over the plugin (data = not HOLE).
 nbd_map_samples () {
     local uri="$1" size="$2" step="$3"
     nbdinfo --map "$uri" | awk -v size="$size" -v step="$step" '

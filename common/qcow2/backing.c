@@ -40,6 +40,7 @@
 #include <nbdkit-plugin.h>
 
 #include "cleanup.h"
+#include "files.h"
 #include "minmax.h"
 #include "qcow2-internal.h"
 
@@ -174,11 +175,13 @@ qcow2_open_backing (struct qcow2_image *img,
     return -1;
   }
 
-  fd = open (path, O_RDONLY | O_CLOEXEC);
-  if (fd == -1) {
-    nbdkit_error ("open: %s: %m", path);
+  /* A raw backing file may be a block device; a FIFO or anything else
+   * is refused without blocking.
+   */
+  fd = open_regular_file ("backing file", path, O_RDONLY,
+                          OPEN_ALLOW_BLOCKDEV);
+  if (fd == -1)
     return -1;
-  }
   isq = probe_format (fmt, fd, path);
   if (isq == -1) {
     close (fd);
@@ -200,6 +203,16 @@ qcow2_open_backing (struct qcow2_image *img,
   if (qcow2_chain_add (chain, fd, path) == -1 || fstat (fd, &st) == -1) {
     close (fd);
     return -1;
+  }
+  if (S_ISBLK (st.st_mode)) {
+    /* A block device's size is where its end is. */
+    off_t end = lseek (fd, 0, SEEK_END);
+    if (end == -1) {
+      nbdkit_error ("lseek: %s: %m", path);
+      close (fd);
+      return -1;
+    }
+    st.st_size = end;
   }
   img->backing_fd = fd;
   img->backing_size = st.st_size;

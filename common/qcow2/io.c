@@ -49,6 +49,7 @@
 #include <string.h>
 #include <errno.h>
 #include <unistd.h>
+#include <sys/stat.h>
 
 #include <nbdkit-plugin.h>
 
@@ -77,6 +78,12 @@ check_request (struct qcow2_image *img, uint32_t count, uint64_t offset,
   if (write && img->readonly) {
     nbdkit_error ("%s: image is read-only", img->path);
     *err = EROFS;
+    return -1;
+  }
+  if (write && __atomic_load_n (&img->corrupt, __ATOMIC_RELAXED)) {
+    nbdkit_error ("%s: the image was marked corrupt; not writing",
+                  img->path);
+    *err = EIO;
     return -1;
   }
   if (offset > img->size || count > img->size - offset) {
@@ -126,6 +133,9 @@ qcow2_pread (struct qcow2_image *img, void *bufv, uint32_t count,
     {
       ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&img->lock);
       n = l2_lookup (img, vc, MIN (span, (uint64_t) LOOKUP_MAX), entries, err);
+      for (run = 0; n > 0 && run < (uint64_t) n; ++run)
+        if (meta_check_read (img, (vc + run) * cs, entries[run], err) == -1)
+          return -1;
     }
     if (n == -1)
       return -1;
@@ -186,6 +196,8 @@ read_old_cluster (struct qcow2_image *img, uint64_t vc, uint64_t e,
 {
   uint64_t cs = img->cluster_size;
 
+  if (meta_check_read (img, vc * cs, e, err) == -1)
+    return -1;
   switch (kind_of (img, e)) {
   case CLUSTER_UNALLOCATED:
     return backing_pread (img, c, cs, vc * cs, err);
@@ -229,6 +241,8 @@ write_cluster_slow (struct qcow2_image *img, uint64_t vc,
   host = e & QCOW2_OFFSET_MASK;
   if (k == CLUSTER_NORMAL && (e & QCOW2_OFLAG_COPIED)) {
     /* Someone allocated it meanwhile. */
+    if (meta_check_write (img, vc * cs + in, host + in, len, err) == -1)
+      return -1;
     if (buf)
       return full_pwrite (img->fd, buf, len, host + in) == -1 ?
         (*err = errno, nbdkit_error ("%s: write: %m", img->path), -1) : 0;
@@ -260,6 +274,8 @@ write_cluster_slow (struct qcow2_image *img, uint64_t vc,
     if (host == 0)
       return -1;
   }
+  if (meta_check_write (img, vc * cs + in, host, cs, err) == -1)
+    return -1;
   if (full_pwrite (img->fd, c, cs, host) == -1) {
     *err = errno;
     nbdkit_error ("%s: write: %m", img->path);
@@ -303,15 +319,19 @@ do_pwrite (struct qcow2_image *img, const unsigned char *buf,
           return -1;
         goto next;
       }
+      /* Fast path: owned clusters, contiguous on the host, none of
+       * them metadata.
+       */
+      host = entries[0] & QCOW2_OFFSET_MASK;
+      for (run = 1; run < (uint64_t) n; ++run)
+        if (kind_of (img, entries[run]) != CLUSTER_NORMAL ||
+            !(entries[run] & QCOW2_OFLAG_COPIED) ||
+            (entries[run] & QCOW2_OFFSET_MASK) != host + run * cs)
+          break;
+      len = MIN (run * cs - in, (uint64_t) count);
+      if (meta_check_write (img, offset, host + in, len, err) == -1)
+        return -1;
     }
-    /* Fast path: owned clusters, contiguous on the host. */
-    host = entries[0] & QCOW2_OFFSET_MASK;
-    for (run = 1; run < (uint64_t) n; ++run)
-      if (kind_of (img, entries[run]) != CLUSTER_NORMAL ||
-          !(entries[run] & QCOW2_OFLAG_COPIED) ||
-          (entries[run] & QCOW2_OFFSET_MASK) != host + run * cs)
-        break;
-    len = MIN (run * cs - in, (uint64_t) count);
     if (buf) {
       if (full_pwrite (img->fd, buf, len, host + in) == -1) {
         *err = errno;
@@ -549,10 +569,64 @@ qcow2_flush (struct qcow2_image *img, int *err)
   return 0;
 }
 
+/* Whether the image looks preallocated with metadata only: many more
+ * clusters are counted than the file has blocks.  QEMU decides this
+ * once per open, the same way, and then reports normal clusters whose
+ * host range is a hole in the file as zeros; so do we, so that the
+ * extents match qemu-nbd's.  Caller holds the lock.
+ */
+static bool
+metadata_preallocated (struct qcow2_image *img)
+{
+  struct stat st;
+  uint64_t real, threshold, counted = 0, hc, end, rc;
+
+  if (img->prealloc_checked)
+    return img->prealloc;
+  img->prealloc_checked = true;
+  if (fstat (img->fd, &st) == -1 || !S_ISREG (st.st_mode))
+    return false;
+  real = (uint64_t) st.st_blocks * 512 / img->cluster_size;
+  threshold = MAX (real * 10 / 9, real + 2);
+  end = DIV_ROUND_UP ((uint64_t) st.st_size, img->cluster_size);
+  for (hc = 0; hc < end && counted < threshold; ++hc) {
+    if (refcount_get (img, hc, &rc) == -1)
+      return false;
+    counted += rc != 0;
+  }
+  img->prealloc = counted >= threshold;
+  if (img->prealloc)
+    nbdkit_debug ("%s: metadata preallocation: holes in the file read "
+                  "as zeros", img->path);
+  return img->prealloc;
+}
+
+/* A run of host-contiguous normal clusters at host offset pos of
+ * length *len, in a metadata-preallocated image: shorten *len to the
+ * first hole or data boundary; true if that part is a hole (zeros).
+ */
+static bool
+host_hole (struct qcow2_image *img, uint64_t pos, uint64_t *len)
+{
+  off_t d = lseek (img->fd, pos, SEEK_DATA), h;
+
+  if (d == -1)
+    return errno == ENXIO;      /* past the last data: zeros */
+  if ((uint64_t) d > pos) {
+    *len = MIN (*len, (uint64_t) d - pos);
+    return true;
+  }
+  h = lseek (img->fd, pos, SEEK_HOLE);
+  if (h != -1 && (uint64_t) h > pos)
+    *len = MIN (*len, (uint64_t) h - pos);
+  return false;
+}
+
 int
 qcow2_block_status (struct qcow2_image *img, uint32_t count, uint64_t offset,
                     uint64_t *lenp, unsigned *flags, int *err)
 {
+  bool prealloc;
   uint64_t entries[LOOKUP_MAX];
   uint64_t cs = img->cluster_size;
   uint64_t vc = offset >> img->cluster_bits, in = offset & (cs - 1);
@@ -571,13 +645,24 @@ qcow2_block_status (struct qcow2_image *img, uint32_t count, uint64_t offset,
   {
     ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&img->lock);
     n = l2_lookup (img, vc, MIN (span, (uint64_t) LOOKUP_MAX), entries, err);
+    prealloc = n > 0 && metadata_preallocated (img);
   }
   if (n == -1)
     return -1;
   k = kind_of (img, entries[0]);
   for (run = 1; run < (uint64_t) n; ++run) {
     enum cluster_kind k2 = kind_of (img, entries[run]);
-    bool same = k2 == k ||
+    bool same;
+
+    if (prealloc && k == CLUSTER_NORMAL) {
+      /* Host holes are looked up in one contiguous run. */
+      if (k2 != CLUSTER_NORMAL ||
+          (entries[run] & QCOW2_OFFSET_MASK) !=
+          (entries[0] & QCOW2_OFFSET_MASK) + run * cs)
+        break;
+      continue;
+    }
+    same = k2 == k ||
       ((k2 == CLUSTER_ZERO || k2 == CLUSTER_ZERO_ALLOC) &&
        (k == CLUSTER_ZERO || k == CLUSTER_ZERO_ALLOC)) ||
       ((k2 == CLUSTER_NORMAL || k2 == CLUSTER_COMPRESSED) &&
@@ -600,6 +685,9 @@ qcow2_block_status (struct qcow2_image *img, uint32_t count, uint64_t offset,
   case CLUSTER_NORMAL:
   case CLUSTER_COMPRESSED:
     *flags = QCOW2_BS_ALLOCATED | QCOW2_BS_DATA;
+    if (prealloc && k == CLUSTER_NORMAL &&
+        host_hole (img, (entries[0] & QCOW2_OFFSET_MASK) + in, &len))
+      *flags |= QCOW2_BS_ZERO;
     break;
   }
   *lenp = len;

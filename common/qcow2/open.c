@@ -19,6 +19,7 @@
 
 #include <nbdkit-plugin.h>
 
+#include "files.h"
 #include "minmax.h"
 #include "rounding.h"
 #include "qcow2-internal.h"
@@ -44,6 +45,7 @@ free_image (struct qcow2_image *img)
   free (img->l1);
   free (img->rt);
   free (img->pending_free);
+  free (img->meta);
   free (img->backing_name);
   free (img->backing_format_name);
   free (img->path);
@@ -85,17 +87,16 @@ qcow2_open_depth (const char *path, const struct qcow2_open_options *opts,
     nbdkit_error ("strdup: %m");
     goto err;
   }
-  img->fd = open (path, (img->readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC);
-  if (img->fd == -1) {
-    nbdkit_error ("open: %s: %m", path);
+  /* Never blocks on a FIFO (a backing file named by an image could be
+   * one); anything but a regular file or a block device is refused.
+   */
+  img->fd = open_regular_file (depth == 0 ? "qcow2 image" : "backing file",
+                               path, img->readonly ? O_RDONLY : O_RDWR,
+                               OPEN_ALLOW_BLOCKDEV);
+  if (img->fd == -1)
     goto err;
-  }
   if (fstat (img->fd, &st) == -1) {
     nbdkit_error ("fstat: %s: %m", path);
-    goto err;
-  }
-  if (!S_ISREG (st.st_mode) && !S_ISBLK (st.st_mode)) {
-    nbdkit_error ("%s: not a regular file or block device", path);
     goto err;
   }
   if (S_ISBLK (st.st_mode)) {
@@ -147,7 +148,7 @@ qcow2_open_depth (const char *path, const struct qcow2_open_options *opts,
                   "supported (open it read-only)", path);
     goto err;
   }
-  if (qcow2_load_tables (img, st.st_size) == -1)
+  if (qcow2_load_tables (img, st.st_size) == -1 || meta_init (img) == -1)
     goto err;
   if (cache_init (&img->l2_cache, cache_slots (img->cluster_size, 256),
                   img->cluster_size) == -1 ||

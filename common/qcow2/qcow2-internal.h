@@ -118,6 +118,21 @@ struct qcow2_image {
   /* Host clusters whose refcount drops at the next flush. */
   uint64_t *pending_free;
   size_t npending, pending_alloc;
+  /* Host clusters that hold metadata, one bit each (overlap.c); NULL
+   * for a read-only image.
+   */
+  unsigned char *meta;
+  uint64_t meta_clusters;       /* bits in meta */
+
+  /* Set (atomically, under the lock) once a write would have
+   * overwritten metadata: no write is done after that.
+   */
+  bool corrupt;
+
+  /* Whether the image is preallocated with metadata only (io.c),
+   * decided at the first block status.  Protected by the lock.
+   */
+  bool prealloc_checked, prealloc;
 };
 
 /* header.c */
@@ -180,6 +195,31 @@ extern int refcount_defer_free_entry (struct qcow2_image *img,
                                       uint64_t entry, int *err);
 /* Apply the queued decrements (caller holds reuse_lock for writing). */
 extern int refcount_commit_frees (struct qcow2_image *img, int *err);
+
+/* overlap.c (caller holds the lock, except in meta_init) */
+/* Build the metadata map of a writable image from its tables; -1
+ * (reported) if tables overlap each other.
+ */
+extern int meta_init (struct qcow2_image *img);
+/* Host clusters [hc, hc + n) hold metadata from now on / no longer. */
+extern int meta_mark (struct qcow2_image *img, uint64_t hc, uint64_t n);
+extern void meta_unmark (struct qcow2_image *img, uint64_t hc, uint64_t n);
+/* Before writing guest data at host [host, host + len) for guest
+ * offset guest: -1 with *err = EIO (reported; the image is marked
+ * corrupt) if that overlaps metadata, or lies past the end of the
+ * file, or the image was marked corrupt.
+ */
+extern int meta_check_write (struct qcow2_image *img, uint64_t guest,
+                             uint64_t host, uint64_t len, int *err);
+/* Before handing out host cluster hc that the refcounts call free:
+ * -1 with *err = EIO (reported, marked corrupt) if it is metadata.
+ */
+extern int meta_check_alloc (struct qcow2_image *img, uint64_t hc, int *err);
+/* Before reading the data of L2 entry entry (guest offset guest): -1
+ * with *err = EIO (reported) if it lies past the end of the file.
+ */
+extern int meta_check_read (struct qcow2_image *img, uint64_t guest,
+                            uint64_t entry, int *err);
 
 /* compress.c */
 /* Decompress a compressed cluster descriptor into out (cluster_size). */

@@ -93,7 +93,9 @@ extern int qcow2_flush (struct qcow2_image *img, int *err);
 /* Block status flags. */
 #define QCOW2_BS_ALLOCATED 1    /* allocated in the top image (L2 entry set) */
 #define QCOW2_BS_ZERO      2    /* reads as zeros */
-#define QCOW2_BS_DATA      4    /* backed by host data (maybe compressed) */
+#define QCOW2_BS_DATA      4    /* backed by host data (maybe compressed);
+                                 * with ZERO: host data that is a hole
+                                 * in a metadata-preallocated image */
 #define QCOW2_BS_BACKING   8    /* contents come from the backing chain */
 
 /* Status of [offset, offset + *len) for the longest run (<= count)

@@ -184,6 +184,7 @@ grow_refcount_table (struct qcow2_image *img, uint64_t want)
     nbdkit_error ("calloc: %m");
     goto out;
   }
+
   memcpy (rt, img->rt, img->rt_entries * sizeof *rt);
 
   /* Write the new blocks, each counting the region's clusters in its
@@ -247,6 +248,12 @@ grow_refcount_table (struct qcow2_image *img, uint64_t want)
   img->rt_offset = start * cs;
   img->rt_clusters = n;
   img->file_clusters = start + n + m;
+  /* The whole region is the new table and its blocks; the old table
+   * is not metadata any more.
+   */
+  meta_unmark (img, old_off / cs, old_clusters);
+  if (meta_mark (img, start, n + m) == -1)
+    goto out;
   nbdkit_debug ("%s: refcount table moved to %#" PRIx64 " (%" PRIu64
                 " clusters)", img->path, img->rt_offset, n);
 
@@ -281,6 +288,11 @@ ensure_block (struct qcow2_image *img, uint64_t hc)
     return -1;
   }
   bc = r << img->rb_bits;
+  {
+    int err;
+    if (meta_check_alloc (img, bc, &err) == -1)
+      return -1;
+  }
   buf = calloc (1, img->cluster_size);
   if (buf == NULL) {
     nbdkit_error ("calloc: %m");
@@ -302,7 +314,7 @@ ensure_block (struct qcow2_image *img, uint64_t hc)
   cache_put (img, &img->rb_cache, img->rt[r], buf);
   free (buf);
   img->file_clusters = MAX (img->file_clusters, bc + 1);
-  return 0;
+  return meta_mark (img, bc, 1);
 }
 
 uint64_t
@@ -333,6 +345,8 @@ refcount_alloc_cluster (struct qcow2_image *img, int *err)
       c++;
       continue;
     }
+    if (meta_check_alloc (img, c, err) == -1)
+      return 0;
     if (refcount_set (img, c, 1) == -1)
       goto err;
     img->free_hint = c + 1;

@@ -203,6 +203,10 @@ l2_get_table (struct qcow2_image *img, uint64_t vc, bool alloc,
     l2_off = refcount_alloc_cluster (img, err);
     if (l2_off == 0)
       return -1;
+    if (meta_mark (img, l2_off >> img->cluster_bits, 1) == -1) {
+      *err = ENOMEM;
+      return -1;
+    }
     zeros = calloc (1, img->cluster_size);
     if (zeros == NULL) {
       *err = errno;

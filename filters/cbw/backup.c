@@ -26,6 +26,7 @@
 #include "incremental.h"
 #include "minmax.h"
 #include "nbd-uri.h"
+#include "top-allocation.h"
 
 const char *const sync_name[] = { "full", "top", "none", "incremental" };
 
@@ -199,19 +200,65 @@ spec_check (struct backup_spec *s, const char *p, struct control_error *err)
   return 0;
 }
 
+/* sync=top over a plugin with layers (the qcow2 plugin): protect
+ * every cluster that is at least partly allocated in the top image,
+ * as the plugin itself tells (its extents describe the whole chain).
+ * 0 or -1.
+ */
+static int
+protect_top_layer (struct engine *e, const struct top_allocation *ta,
+                   int64_t size, struct control_error *err)
+{
+  uint64_t offset = 0, protected_bytes = 0;
+
+  if (ta->size != (uint64_t) size)
+    return control_fail (err, CONTROL_GENERIC_ERROR,
+                         "sync=top: the %s is %" PRIu64 " bytes but the "
+                         "disk below cbw is %" PRIi64 " bytes: a filter "
+                         "in between changes the disk, so the top "
+                         "layer's allocation cannot be used",
+                         ta->owner, ta->size, size);
+  while (offset < (uint64_t) size) {
+    uint32_t count = MIN (UINT64_C (1) << 30, (uint64_t) size - offset);
+    uint64_t len;
+    bool allocated;
+    int ierr = 0;
+
+    if (ta->status (ta->opaque, count, offset, &len, &allocated,
+                    &ierr) == -1 || len == 0)
+      return control_fail (err, CONTROL_GENERIC_ERROR,
+                           "sync=top: reading the top layer's allocation "
+                           "of the %s at offset %" PRIu64 " failed",
+                           ta->owner, offset);
+    if (allocated) {
+      engine_protect (e, offset >> e->cluster_bits,
+                      ((offset + len - 1) >> e->cluster_bits) + 1);
+      protected_bytes += len;
+    }
+    offset += len;
+  }
+  nbdkit_debug ("cbw: sync=top: %" PRIu64 " of %" PRIi64
+                " bytes allocated in the top layer of the %s",
+                protected_bytes, size, ta->owner);
+  return 0;
+}
+
 /* sync=top: protect every cluster that is at least partly not a hole
- * in the plugin's extents (allocated in the top image, for the qcow2
- * plugin).  Runs before protection starts, so nothing changes under
- * it.  0 or -1.
+ * in the plugin's extents (a sparse raw file: its data), or what the
+ * plugin says its top layer holds, if it has layers.  Runs before
+ * protection starts, so nothing changes under it.  0 or -1.
  */
 static int
 protect_allocated (struct engine *e, nbdkit_next *next, int64_t size,
                    struct control_error *err)
 {
   const uint64_t chunk = UINT64_C (1) << 30;
+  const struct top_allocation *ta = top_allocation_find ();
   uint64_t offset = 0, protected_bytes = 0;
   int ierr = 0;
 
+  if (ta)
+    return protect_top_layer (e, ta, size, err);
   while (offset < (uint64_t) size) {
     uint32_t count = MIN (chunk, (uint64_t) size - offset);
     struct nbdkit_extents *exts;

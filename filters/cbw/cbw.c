@@ -14,12 +14,13 @@
  * through a shared next context opened in .after_fork, so it runs
  * whether or not any client is connected.
  *
- * sync=top protects only the clusters that the plugin's extents do
- * not report as holes at the snapshot instant (over the qcow2 plugin:
- * the clusters allocated in the top image), so neither the job nor
- * copy-before-write ever copies the rest; with a qcow2 target that
- * names the source's backing file, the target chain reads as the
- * source did.
+ * sync=top protects only the clusters allocated in the top layer at
+ * the snapshot instant: over the qcow2 plugin, what the plugin offers
+ * through the registry (top-allocation.h; its extents describe the
+ * whole chain), else the extents that are not holes (a sparse raw
+ * file).  Neither the job nor copy-before-write ever copies the rest;
+ * with a qcow2 target that names the source's backing file, the
+ * target chain reads as the source did.
  *
  * sync=incremental protects only the clusters that dirty bitmap
  * cbw-bitmap (nbdkit-dirtybitmap-filter) marks, frozen at the

@@ -13,6 +13,20 @@
  * connection; flush makes everything durable for all of them, hence
  * multi-conn.  FUA is emulated by nbdkit with a flush, which is what a
  * native implementation would do anyway.
+ *
+ * Extents (base:allocation) describe the whole chain as qemu-nbd
+ * does, so that QEMU's NBD client and qemu-img agree with them: data
+ * wherever some layer has data (normal or compressed clusters, data of
+ * a raw backing file), HOLE|ZERO wherever the chain reads as zeros
+ * (zero clusters, allocated or not; clusters unallocated everywhere;
+ * holes of a raw backing file; past the end of a shorter backing
+ * file), and ZERO alone where a preallocated image's data cluster
+ * is a hole in the file (qemu-nbd's reading of metadata preallocation).
+ * A HOLE without ZERO would tell QEMU "unallocated: zeros",
+ * which is false over a backing file.  Which clusters the top image
+ * itself holds (for cbw's sync=top) is offered to the filters of this
+ * process through libnbdkit-backup's registry instead (see
+ * top-allocation.h).
  */
 
 #include <config.h>
@@ -30,6 +44,7 @@
 #include "ispowerof2.h"
 #include "minmax.h"
 #include "qcow2.h"
+#include "top-allocation.h"
 
 static char *filename;
 static bool readonly;
@@ -46,9 +61,29 @@ static char *create_backing_format;
 /* The open image, shared by all connections (it does its own locking). */
 static struct qcow2_image *img;
 
+/* The top image's allocation, for filters in this process. */
+static int
+top_status (void *opaque, uint32_t count, uint64_t offset, uint64_t *len,
+            bool *allocated, int *err)
+{
+  unsigned bs;
+
+  if (qcow2_block_status (img, count, offset, len, &bs, err) == -1)
+    return -1;
+  *allocated = (bs & QCOW2_BS_ALLOCATED) != 0;
+  return 0;
+}
+static char *top_owner;
+static struct top_allocation top_offer = { .status = top_status };
+static bool offered;
+
 static void
 qcow2_unload (void)
 {
+  if (offered)
+    top_allocation_withdraw ();
+  offered = false;
+  free (top_owner);
   if (img && qcow2_close (img) == -1)
     nbdkit_error ("%s: final flush failed", filename);
   img = NULL;
@@ -223,7 +258,19 @@ qcow2_get_ready (void)
     nbdkit_debug ("qcow2: created %s", filename);
   }
   img = qcow2_open (filename, &o);
-  return img ? 0 : -1;
+  if (img == NULL)
+    return -1;
+
+  if (asprintf (&top_owner, "qcow2 image %s", filename) == -1) {
+    nbdkit_error ("asprintf: %m");
+    return -1;
+  }
+  top_offer.owner = top_owner;
+  top_offer.size = qcow2_get_size (img);
+  if (top_allocation_offer (&top_offer) == -1)
+    return -1;
+  offered = true;
+  return 0;
 }
 
 static void *
@@ -348,7 +395,7 @@ qcow2_flush_cb (void *handle, uint32_t flags)
   return 0;
 }
 
-/* HOLE: not allocated in the top image.  ZERO: reads as zeros. */
+/* The chain's status, as qemu-nbd reports it: data, or HOLE|ZERO. */
 static int
 qcow2_extents_cb (void *handle, uint32_t count, uint64_t offset,
                   uint32_t flags, struct nbdkit_extents *extents)
@@ -364,10 +411,10 @@ qcow2_extents_cb (void *handle, uint32_t count, uint64_t offset,
       nbdkit_set_error (err);
       return -1;
     }
-    if (!(bs & QCOW2_BS_ALLOCATED))
-      type |= NBDKIT_EXTENT_HOLE;
-    if (bs & QCOW2_BS_ZERO)
-      type |= NBDKIT_EXTENT_ZERO;
+    if (!(bs & QCOW2_BS_DATA))
+      type = NBDKIT_EXTENT_HOLE | NBDKIT_EXTENT_ZERO;
+    else if (bs & QCOW2_BS_ZERO)
+      type = NBDKIT_EXTENT_ZERO;        /* a hole in a preallocated image */
     if (nbdkit_add_extent (extents, offset, len, type) == -1)
       return -1;
     if (flags & NBDKIT_FLAG_REQ_ONE)
