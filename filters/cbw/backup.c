@@ -230,8 +230,7 @@ protect_allocated (struct engine *e, nbdkit_next *next, int64_t size,
 
       if (a >= b || (x.type & NBDKIT_EXTENT_HOLE))
         continue;
-      engine_protect (e, a >> e->cluster_bits,
-                      ((b - 1) >> e->cluster_bits) + 1);
+      engine_protect_bytes (e, a, b - a);
       protected_bytes += b - a;
     }
     nbdkit_extents_free (exts);
@@ -313,7 +312,7 @@ backup_prepare (const struct backup_spec *s, const char *p,
     break;
   }
   default:
-    engine_protect (b->engine, 0, b->engine->nr_clusters);
+    engine_protect (b->engine, 0, UINT64_MAX);
   }
   return b;
 
