@@ -258,7 +258,7 @@ engine_before_write (struct engine *e, nbdkit_next *next,
   const uint64_t max_run = MAX (1, (4 * 1024 * 1024) >> e->cluster_bits);
 
   struct timespec deadline;
-  bool timed;
+  bool timed, waited = false;
 
   if (!atomic_load (&e->active) || count == 0)
     return 0;
@@ -305,6 +305,10 @@ engine_before_write (struct engine *e, nbdkit_next *next,
     }
     /* Nothing left to claim; wait for other people's copies. */
     if (bitmap_find (&e->state, c0, c1, CLUSTER_COPYING) < c1) {
+      if (!waited) {
+        waited = true;
+        e->stats.write_waits++;
+      }
       if (!timed)
         pthread_cond_wait (&e->cond, &e->lock);
       else if (pthread_cond_timedwait (&e->cond, &e->lock,

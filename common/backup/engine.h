@@ -43,6 +43,7 @@ struct engine_stats {
   uint64_t bytes_by_writes;     /* Of both, copied before writes. */
   uint64_t writes_failed;       /* Writes failed with EIO (fail-write). */
   uint64_t copy_timeouts;       /* Copy-before-writes that timed out. */
+  uint64_t write_waits;         /* Writes that waited for others' copies. */
 };
 
 /* The engine's state is private to engine.c and engine-timed.c
