@@ -22,6 +22,8 @@
 #include "dirty-set.h"
 #include "minmax.h"
 
+/* Lock order: see lock-order.h. */
+
 bool
 dirty_next_range (struct dirty_bitmap *b, uint64_t offset, uint64_t end,
                   uint64_t *start, uint64_t *len)

@@ -27,6 +27,8 @@
 #include "incremental.h"
 #include "registry.h"
 
+/* Lock order: see lock-order.h. */
+
 int
 incremental_parse_mode (const char *s, enum dirty_mode *mode)
 {

@@ -32,6 +32,8 @@
 #include "registry.h"
 #include "minmax.h"
 
+/* Lock order: see lock-order.h. */
+
 /* Bytes a worker claims at a time: large enough for good throughput,
  * small enough that writers rarely wait behind the job.
  */

@@ -27,6 +27,8 @@
 #include "minmax.h"
 #include "nbd-uri.h"
 
+/* Lock order: see lock-order.h. */
+
 const char *const sync_name[] = { "full", "top", "none", "incremental" };
 
 int

@@ -31,6 +31,8 @@
 #include "cbw-params.h"
 #include "registry.h"
 
+/* Lock order: see lock-order.h. */
+
 /* An argument's value as the text a parameter would give: strings as
  * they are, numbers in decimal.  NULL (err filled) for anything else.
  */

@@ -62,6 +62,8 @@
 #include "registry.h"
 #include "target.h"
 
+/* Lock order: see lock-order.h. */
+
 /* Log every cluster copy (-D cbw.engine=1). */
 NBDKIT_DLL_PUBLIC int cbw_debug_engine = 0;
 

@@ -51,6 +51,8 @@
 #include "snapshot.h"
 #include "store.h"
 
+/* Lock order: see lock-order.h. */
+
 /* Log every cluster copy (-D fleece.engine=1). */
 NBDKIT_DLL_PUBLIC int fleece_debug_engine = 0;
 
