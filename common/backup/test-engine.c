@@ -197,22 +197,10 @@ mem_pread (struct target *t, void *buf, uint32_t count, uint64_t offset)
   return 0;
 }
 
-static int
-mem_flush (struct target *t)
-{
-  return 0;
-}
-
-static int
-mem_finish (struct target *t, bool complete)
-{
-  return 0;
-}
-
-static void
-mem_close (struct target *t)
-{
-}
+/* Nothing to flush, finish or free: the target is static. */
+static int mem_flush (struct target *t) { return 0; }
+static int mem_finish (struct target *t, bool complete) { return 0; }
+static void mem_close (struct target *t) { }
 
 static const struct target_ops mem_ops = {
   .kind = "mem", .pwrite = mem_pwrite, .zero = mem_zero,
@@ -764,30 +752,14 @@ nbdkit_extents_full (nbdkit_next *n, uint32_t count, uint64_t offset,
   return NULL;
 }
 
-size_t
-nbdkit_extents_count (const struct nbdkit_extents *x)
-{
-  abort ();
-}
-
+/* Never called, since nbdkit_extents_full never succeeds. */
+size_t nbdkit_extents_count (const struct nbdkit_extents *x) { abort (); }
+void nbdkit_extents_free (struct nbdkit_extents *x) { abort (); }
 struct nbdkit_extent
-nbdkit_get_extent (const struct nbdkit_extents *x, size_t i)
-{
-  abort ();
-}
-
-void
-nbdkit_extents_free (struct nbdkit_extents *x)
-{
-  abort ();
-}
-
+nbdkit_get_extent (const struct nbdkit_extents *x, size_t i) { abort (); }
 int
 nbdkit_add_extent (struct nbdkit_extents *x, uint64_t offset,
-                   uint64_t length, uint32_t type)
-{
-  abort ();
-}
+                   uint64_t length, uint32_t type) { abort (); }
 
 int
 main (void)
