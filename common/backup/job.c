@@ -520,6 +520,13 @@ job_finish (struct job *j, bool wait)
   return state;
 }
 
+bool
+job_is_finished (struct job *j)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&j->lock);
+  return j->finished;
+}
+
 void
 job_free (struct job *j)
 {

@@ -45,8 +45,7 @@
  *     below.
  *
  *  7. a job's lock (job.c).  throttle_wait asks the engine for its
- *     counters with it held (engine lock inside).  backup_running
- *     (filters/cbw/backup.c) takes it alone.
+ *     counters with it held (engine lock inside).
  *
  *  8. the dirtybitmap sidecar's lock (filters/dirtybitmap/persist.c):
  *     serialises writing the file.  The change hook

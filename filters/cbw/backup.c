@@ -399,14 +399,7 @@ backup_abort (struct backup *b)
 bool
 backup_running (struct backup *b)
 {
-  bool r;
-
-  if (b == NULL || b->job == NULL)
-    return false;
-  pthread_mutex_lock (&b->job->lock);
-  r = !b->job->finished;
-  pthread_mutex_unlock (&b->job->lock);
-  return r;
+  return b && b->job && !job_is_finished (b->job);
 }
 
 enum job_state
