@@ -85,7 +85,7 @@ teardown () {
     run -0 ctl C '{"execute":"backup-start","arguments":{"target":"'"$d/disk.img"'"}}'
     echo "$output"; [ "$output" = "{\"error\":{\"class\":\"GenericError\",\"desc\":\"target: $d/disk.img is the source disk itself\"}}" ]
     run -0 ctl C '{"execute":"backup-start","arguments":{"target":"'"$d/x.img"'","cluster-size":1000}}'
-    [ "$output" = '{"error":{"class":"GenericError","desc":"cluster-size: 1000 must be a power of two from 4K to 16M"}}' ]
+    [ "$output" = '{"error":{"class":"GenericError","desc":"cluster-size: '"'1000'"' must be a power of two from 4K to 16M"}}' ]
     ctl_close C
 }
 

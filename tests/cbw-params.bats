@@ -13,6 +13,10 @@ setup () {
     truncate -s 1M "$disk"
 }
 
+teardown () {
+    stop_all_nbdkit
+}
+
 # refused MESSAGE ARGS...: nbdkit with cbw and ARGS must fail at start
 # and print MESSAGE.
 refused () {
@@ -112,6 +116,46 @@ refused () {
         memory 1M cbw-target="$BATS_TEST_TMPDIR/t.img" cbw-on-exit=later
     refused "cbw-on-error: unknown policy 'ignore' (expecting break-snapshot or fail-write)" \
         memory 1M cbw-target="$BATS_TEST_TMPDIR/t.img" cbw-on-error=ignore
+}
+
+@test "cbw-params: a bad value gets the same message from backup-start" {
+    requires socat
+    local ctlsock t="$BATS_TEST_TMPDIR/t.img" i
+    ctlsock="$(new_socket)"
+    start_nbdkit srv --filter="$cbw" file "$disk" cbw-control="$ctlsock"
+    ctl_connect C "$ctlsock"
+    # parameter, argument, JSON value, what follows "NAME: ".
+    local cases=(
+        "sync|sync|\"sometimes\"|unknown sync mode 'sometimes' (expecting full, top, incremental or none)"
+        "cluster-size|cluster-size|1000|'1000' must be a power of two from 4K to 16M"
+        "cluster-size|cluster-size|\"3M\"|'3M' must be a power of two from 4K to 16M"
+        "workers|workers|65|'65' must be from 1 to 64"
+        "workers|workers|\"many\"|'many' must be from 1 to 64"
+        "on-error|on-error|\"ignore\"|unknown policy 'ignore' (expecting break-snapshot or fail-write)"
+        "copy-timeout|copy-timeout|-1|'-1' must be a number of seconds from 0 (no limit) to 86400"
+        "speed|speed|\"fast\"|'fast' must be bytes per second, with an optional K, M or G suffix, or 0 (no limit)"
+        "bitmap-mode|bitmap-mode|\"sometimes\"|unknown mode 'sometimes' (expecting on-success, never or always)"
+        "target-format|format|\"vmdk\"|unknown format 'vmdk' (expecting raw, qcow2 or nbd)"
+        "target-backing-format|backing-format|\"vmdk\"|unknown format 'vmdk' (expecting raw or qcow2)"
+        "job-id|job-id|\"\"|must be 1 to 128 characters"
+    )
+    for i in "${cases[@]}"; do
+        IFS='|' read -r param arg json msg <<<"$i"
+        value="$json"
+        [[ "$value" == \"*\" ]] && value="${value:1:-1}"
+        refused "cbw-$param: $msg" memory 1M cbw-target="$t" "cbw-$param=$value"
+        run -0 ctl C '{"execute":"backup-start","arguments":{"target":"'"$t"'","'"$arg"'":'"$json"'}}'
+        echo "$output"
+        [ "$output" = '{"error":{"class":"GenericError","desc":"'"$arg: $msg"'"}}' ]
+    done
+    # An empty target names itself too (the socket said "out of memory").
+    refused "cbw-target: must not be empty" memory 1M cbw-target=
+    run -0 ctl C '{"execute":"backup-start","arguments":{"target":""}}'
+    [ "$output" = '{"error":{"class":"GenericError","desc":"target: must not be empty"}}' ]
+    # Nothing was started by any of them.
+    run -0 ctl C '{"execute":"query-jobs"}'
+    [ "$output" = '{"return":[]}' ]
+    ctl_close C
 }
 
 @test "cbw-params: help lists every parameter" {

@@ -53,6 +53,10 @@
  * counted in in_flight until finished, so the job can wait for all
  * of them (engine_quiesce) before it finishes or closes the target.
  *
+ * The timed copy lives in engine-timed.c; engine-impl.h, private to
+ * the two files, holds struct engine.  Everyone else goes through the
+ * locked calls of engine.h.
+ *
  * Deliberately not done: partial-cluster copies (a write of one byte
  * copies the whole cluster, as QEMU does), and per-cluster wait
  * queues (one condition variable is simpler and waits are rare).
@@ -62,6 +66,8 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -71,9 +77,11 @@
 
 #include "cleanup.h"
 #include "engine.h"
+#include "engine-impl.h"
 #include "ispowerof2.h"
 #include "iszero.h"
 #include "minmax.h"
+
 
 /* Extra debugging: each filter sets it from its own -D flag. */
 int backup_debug_engine = 0;
@@ -217,12 +225,6 @@ claim_run_locked (struct engine *e, uint64_t c0, uint64_t c1, uint64_t max,
   return b - a;
 }
 
-/* Outcomes of a timed copy. */
-#define COPY_TIMED_OUT (-2)
-
-static int timed_copy (struct engine *e, nbdkit_next *next, uint64_t first,
-                       uint64_t n, const struct timespec *deadline);
-
 /* A write's copy-before-write ran out of time.  Lock held.  Returns
  * true if the write must fail (fail-write), after breaking the
  * snapshot otherwise.
@@ -256,7 +258,7 @@ engine_before_write (struct engine *e, nbdkit_next *next,
   const uint64_t max_run = MAX (1, (4 * 1024 * 1024) >> e->cluster_bits);
 
   struct timespec deadline;
-  bool timed;
+  bool timed, waited = false;
 
   if (!atomic_load (&e->active) || count == 0)
     return 0;
@@ -286,7 +288,7 @@ engine_before_write (struct engine *e, nbdkit_next *next,
 
       pthread_mutex_unlock (&e->lock);
       if (timed)
-        r = timed_copy (e, next, first, n, &deadline);
+        r = engine_timed_copy (e, next, first, n, &deadline);
       else
         r = engine_copy (e, next, first, n, false, true);
       pthread_mutex_lock (&e->lock);
@@ -303,6 +305,10 @@ engine_before_write (struct engine *e, nbdkit_next *next,
     }
     /* Nothing left to claim; wait for other people's copies. */
     if (bitmap_find (&e->state, c0, c1, CLUSTER_COPYING) < c1) {
+      if (!waited) {
+        waited = true;
+        e->stats.write_waits++;
+      }
       if (!timed)
         pthread_cond_wait (&e->cond, &e->lock);
       else if (pthread_cond_timedwait (&e->cond, &e->lock,
@@ -348,11 +354,8 @@ engine_claim (struct engine *e, uint64_t *cursor, uint64_t max_clusters,
   }
 }
 
-/* Mark [first, first+n) as copied or, after a failure, pending again;
- * account and wake waiters.
- */
-static void
-finish_claim (struct engine *e, uint64_t first, uint64_t n, bool ok,
+void
+engine_finish_claim (struct engine *e, uint64_t first, uint64_t n, bool ok,
               uint64_t data_bytes, uint64_t zero_bytes, bool by_write,
               const char *failure)
 {
@@ -375,13 +378,8 @@ finish_claim (struct engine *e, uint64_t first, uint64_t n, bool ok,
   pthread_cond_broadcast (&e->cond);
 }
 
-/* Write buf (the source's data for [offset, offset+len)) to the
- * target one cluster at a time, leaving zero clusters unwritten on a
- * known-zero target and unmapping them otherwise.  Runs of the same
- * kind go in one call.  Adds to *data and *zero.
- */
-static int
-store (struct engine *e, const char *buf, uint64_t offset, uint64_t len,
+int
+engine_store (struct engine *e, const char *buf, uint64_t offset, uint64_t len,
        uint64_t *data, uint64_t *zero)
 {
   struct target *t = e->target;
@@ -488,7 +486,7 @@ engine_copy_counted (struct engine *e, nbdkit_next *next, uint64_t first,
         goto out;
       }
       *read_bytes += run;
-      if (store (e, buf + pos, offset + pos, run, &data, &zero) == -1) {
+      if (engine_store (e, buf + pos, offset + pos, run, &data, &zero) == -1) {
         snprintf (failure, sizeof failure,
                   "writing the target at offset %" PRIu64 " failed: %s",
                   offset + pos, strerror (errno));
@@ -504,149 +502,8 @@ engine_copy_counted (struct engine *e, nbdkit_next *next, uint64_t first,
     nbdkit_extents_free (exts);
   if (!ok)
     nbdkit_error ("%s: %s", e->name, failure);
-  finish_claim (e, first, n, ok, data, zero, by_write, failure);
+  engine_finish_claim (e, first, n, ok, data, zero, by_write, failure);
   return ok ? 0 : -1;
-}
-
-/* Copy-before-write with a deadline (see the notes at the top). */
-#define MAX_HELPERS 64
-
-struct timed_task {
-  struct engine *e;
-  uint64_t first, n, offset, len;
-  char *buf;
-  /* Protected by the engine's lock. */
-  bool done;
-  int result;
-  unsigned refs;
-};
-
-/* Drop a reference.  Lock held. */
-static void
-task_unref_locked (struct timed_task *t)
-{
-  if (--t->refs == 0) {
-    free (t->buf);
-    free (t);
-  }
-}
-
-static void *
-timed_helper (void *vp)
-{
-  struct timed_task *t = vp;
-  struct engine *e = t->e;
-  uint64_t data = 0, zero = 0;
-  char failure[256] = "";
-  bool ok;
-
-  ok = store (e, t->buf, t->offset, t->len, &data, &zero) == 0;
-  if (!ok) {
-    snprintf (failure, sizeof failure,
-              "writing the target at offset %" PRIu64 " failed: %s",
-              t->offset, strerror (errno));
-    nbdkit_error ("%s: %s", e->name, failure);
-  }
-  finish_claim (e, t->first, t->n, ok, data, zero, true, failure);
-
-  pthread_mutex_lock (&e->lock);
-  t->done = true;
-  t->result = ok ? 0 : -1;
-  task_unref_locked (t);
-  e->helpers--;
-  pthread_cond_broadcast (&e->cond);
-  pthread_mutex_unlock (&e->lock);
-  return NULL;
-}
-
-/* Copy claimed clusters [first, first+n) before a write, giving up at
- * deadline.  0, -1 (failed: finished as engine_copy does), or
- * COPY_TIMED_OUT (the copy may still be in flight: its helper will
- * finish the claim).
- */
-static int
-timed_copy (struct engine *e, nbdkit_next *next, uint64_t first,
-            uint64_t n, const struct timespec *deadline)
-{
-  struct timed_task *t;
-  char failure[256] = "";
-  pthread_attr_t attr;
-  pthread_t tid;
-  int err = 0, r;
-
-  t = calloc (1, sizeof *t);
-  if (t == NULL) {
-    snprintf (failure, sizeof failure, "calloc: %s", strerror (errno));
-    goto failed;
-  }
-  t->e = e;
-  t->first = first;
-  t->n = n;
-  t->offset = first << e->cluster_bits;
-  t->len = MIN (n << e->cluster_bits, e->size - t->offset);
-  t->refs = 2;
-  t->buf = malloc (t->len);
-  if (t->buf == NULL) {
-    snprintf (failure, sizeof failure, "malloc: %s", strerror (errno));
-    goto failed;
-  }
-  if (backup_debug_engine)
-    nbdkit_debug ("%s: copy clusters %" PRIu64 "+%" PRIu64
-                  " (before write, timed)", e->name, first, n);
-  if (next->pread (next, t->buf, t->len, t->offset, 0, &err) == -1) {
-    snprintf (failure, sizeof failure,
-              "reading the source at offset %" PRIu64 " failed: %s",
-              t->offset, strerror (err ? err : EIO));
-    goto failed;
-  }
-
-  pthread_mutex_lock (&e->lock);
-  if (e->helpers >= MAX_HELPERS) {
-    /* Every helper is stuck on the target: this one would be too. */
-    pthread_mutex_unlock (&e->lock);
-    free (t->buf);
-    free (t);
-    finish_claim (e, first, n, false, 0, 0, true,
-                  "copy-before-write: too many copies stuck on the target");
-    return COPY_TIMED_OUT;      /* As it would be, in a moment. */
-  }
-  e->helpers++;
-  pthread_mutex_unlock (&e->lock);
-
-  pthread_attr_init (&attr);
-  pthread_attr_setdetachstate (&attr, PTHREAD_CREATE_DETACHED);
-  r = pthread_create (&tid, &attr, timed_helper, t);
-  pthread_attr_destroy (&attr);
-  if (r != 0) {
-    pthread_mutex_lock (&e->lock);
-    e->helpers--;
-    pthread_mutex_unlock (&e->lock);
-    snprintf (failure, sizeof failure, "pthread_create: %s", strerror (r));
-    goto failed;
-  }
-
-  pthread_mutex_lock (&e->lock);
-  while (!t->done) {
-    if (pthread_cond_timedwait (&e->cond, &e->lock, deadline) == ETIMEDOUT &&
-        !t->done) {
-      task_unref_locked (t);    /* The helper frees it. */
-      pthread_mutex_unlock (&e->lock);
-      return COPY_TIMED_OUT;
-    }
-  }
-  r = t->result;
-  task_unref_locked (t);
-  pthread_mutex_unlock (&e->lock);
-  return r;
-
- failed:
-  if (t) {
-    free (t->buf);
-    free (t);
-  }
-  nbdkit_error ("%s: %s", e->name, failure);
-  finish_claim (e, first, n, false, 0, 0, true, failure);
-  return -1;
 }
 
 void
@@ -663,4 +520,150 @@ engine_get_stats (struct engine *e, struct engine_stats *stats,
     *broken = e->broken;
   if (error)
     *error = e->error ? strdup (e->error) : NULL;
+}
+
+void
+engine_protect_bytes (struct engine *e, uint64_t offset, uint64_t count)
+{
+  if (count == 0)
+    return;
+  engine_protect (e, offset >> e->cluster_bits,
+                  ((offset + count - 1) >> e->cluster_bits) + 1);
+}
+
+const char *
+engine_name (const struct engine *e)
+{
+  return e->name;
+}
+
+uint64_t
+engine_size (const struct engine *e)
+{
+  return e->size;
+}
+
+unsigned
+engine_cluster_size (const struct engine *e)
+{
+  return e->cluster_size;
+}
+
+struct target *
+engine_target (const struct engine *e)
+{
+  return e->target;
+}
+
+enum cbw_on_error
+engine_on_error (const struct engine *e)
+{
+  return e->on_error;
+}
+
+bool
+engine_is_active (struct engine *e)
+{
+  return atomic_load (&e->active);
+}
+
+bool
+engine_range_copied (struct engine *e, uint64_t offset, uint64_t len)
+{
+  uint64_t c0 = offset >> e->cluster_bits;
+  uint64_t c1 = ((offset + len - 1) >> e->cluster_bits) + 1;
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&e->lock);
+
+  if (len == 0)
+    return true;
+  c1 = MIN (c1, e->nr_clusters);
+  return bitmap_find_not (&e->state, c0, c1, CLUSTER_COPIED) >= c1;
+}
+
+/* Snapshot readers (the read side is in snapshot.c). */
+
+/* Lock held: the snapshot is broken or stopped; report it. */
+static int
+snapshot_gone_locked (struct engine *e, int *err)
+{
+  *err = EIO;
+  nbdkit_error ("%s: the snapshot is %s", e->name,
+                e->broken ? "broken" : "not active");
+  return -1;
+}
+
+/* Lock held: is cluster c's data on the source (PENDING, COPYING)? */
+static inline bool
+on_source_locked (struct engine *e, uint64_t c)
+{
+  unsigned s = bitmap_get_blk (&e->state, c, CLUSTER_CLEAN);
+
+  return s == CLUSTER_PENDING || s == CLUSTER_COPYING;
+}
+
+int
+engine_reader_begin (struct engine *e, struct engine_reader *r,
+                     uint64_t offset, uint64_t end, uint64_t *stop,
+                     int *err)
+{
+  uint64_t c = offset >> e->cluster_bits;
+  uint64_t c1 = ((end - 1) >> e->cluster_bits) + 1;
+  uint64_t ce;
+  bool src;
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&e->lock);
+
+  if (!atomic_load (&e->active) || e->broken)
+    return snapshot_gone_locked (e, err);
+  src = on_source_locked (e, c);
+  for (ce = c + 1; ce < c1 && on_source_locked (e, ce) == src; ++ce)
+    ;
+  *stop = MIN (end, ce << e->cluster_bits);
+  if (!src)
+    return 0;
+  r->c0 = c;
+  r->c1 = ce;
+  r->next = e->readers;
+  e->readers = r;
+  return 1;
+}
+
+int
+engine_reader_end (struct engine *e, struct engine_reader *r, int *err)
+{
+  struct engine_reader **pp;
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&e->lock);
+
+  for (pp = &e->readers; *pp; pp = &(*pp)->next)
+    if (*pp == r) {
+      *pp = r->next;
+      break;
+    }
+  pthread_cond_broadcast (&e->cond);
+  /* Writers stop waiting for readers once the snapshot is gone: then
+   * what r read may be new data.
+   */
+  if (err && (!atomic_load (&e->active) || e->broken))
+    return snapshot_gone_locked (e, err);
+  return 0;
+}
+
+void
+engine_wait_readers (struct engine *e, uint64_t offset, uint64_t count)
+{
+  uint64_t c0, c1;
+  struct engine_reader *r;
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&e->lock);
+
+  if (count == 0)
+    return;
+  c0 = offset >> e->cluster_bits;
+  c1 = ((offset + count - 1) >> e->cluster_bits) + 1;
+ again:
+  if (!atomic_load (&e->active) || e->broken)
+    return;
+  for (r = e->readers; r; r = r->next)
+    if (r->c0 < c1 && c0 < r->c1) {
+      pthread_cond_wait (&e->cond, &e->lock);
+      goto again;
+    }
 }

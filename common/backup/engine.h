@@ -15,8 +15,6 @@
 #ifndef NBDKIT_BACKUP_ENGINE_H
 #define NBDKIT_BACKUP_ENGINE_H
 
-#include <pthread.h>
-#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -45,39 +43,22 @@ struct engine_stats {
   uint64_t bytes_by_writes;     /* Of both, copied before writes. */
   uint64_t writes_failed;       /* Writes failed with EIO (fail-write). */
   uint64_t copy_timeouts;       /* Copy-before-writes that timed out. */
+  uint64_t write_waits;         /* Writes that waited for others' copies. */
 };
 
-struct engine {
-  /* Fields set by engine_new and never changed. */
-  uint64_t size;
-  unsigned cluster_size;
-  unsigned cluster_bits;
-  uint64_t nr_clusters;
-  struct target *target;
-  enum cbw_on_error on_error;
-  const char *name;             /* For messages: "cbw", "fleece". */
-  /* Longest a write waits for copy-before-write, in seconds (0: no
-   * limit).  Set by engine_set_copy_timeout before activating.
-   */
-  double copy_timeout;
+/* The engine's state is private to engine.c and engine-timed.c
+ * (engine-impl.h); these calls take its lock where they need it.
+ */
+struct engine;
 
-  /* True while clusters are protected.  Read without the lock on the
-   * write fast path; it only becomes true while no write is in flight
-   * (server start, or a transaction with the write gate closed).
-   */
-  atomic_bool active;
-
-  /* This lock protects the fields below. */
-  pthread_mutex_t lock;
-  pthread_cond_t cond;          /* Broadcast when any cluster changes. */
-  struct bitmap state;          /* enum cluster_state per cluster. */
-  uint64_t pending;             /* Clusters PENDING or COPYING. */
-  bool broken;                  /* A copy failed under break-snapshot. */
-  char *error;                  /* First error message, if broken. */
-  struct engine_stats stats;
-  struct engine_reader *readers; /* Snapshot readers on the source. */
-  unsigned in_flight;           /* Claimed runs not yet finished. */
-  unsigned helpers;             /* Timed copy threads running. */
+/* A reader of source clusters [c0, c1) (see snapshot.h): while
+ * registered, writes to those clusters wait (after their
+ * copy-before-write), so the reader sees point-in-time data.  Lives
+ * on the reader's stack.
+ */
+struct engine_reader {
+  struct engine_reader *next;
+  uint64_t c0, c1;
 };
 
 /* A new engine for a disk of size bytes, copying to target (which the
@@ -107,10 +88,17 @@ extern void engine_set_copy_timeout (struct engine *e, double seconds);
  */
 extern void engine_quiesce (struct engine *e);
 
-/* Protect clusters [first, end) (the snapshot instant for them).
- * Call before activating, or with the write gate closed.
+/* Protect clusters [first, end) (the snapshot instant for them); end
+ * is clipped to the disk, so UINT64_MAX protects everything.  Call
+ * before activating, or with the write gate closed.
  */
 extern void engine_protect (struct engine *e, uint64_t first, uint64_t end);
+
+/* engine_protect for every cluster that bytes [offset, offset+count)
+ * touch.
+ */
+extern void engine_protect_bytes (struct engine *e, uint64_t offset,
+                                  uint64_t count);
 
 /* Start (or stop) copy-before-write. */
 extern void engine_activate (struct engine *e);
@@ -163,5 +151,44 @@ extern void engine_get_stats (struct engine *e, struct engine_stats *stats,
  * error): stops protection, wakes every waiter.  msg is copied.
  */
 extern void engine_break (struct engine *e, const char *msg);
+
+/* Fields set by engine_new and never changed (no lock needed). */
+extern const char *engine_name (const struct engine *e);
+extern uint64_t engine_size (const struct engine *e);
+extern unsigned engine_cluster_size (const struct engine *e);
+extern struct target *engine_target (const struct engine *e);
+extern enum cbw_on_error engine_on_error (const struct engine *e);
+
+/* Is copy-before-write on (activated, not stopped or broken)? */
+extern bool engine_is_active (struct engine *e);
+
+/* Is every cluster that [offset, offset+len) touches on the target? */
+extern bool engine_range_copied (struct engine *e, uint64_t offset,
+                                 uint64_t len);
+
+/* For snapshot readers (snapshot.c): look at the snapshot from offset
+ * (below end).  Sets *stop to the end of the run of bytes whose
+ * clusters are alike: all still on the source, or all on the target.
+ * Returns 1 for the source, with r registered on the run (call
+ * engine_reader_end after reading it); 0 for the target; -1 with *err
+ * = EIO (reported) if the snapshot is broken or stopped.
+ */
+extern int engine_reader_begin (struct engine *e, struct engine_reader *r,
+                                uint64_t offset, uint64_t end,
+                                uint64_t *stop, int *err);
+
+/* Unregister r and wake the writers waiting for it.  0 if the
+ * snapshot is still whole (what r read is point-in-time data), else
+ * -1 with *err = EIO (reported).  err NULL: unregister only (after a
+ * failed read), return 0.
+ */
+extern int engine_reader_end (struct engine *e, struct engine_reader *r,
+                              int *err);
+
+/* For writers, after engine_before_write: wait until no snapshot
+ * reader is reading the source clusters this write touches.
+ */
+extern void engine_wait_readers (struct engine *e, uint64_t offset,
+                                 uint64_t count);
 
 #endif /* NBDKIT_BACKUP_ENGINE_H */

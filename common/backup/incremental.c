@@ -24,10 +24,10 @@
 
 #include <nbdkit-filter.h>
 
-#include "bitmap.h"
-#include "cleanup.h"
 #include "incremental.h"
 #include "registry.h"
+
+/* Lock order: see lock-order.h. */
 
 int
 incremental_parse_mode (const char *s, enum dirty_mode *mode)
@@ -59,19 +59,20 @@ incremental_begin (struct engine *e, const char *name,
                    struct control_error *err)
 {
   struct dirty_bitmap *b;
+  uint64_t size = engine_size (e);
   uint64_t pos = 0, start, len, bytes = 0;
 
-  b = dirty_backup_begin (name, e->size, err);
+  b = dirty_backup_begin (name, size, err);
   if (b == NULL)
     return NULL;
-  while (dirty_next_range (b, pos, e->size, &start, &len)) {
-    engine_protect (e, start >> e->cluster_bits,
-                    ((start + len - 1) >> e->cluster_bits) + 1);
+  while (dirty_next_range (b, pos, size, &start, &len)) {
+    engine_protect_bytes (e, start, len);
     bytes += len;
     pos = start + len;
   }
   nbdkit_debug ("%s: sync=incremental: bitmap %s has %" PRIu64
-                " dirty bytes of %" PRIu64, e->name, name, bytes, e->size);
+                " dirty bytes of %" PRIu64, engine_name (e), name, bytes,
+                size);
   return b;
 }
 
@@ -79,12 +80,7 @@ incremental_begin (struct engine *e, const char *name,
 static bool
 all_copied (void *opaque, uint64_t offset, uint64_t len)
 {
-  struct engine *e = opaque;
-  uint64_t c0 = offset >> e->cluster_bits;
-  uint64_t c1 = ((offset + len - 1) >> e->cluster_bits) + 1;
-  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&e->lock);
-
-  return bitmap_find_not (&e->state, c0, c1, CLUSTER_COPIED) >= c1;
+  return engine_range_copied (opaque, offset, len);
 }
 
 void

@@ -32,6 +32,8 @@
 #include "registry.h"
 #include "minmax.h"
 
+/* Lock order: see lock-order.h. */
+
 /* Bytes a worker claims at a time: large enough for good throughput,
  * small enough that writers rarely wait behind the job.
  */
@@ -56,7 +58,7 @@ job_state_name (enum job_state s)
 static uint64_t
 bytes_done (struct job *j, uint64_t pending)
 {
-  uint64_t left = pending << j->e->cluster_bits;
+  uint64_t left = pending * engine_cluster_size (j->e);
 
   return left >= j->bytes_total ? 0 : j->bytes_total - left;
 }
@@ -106,7 +108,7 @@ job_object (struct job *j, bool qmp)
   enum job_state state;
   double now = monotonic_seconds (), elapsed;
   json_object *o = json_object_new_object ();
-  struct target *t = j->e->target;
+  struct target *t = engine_target (j->e);
 
   engine_get_stats (j->e, &st, &pending, &broken, &eerr);
   done = bytes_done (j, pending);
@@ -128,8 +130,9 @@ job_object (struct job *j, bool qmp)
        t->working_name && state != JOB_COMPLETED
        ? json_object_new_string (t->working_name) : NULL);
   add (o, qmp, "cluster_size", "cluster-size",
-       json_object_new_int64 (j->e->cluster_size));
-  add (o, qmp, "disk_size", "disk-size", json_object_new_int64 (j->e->size));
+       json_object_new_int64 (engine_cluster_size (j->e)));
+  add (o, qmp, "disk_size", "disk-size",
+       json_object_new_int64 (engine_size (j->e)));
   add (o, qmp, "bytes_done", "current-progress", json_object_new_int64 (done));
   add (o, qmp, "bytes_total", "total-progress",
        json_object_new_int64 (j->bytes_total));
@@ -146,7 +149,7 @@ job_object (struct job *j, bool qmp)
   add (o, qmp, "workers", "workers",
        json_object_new_int64 (j->p.background_copy ? j->p.workers : 0));
   add (o, qmp, "on_error", "on-error",
-       json_object_new_string (j->e->on_error == CBW_FAIL_WRITE
+       json_object_new_string (engine_on_error (j->e) == CBW_FAIL_WRITE
                                ? "fail-write" : "break-snapshot"));
   add (o, qmp, "writes_failed", "writes-failed",
        json_object_new_int64 (st.writes_failed));
@@ -271,7 +274,7 @@ throttle_wait (struct job *j)
      * (The engine's lock nests inside ours only here.)
      */
     engine_get_stats (j->e, NULL, &pending, NULL, NULL);
-    if (pending == 0 || !atomic_load (&j->e->active))
+    if (pending == 0 || !engine_is_active (j->e))
       return true;
     wait = MIN (j->next_slot - now, 1.0);
     clock_gettime (CLOCK_MONOTONIC, &ts);
@@ -306,7 +309,7 @@ static void *
 worker (void *vp)
 {
   struct job *j = vp;
-  uint64_t chunk = MAX (1, JOB_CHUNK >> j->e->cluster_bits);
+  uint64_t chunk = MAX (1u, JOB_CHUNK / engine_cluster_size (j->e));
   uint64_t first, n;
 
   while (throttle_wait (j) &&
@@ -333,7 +336,7 @@ conclude (struct job *j, bool cancel)
   bool broken;
   CLEANUP_FREE char *eerr = NULL;
   enum job_state state;
-  struct target *t = j->e->target;
+  struct target *t = engine_target (j->e);
 
   /* No more copy-before-write: the job is over either way.  Let the
    * copies still in flight end before the target is finished.
@@ -452,7 +455,7 @@ job_start (const struct job_params *p, struct engine *e, nbdkit_next *next)
    * the allocated clusters.
    */
   engine_get_stats (e, NULL, &pending, NULL, NULL);
-  j->bytes_total = MIN (pending << e->cluster_bits, e->size);
+  j->bytes_total = MIN (pending * engine_cluster_size (e), engine_size (e));
   j->speed = p->speed;
   j->start_time = monotonic_seconds ();
   j->state = JOB_RUNNING;
@@ -470,10 +473,10 @@ job_start (const struct job_params *p, struct engine *e, nbdkit_next *next)
 
   nbdkit_debug ("%s: job started: sync=%s, %" PRIu64 " bytes, "
                 "cluster size %u, %u workers, target %s", p->name, p->sync,
-                e->size, e->cluster_size,
+                engine_size (e), engine_cluster_size (e),
                 p->background_copy ? j->p.workers : 0,
-                e->target->working_name ? e->target->working_name
-                : e->target->name);
+                engine_target (e)->working_name
+                ? engine_target (e)->working_name : engine_target (e)->name);
   job_write_status (j);
   emit_status_change (j, JOB_RUNNING);
 
@@ -515,6 +518,13 @@ job_finish (struct job *j, bool wait)
   state = j->state;
   pthread_mutex_unlock (&j->lock);
   return state;
+}
+
+bool
+job_is_finished (struct job *j)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&j->lock);
+  return j->finished;
 }
 
 void

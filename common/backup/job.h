@@ -104,6 +104,11 @@ extern struct job *job_start (const struct job_params *p, struct engine *e,
  */
 extern enum job_state job_finish (struct job *j, bool wait);
 
+/* True once the job has ended (its target finished, its state final);
+ * its thread may still be settling the bitmap and sending events.
+ */
+extern bool job_is_finished (struct job *j);
+
 /* Change the background job's speed limit at run time (bytes per
  * second of source reads, 0 = unlimited).  Thread-safe; takes effect
  * at once, also for workers already sleeping.  Copy-before-write is

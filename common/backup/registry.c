@@ -16,6 +16,8 @@
 #include "nbdkit-stubs.h"
 #include "registry.h"
 
+/* Lock order: see lock-order.h. */
+
 struct entry {
   struct entry *next;
   char *kind;           /* "filter" for loaded filters. */

@@ -18,15 +18,6 @@
 
 #include "engine.h"
 
-/* A reader of source clusters [c0, c1): while registered, writes to
- * those clusters wait (after their copy-before-write), so the reader
- * sees point-in-time data.  Lives on the reader's stack.
- */
-struct engine_reader {
-  struct engine_reader *next;
-  uint64_t c0, c1;
-};
-
 /* Read [offset, offset+count) of the snapshot.  next reads the
  * source.  Fails with EIO once the snapshot is broken or stopped.
  */
@@ -45,11 +36,5 @@ extern int engine_snapshot_extents (struct engine *e, nbdkit_next *next,
                                                          uint64_t offset,
                                                          uint64_t count),
                                     void *opaque, int *err);
-
-/* For writers, after engine_before_write: wait until no snapshot
- * reader is reading the source clusters this write touches.
- */
-extern void engine_wait_readers (struct engine *e, uint64_t offset,
-                                 uint64_t count);
 
 #endif /* NBDKIT_BACKUP_SNAPSHOT_H */

@@ -28,6 +28,8 @@
 #include "nbd-uri.h"
 #include "top-allocation.h"
 
+/* Lock order: see lock-order.h. */
+
 const char *const sync_name[] = { "full", "top", "none", "incremental" };
 
 int
@@ -277,8 +279,7 @@ protect_allocated (struct engine *e, nbdkit_next *next, int64_t size,
 
       if (a >= b || (x.type & NBDKIT_EXTENT_HOLE))
         continue;
-      engine_protect (e, a >> e->cluster_bits,
-                      ((b - 1) >> e->cluster_bits) + 1);
+      engine_protect_bytes (e, a, b - a);
       protected_bytes += b - a;
     }
     nbdkit_extents_free (exts);
@@ -360,7 +361,7 @@ backup_prepare (const struct backup_spec *s, const char *p,
     break;
   }
   default:
-    engine_protect (b->engine, 0, b->engine->nr_clusters);
+    engine_protect (b->engine, 0, UINT64_MAX);
   }
   return b;
 
@@ -445,14 +446,7 @@ backup_abort (struct backup *b)
 bool
 backup_running (struct backup *b)
 {
-  bool r;
-
-  if (b == NULL || b->job == NULL)
-    return false;
-  pthread_mutex_lock (&b->job->lock);
-  r = !b->job->finished;
-  pthread_mutex_unlock (&b->job->lock);
-  return r;
+  return b && b->job && !job_is_finished (b->job);
 }
 
 enum job_state

@@ -18,6 +18,7 @@
 #include <config.h>
 
 #include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -27,53 +28,37 @@
 
 #include "backup.h"
 #include "cbw.h"
-#include "cleanup.h"
-#include "incremental.h"
-#include "ispowerof2.h"
-#include "nbd-uri.h"
+#include "cbw-params.h"
 #include "registry.h"
 
-static int
-get_string (json_object *v, const char *name, const char **out,
-            struct control_error *err)
-{
-  if (!json_object_is_type (v, json_type_string))
-    return control_fail (err, CONTROL_GENERIC_ERROR,
-                         "backup-start: '%s' must be a string", name);
-  *out = json_object_get_string (v);
-  return 0;
-}
+/* Lock order: see lock-order.h. */
 
-static int
-get_uint (json_object *v, const char *name, uint64_t max, uint64_t *out,
+/* An argument's value as the text a parameter would give: strings as
+ * they are, numbers in decimal.  NULL (err filled) for anything else.
+ */
+static const char *
+arg_text (json_object *v, const char *key, char *buf, size_t len,
           struct control_error *err)
 {
-  if (!json_object_is_type (v, json_type_int) ||
-      json_object_get_int64 (v) < 0 ||
-      (uint64_t) json_object_get_int64 (v) > max)
-    return control_fail (err, CONTROL_GENERIC_ERROR,
-                         "backup-start: '%s' must be a whole number from "
-                         "0 to %" PRIu64, name, max);
-  *out = json_object_get_int64 (v);
-  return 0;
+  switch (json_object_get_type (v)) {
+  case json_type_string:
+    return json_object_get_string (v);
+  case json_type_int:
+    snprintf (buf, len, "%" PRId64, json_object_get_int64 (v));
+    return buf;
+  case json_type_double:
+    snprintf (buf, len, "%.17g", json_object_get_double (v));
+    return buf;
+  default:
+    control_fail (err, CONTROL_GENERIC_ERROR,
+                  "backup-start: '%s' must be a string or a number", key);
+    return NULL;
+  }
 }
 
-/* Replace *field with a copy of s (or an absolute path of s). */
-static int
-set_str (char **field, const char *s, bool path,
-         struct control_error *err)
-{
-  char *copy = path && !is_nbd_uri (s) && *s != '/'
-    ? nbdkit_absolute_path (s) : strdup (s);
-
-  if (copy == NULL)
-    return control_fail (err, CONTROL_GENERIC_ERROR, "out of memory");
-  free (*field);
-  *field = copy;
-  return 0;
-}
-
-/* Fill spec from the defaults and args.  0, or -1 with err filled. */
+/* Fill spec from the defaults and args, through the parser the
+ * parameters use (cbw-params.c).  0, or -1 with err filled.
+ */
 static int
 spec_from_args (struct backup_spec *spec, json_object *args,
                 struct control_error *err)
@@ -85,114 +70,16 @@ spec_from_args (struct backup_spec *spec, json_object *args,
   spec->status_path = NULL;
 
   json_object_object_foreach (args, key, v) {
-    const char *s = NULL;
-    uint64_t n = 0;
+    char buf[64];
+    const char *s = arg_text (v, key, buf, sizeof buf, err);
+    int r;
 
-    if (strcmp (key, "target") == 0) {
-      if (get_string (v, key, &s, err) == -1 ||
-          set_str (&spec->target, s, true, err) == -1)
-        return -1;
-    }
-    else if (strcmp (key, "sync") == 0) {
-      if (get_string (v, key, &s, err) == -1)
-        return -1;
-      if (parse_sync (s, &spec->sync) == -1)
-        return control_fail (err, CONTROL_GENERIC_ERROR,
-                             "sync: unknown sync mode '%s' (expecting "
-                             "full, top, incremental or none)", s);
-    }
-    else if (strcmp (key, "format") == 0) {
-      if (get_string (v, key, &s, err) == -1)
-        return -1;
-      if (parse_target_format (s, &spec->format) == -1)
-        return control_fail (err, CONTROL_GENERIC_ERROR,
-                             "format: unknown format '%s' (expecting raw, "
-                             "qcow2 or nbd)", s);
-    }
-    else if (strcmp (key, "backing") == 0) {
-      if (get_string (v, key, &s, err) == -1 ||
-          set_str (&spec->backing, s, false, err) == -1)
-        return -1;
-    }
-    else if (strcmp (key, "backing-format") == 0) {
-      if (get_string (v, key, &s, err) == -1)
-        return -1;
-      if (strcmp (s, "raw") != 0 && strcmp (s, "qcow2") != 0)
-        return control_fail (err, CONTROL_GENERIC_ERROR,
-                             "backing-format: unknown format '%s' "
-                             "(expecting raw or qcow2)", s);
-      if (set_str (&spec->backing_format, s, false, err) == -1)
-        return -1;
-    }
-    else if (strcmp (key, "cluster-size") == 0) {
-      if (get_uint (v, key, 16 * 1024 * 1024, &n, err) == -1)
-        return -1;
-      if (n < 4096 || !is_power_of_2 (n))
-        return control_fail (err, CONTROL_GENERIC_ERROR,
-                             "cluster-size: %" PRIu64 " must be a power "
-                             "of two from 4K to 16M", n);
-      spec->cluster_size = n;
-    }
-    else if (strcmp (key, "speed") == 0) {
-      if (get_uint (v, key, INT64_MAX, &n, err) == -1)
-        return -1;
-      spec->speed = n;
-    }
-    else if (strcmp (key, "workers") == 0) {
-      if (get_uint (v, key, JOB_MAX_WORKERS, &n, err) == -1)
-        return -1;
-      if (n < 1)
-        return control_fail (err, CONTROL_GENERIC_ERROR,
-                             "workers: must be from 1 to %u",
-                             JOB_MAX_WORKERS);
-      spec->workers = n;
-    }
-    else if (strcmp (key, "on-error") == 0) {
-      if (get_string (v, key, &s, err) == -1)
-        return -1;
-      if (parse_on_error (s, &spec->on_error) == -1)
-        return control_fail (err, CONTROL_GENERIC_ERROR,
-                             "on-error: unknown policy '%s' (expecting "
-                             "break-snapshot or fail-write)", s);
-    }
-    else if (strcmp (key, "copy-timeout") == 0) {
-      double d;
-      if (!json_object_is_type (v, json_type_int) &&
-          !json_object_is_type (v, json_type_double))
-        return control_fail (err, CONTROL_GENERIC_ERROR,
-                             "copy-timeout: must be a number of seconds");
-      d = json_object_get_double (v);
-      if (!(d >= 0) || d > 86400)
-        return control_fail (err, CONTROL_GENERIC_ERROR,
-                             "copy-timeout: must be from 0 (no limit) "
-                             "to 86400 seconds");
-      spec->copy_timeout = d;
-    }
-    else if (strcmp (key, "bitmap") == 0) {
-      if (get_string (v, key, &s, err) == -1)
-        return -1;
-      if (dirty_check_name (s, err) == -1 ||
-          set_str (&spec->bitmap, s, false, err) == -1)
-        return -1;
-    }
-    else if (strcmp (key, "bitmap-mode") == 0) {
-      if (get_string (v, key, &s, err) == -1)
-        return -1;
-      if (incremental_parse_mode (s, &spec->bitmap_mode) == -1)
-        return control_fail (err, CONTROL_GENERIC_ERROR,
-                             "bitmap-mode: unknown mode '%s' (expecting "
-                             "on-success, never or always)", s);
-    }
-    else if (strcmp (key, "job-id") == 0) {
-      if (get_string (v, key, &s, err) == -1)
-        return -1;
-      if (*s == '\0' || strlen (s) > 128)
-        return control_fail (err, CONTROL_GENERIC_ERROR,
-                             "job-id: must be 1 to 128 characters");
-      if (set_str (&spec->job_id, s, false, err) == -1)
-        return -1;
-    }
-    else
+    if (s == NULL)
+      return -1;
+    r = cbw_parse_setting (spec, CBW_FROM_COMMAND, key, s, err);
+    if (r == -1)
+      return -1;
+    if (r == 0)
       return control_fail (err, CONTROL_GENERIC_ERROR,
                            "backup-start: unknown argument '%s'", key);
   }

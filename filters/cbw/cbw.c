@@ -53,16 +53,17 @@
 
 #include "backup.h"
 #include "cbw.h"
+#include "cbw-params.h"
 #include "control.h"
 #include "engine.h"
 #include "gate.h"
 #include "incremental.h"
-#include "ispowerof2.h"
 #include "job.h"
 #include "minmax.h"
-#include "nbd-uri.h"
 #include "registry.h"
 #include "target.h"
+
+/* Lock order: see lock-order.h. */
 
 /* Log every cluster copy (-D cbw.engine=1). */
 NBDKIT_DLL_PUBLIC int cbw_debug_engine = 0;
@@ -115,108 +116,20 @@ static int
 cbw_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
             const char *key, const char *value)
 {
-  struct backup_spec *d = &cbw_defaults;
+  struct control_error err = { 0 };
+  int r;
 
-  if (strcmp (key, "cbw-target") == 0)
-    return set_param (&d->target, value, !is_nbd_uri (value));
-  else if (strcmp (key, "cbw-target-format") == 0) {
-    if (parse_target_format (value, &d->format) == -1) {
-      nbdkit_error ("cbw-target-format: unknown format '%s' "
-                    "(expecting raw, qcow2 or nbd)", value);
-      return -1;
-    }
+  /* The backup's own settings: one parser with backup-start. */
+  r = cbw_parse_setting (&cbw_defaults, CBW_FROM_PARAMETER, key, value,
+                         &err);
+  if (r == -1) {
+    nbdkit_error ("%s", err.desc);
+    return -1;
+  }
+  if (r == 1)
     return 0;
-  }
-  else if (strcmp (key, "cbw-target-backing") == 0)
-    /* Kept as written: stored in the qcow2 header, where a relative
-     * name is relative to the target's directory.
-     */
-    return set_param (&d->backing, value, false);
-  else if (strcmp (key, "cbw-target-backing-format") == 0) {
-    if (strcmp (value, "raw") != 0 && strcmp (value, "qcow2") != 0) {
-      nbdkit_error ("cbw-target-backing-format: unknown format '%s' "
-                    "(expecting raw or qcow2)", value);
-      return -1;
-    }
-    return set_param (&d->backing_format, value, false);
-  }
-  else if (strcmp (key, "cbw-copy-timeout") == 0) {
-    char *end;
-    double r;
 
-    errno = 0;
-    r = strtod (value, &end);
-    if (errno != 0 || end == value || *end != '\0' || !(r >= 0) ||
-        r > 86400) {
-      nbdkit_error ("cbw-copy-timeout: '%s' must be a number of seconds "
-                    "from 0 (no limit) to 86400", value);
-      return -1;
-    }
-    d->copy_timeout = r;
-    return 0;
-  }
-  else if (strcmp (key, "cbw-speed") == 0) {
-    int64_t r = nbdkit_parse_size (value);
-    if (r == -1) {
-      nbdkit_error ("cbw-speed: '%s' must be bytes per second, with an "
-                    "optional K, M or G suffix, or 0 (no limit)", value);
-      return -1;
-    }
-    d->speed = r;
-    return 0;
-  }
-  else if (strcmp (key, "cbw-sync") == 0) {
-    if (parse_sync (value, &d->sync) == -1) {
-      nbdkit_error ("cbw-sync: unknown sync mode '%s' "
-                    "(expecting full, top, incremental or none)", value);
-      return -1;
-    }
-    return 0;
-  }
-  else if (strcmp (key, "cbw-bitmap") == 0) {
-    struct control_error err = { 0 };
-
-    if (dirty_check_name (value, &err) == -1) {
-      nbdkit_error ("cbw-bitmap: %s", err.desc);
-      return -1;
-    }
-    return set_param (&d->bitmap, value, false);
-  }
-  else if (strcmp (key, "cbw-bitmap-mode") == 0) {
-    if (incremental_parse_mode (value, &d->bitmap_mode) == -1) {
-      nbdkit_error ("cbw-bitmap-mode: unknown mode '%s' "
-                    "(expecting on-success, never or always)", value);
-      return -1;
-    }
-    return 0;
-  }
-  else if (strcmp (key, "cbw-cluster-size") == 0) {
-    int64_t r = nbdkit_parse_size (value);
-    if (r == -1)
-      return -1;
-    if (r < 4096 || r > 16 * 1024 * 1024 || !is_power_of_2 (r)) {
-      nbdkit_error ("cbw-cluster-size: '%s' must be a power of two "
-                    "from 4K to 16M", value);
-      return -1;
-    }
-    d->cluster_size = r;
-    return 0;
-  }
-  else if (strcmp (key, "cbw-status") == 0)
-    return set_param (&d->status_path, value, true);
-  else if (strcmp (key, "cbw-workers") == 0) {
-    unsigned r;
-    if (nbdkit_parse_unsigned ("cbw-workers", value, &r) == -1)
-      return -1;
-    if (r < 1 || r > JOB_MAX_WORKERS) {
-      nbdkit_error ("cbw-workers: '%s' must be from 1 to %u",
-                    value, JOB_MAX_WORKERS);
-      return -1;
-    }
-    d->workers = r;
-    return 0;
-  }
-  else if (strcmp (key, "cbw-on-exit") == 0) {
+  if (strcmp (key, "cbw-on-exit") == 0) {
     if (strcmp (value, "finish") == 0)
       finish_on_exit = true;
     else if (strcmp (value, "cancel") == 0)
@@ -227,21 +140,6 @@ cbw_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
       return -1;
     }
     return 0;
-  }
-  else if (strcmp (key, "cbw-on-error") == 0) {
-    if (parse_on_error (value, &d->on_error) == -1) {
-      nbdkit_error ("cbw-on-error: unknown policy '%s' "
-                    "(expecting break-snapshot or fail-write)", value);
-      return -1;
-    }
-    return 0;
-  }
-  else if (strcmp (key, "cbw-job-id") == 0) {
-    if (*value == '\0' || strlen (value) > 128) {
-      nbdkit_error ("cbw-job-id: must be 1 to 128 characters");
-      return -1;
-    }
-    return set_param (&d->job_id, value, false);
   }
   else if (strcmp (key, "cbw-control") == 0)
     return control_configure ("cbw-control", value);

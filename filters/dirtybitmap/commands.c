@@ -33,6 +33,8 @@
 #include "dirty.h"
 #include "persist.h"
 
+/* Lock order: see lock-order.h. */
+
 static uint32_t default_granularity = 65536;
 
 /* What an action did, for abort. */

@@ -53,6 +53,8 @@
 #include "persist.h"
 #include "registry.h"
 
+/* Lock order: see lock-order.h. */
+
 #define DIRTY_EXPORT_PREFIX "dirty:"
 
 /* Parameters, set in .config and never changed afterwards. */

@@ -46,6 +46,8 @@
 #include "format.h"
 #include "persist.h"
 
+/* Lock order: see lock-order.h. */
+
 /* This lock serializes writing the file. */
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static char *path;                      /* NULL: no file configured. */

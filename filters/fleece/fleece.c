@@ -51,6 +51,8 @@
 #include "snapshot.h"
 #include "store.h"
 
+/* Lock order: see lock-order.h. */
+
 /* Log every cluster copy (-D fleece.engine=1). */
 NBDKIT_DLL_PUBLIC int fleece_debug_engine = 0;
 
@@ -222,7 +224,7 @@ snapshot_create (struct control_error *err)
     t->ops->close (t);
     return control_fail (err, CONTROL_GENERIC_ERROR, "out of memory");
   }
-  engine_protect (e, 0, e->nr_clusters);
+  engine_protect (e, 0, UINT64_MAX);
   engine_activate (e);
   store = t;
   engine = e;
@@ -270,9 +272,10 @@ describe_snapshot (void *unused)
     json_object_object_add (o, "error",
                             error ? json_object_new_string (error) : NULL);
     json_object_object_add (o, "disk-size",
-                            json_object_new_int64 (engine->size));
+                            json_object_new_int64 (engine_size (engine)));
     json_object_object_add (o, "cluster-size",
-                            json_object_new_int64 (engine->cluster_size));
+                            json_object_new_int64
+                            (engine_cluster_size (engine)));
     json_object_object_add (o, "bytes-copied",
                             json_object_new_int64 (st.bytes_copied));
     json_object_object_add (o, "store-used",

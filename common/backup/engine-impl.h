@@ -1,0 +1,86 @@
+/* nbdkit-backup
+ * Copyright (C) 2026 the nbdkit-backup authors.
+ * SPDX-License-Identifier: BSD-3-Clause
+ */
+
+/* Private to engine.c and engine-timed.c: the engine's state.  Every
+ * other file uses the calls of engine.h.
+ */
+
+#ifndef NBDKIT_BACKUP_ENGINE_IMPL_H
+#define NBDKIT_BACKUP_ENGINE_IMPL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <time.h>
+
+#include <nbdkit-filter.h>
+
+#include "bitmap.h"
+#include "engine.h"
+#include "target.h"
+
+struct engine {
+  /* Fields set by engine_new and never changed. */
+  uint64_t size;
+  unsigned cluster_size;
+  unsigned cluster_bits;
+  uint64_t nr_clusters;
+  struct target *target;
+  enum cbw_on_error on_error;
+  const char *name;             /* For messages: "cbw", "fleece". */
+  /* Longest a write waits for copy-before-write, in seconds (0: no
+   * limit).  Set by engine_set_copy_timeout before activating.
+   */
+  double copy_timeout;
+
+  /* True while clusters are protected.  Read without the lock on the
+   * write fast path; it only becomes true while no write is in flight
+   * (server start, or a transaction with the write gate closed).
+   */
+  atomic_bool active;
+
+  /* This lock protects the fields below. */
+  pthread_mutex_t lock;
+  pthread_cond_t cond;          /* Broadcast when any cluster changes. */
+  struct bitmap state;          /* enum cluster_state per cluster. */
+  uint64_t pending;             /* Clusters PENDING or COPYING. */
+  bool broken;                  /* A copy failed under break-snapshot. */
+  char *error;                  /* First error message, if broken. */
+  struct engine_stats stats;
+  struct engine_reader *readers; /* Snapshot readers on the source. */
+  unsigned in_flight;           /* Claimed runs not yet finished. */
+  unsigned helpers;             /* Timed copy threads running. */
+};
+
+/* Write buf (the source's data for [offset, offset+len)) to the
+ * target one cluster at a time, leaving zero clusters unwritten on a
+ * known-zero target and unmapping them otherwise.  Runs of the same
+ * kind go in one call.  Adds to *data and *zero.  0 or -1 (errno).
+ */
+extern int engine_store (struct engine *e, const char *buf, uint64_t offset,
+                         uint64_t len, uint64_t *data, uint64_t *zero);
+
+/* Mark claimed [first, first+n) as copied or, after a failure, pending
+ * again; account and wake waiters.  Takes the lock.
+ */
+extern void engine_finish_claim (struct engine *e, uint64_t first,
+                                 uint64_t n, bool ok, uint64_t data_bytes,
+                                 uint64_t zero_bytes, bool by_write,
+                                 const char *failure);
+
+/* An outcome of engine_timed_copy. */
+#define COPY_TIMED_OUT (-2)
+
+/* Copy claimed clusters [first, first+n) before a write, giving up at
+ * deadline.  0, -1 (failed: finished as engine_copy does), or
+ * COPY_TIMED_OUT (the copy may still be in flight: its helper will
+ * finish the claim).  Called without the lock.
+ */
+extern int engine_timed_copy (struct engine *e, nbdkit_next *next,
+                              uint64_t first, uint64_t n,
+                              const struct timespec *deadline);
+
+#endif /* NBDKIT_BACKUP_ENGINE_IMPL_H */
