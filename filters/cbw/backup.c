@@ -233,8 +233,7 @@ protect_top_layer (struct engine *e, const struct top_allocation *ta,
                            "of the %s at offset %" PRIu64 " failed",
                            ta->owner, offset);
     if (allocated) {
-      engine_protect (e, offset >> e->cluster_bits,
-                      ((offset + len - 1) >> e->cluster_bits) + 1);
+      engine_protect_bytes (e, offset, len);
       protected_bytes += len;
     }
     offset += len;
