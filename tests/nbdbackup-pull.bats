@@ -143,7 +143,7 @@ export_to_file () { nbdcopy "$1" "$2"; }
     run -1 nbdbackup pull "$src_uri" "$ro_uri"
     [[ "$output" == *"read-only"* ]]
     run -1 nbdbackup pull "$src_uri" "$small_uri"
-    [[ "$output" == *"smaller than the source"* ]]
+    [[ "$output" == *"is 8388608 bytes but the disk is 16777216 bytes"* ]]
     # File-only options are usage errors with an NBD target.
     run -2 nbdbackup pull --format=qcow2 "$src_uri" "$small_uri"
     [[ "$output" == *"--format applies only to a file TARGET"* ]]
