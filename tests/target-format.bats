@@ -64,9 +64,18 @@ format_of () { qemu-img info --output=json "$1" | grep -o '"format": *"[a-z0-9]*
 }
 
 @test "target format: a new raw target of a partial backup is refused" {
-    run ! cbw_run cbw-target="$d/top.img" cbw-sync=top
+    # sync=top of a qcow2 overlay: its unallocated clusters read the
+    # backing file, which a new raw file would not hold.
+    cp "$d/disk.img" "$d/base.img"
+    qemu-img create -q -f qcow2 -b base.img -F raw "$d/top.qcow2"
+    run ! timeout 60 nbdkit -U - --filter="$cbw" "$(plugin_path qcow2)" \
+        file="$d/top.qcow2" cbw-target="$d/top.img" cbw-sync=top --run true
     [[ "$output" == *"cbw-target: $d/top.img does not exist, and a new raw file would hold only the changed clusters (zeros elsewhere)"* ]]
     [ ! -e "$d/top.img" ] && [ ! -e "$d/top.img.incomplete" ]
+    # sync=top of a raw file is whole: its holes read as zeros.
+    run -0 cbw_run cbw-target="$d/top.img" cbw-sync=top
+    cmp "$d/top.img" "$d/disk.img"
+    rm "$d/top.img"
     run ! timeout 60 nbdkit -U - --filter="$cbw" --filter="$(filter_path dirtybitmap)" \
         file "$d/disk.img" dirtybitmap-file="$d/bitmaps" \
         cbw-target="$d/inc.img" cbw-sync=incremental cbw-bitmap=b0 --run true

@@ -87,6 +87,12 @@ target_format_of (enum target_format explicit_, const char *name)
   return TARGET_RAW;
 }
 
+bool
+target_source_is_raw (const char *path)
+{
+  return path && qcow2_probe ("source", path, NULL) == 0;
+}
+
 static int __attribute__ ((format (printf, 3, 4)))
 fail (char *msg, size_t msglen, const char *fs, ...)
 {

@@ -138,6 +138,12 @@ struct target_options {
   unsigned connections;         /* NBD: parallel connections (>= 1) */
 };
 
+/* True if path (a source disk's file) is raw, not qcow2: its holes
+ * read as zeros, so a backup of only its allocated clusters (sync=top)
+ * into a new raw file is still whole.  False if unknown (NULL).
+ */
+extern bool target_source_is_raw (const char *path);
+
 /* Check, before any work, that name may be the target: the format
  * agrees with what is there, the kind of file (a symlink, directory,
  * FIFO... is refused, a block device is fine), the directory lets us

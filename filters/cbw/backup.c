@@ -108,7 +108,10 @@ spec_target_options (const struct backup_spec *s, struct target_options *o)
     .backing = s->backing,
     .backing_format = s->backing_format,
     .cluster_size = s->cluster_size,
-    .partial = s->sync == SYNC_TOP || s->sync == SYNC_INCREMENTAL,
+    /* sync=top of a raw file: its holes read as zeros anyway. */
+    .partial = s->sync == SYNC_INCREMENTAL ||
+               (s->sync == SYNC_TOP &&
+                !target_source_is_raw (s->source_file)),
     .source_file = s->source_file,
     /* One connection per copier, plus some for writers' copies. */
     .connections = s->workers + 2,
