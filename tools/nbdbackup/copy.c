@@ -248,8 +248,13 @@ write_slot (struct slot *slot)
   slot->pending = 1;
 
   if (!c->tgt->known_zero) {
-    if (is_zero (buf, len))
-      issue_zero (slot, len, slot->offset);
+    if (is_zero (buf, len)) {
+      /* In pieces the target takes (max_zero may be below chunk). */
+      for (pos = 0; pos < len; pos += next) {
+        next = MIN (len - pos, c->tgt->max_zero);
+        issue_zero (slot, next, slot->offset + pos);
+      }
+    }
     else
       issue_write (slot, buf, len, slot->offset);
     slot_put (slot);
