@@ -19,8 +19,6 @@ setup () {
     cp "$d/victim" "$d/victim.orig"
 }
 
-teardown () { stop_all_nbdkit; }
-
 # cbw_run ARGS...: a captive cbw backup of disk.img, at most 60 s.
 cbw_run () {
     timeout 60 nbdkit -U - --filter="$cbw" file "$d/disk.img" "$@" --run true
@@ -121,4 +119,38 @@ cbw_run () {
         fleece-store="$d/store.file" \
         --run 'stat -c %a '"$d/store.file"' > '"$d/mode"
     [ "$(cat "$d/mode")" = 600 ]
+}
+
+# A loop device over a file in the test's directory, or skip.
+loop_device () {
+    [ "$(id -u)" = 0 ] || skip "needs root for a loop device"
+    command -v losetup >/dev/null || skip "no losetup"
+    truncate -s "$2" "$1"
+    loopdev="$(losetup -f --show "$1" 2>/dev/null)" || skip "no loop device"
+    echo "$loopdev" >> "$d/loopdevs"
+}
+
+teardown () {
+    stop_all_nbdkit
+    if [ -f "$d/loopdevs" ]; then
+        while read -r dev; do losetup -d "$dev" || :; done < "$d/loopdevs"
+    fi
+}
+
+@test "target paths: a block device target is written in place, on purpose" {
+    loop_device "$d/backing.img" 4M
+    run -0 cbw_run cbw-target="$loopdev"
+    [ -b "$loopdev" ] && [ ! -e "$loopdev.incomplete" ]
+    cmp "$d/backing.img" "$d/disk.img"
+    run ! cbw_run cbw-target="$loopdev" cbw-target-format=qcow2
+    [[ "$output" == *"cbw-target: $loopdev is a block device: only a raw target may be one"* ]]
+
+    truncate -s 0 "$d/backing.img"; truncate -s 4M "$d/backing.img"
+    losetup -c "$loopdev"
+    start_nbdkit src file "$d/disk.img" --readonly
+    run -1 nbdbackup pull "$src_uri" "$loopdev"
+    [[ "$output" == *"already exists (use --force to replace it)"* ]]
+    run -0 nbdbackup pull --force "$src_uri" "$loopdev"
+    [ -b "$loopdev" ] && [ ! -e "$loopdev.incomplete" ]
+    cmp "$d/backing.img" "$d/disk.img"
 }

@@ -118,6 +118,15 @@ spec_target_options (const struct backup_spec *s, struct target_options *o)
   };
 }
 
+/* Whether anything is at path (a dangling symlink too). */
+static bool
+exists (const char *path)
+{
+  struct stat st;
+
+  return lstat (path, &st) == 0;
+}
+
 int
 spec_check (struct backup_spec *s, const char *p, struct control_error *err)
 {
@@ -157,14 +166,14 @@ spec_check (struct backup_spec *s, const char *p, struct control_error *err)
     char msg[512];
 
     if (s->format == TARGET_QCOW2 && s->sync == SYNC_TOP &&
-        s->backing == NULL && access (target, F_OK) == -1)
+        s->backing == NULL && !exists (target))
       return control_fail (err, CONTROL_GENERIC_ERROR,
                            "%ssync=top with a new qcow2 target needs "
                            "%starget-backing: name the source's backing "
                            "file, so that the target chain reads as the "
                            "source", p, p);
     if (s->format == TARGET_QCOW2 && s->sync == SYNC_INCREMENTAL &&
-        s->backing == NULL && access (target, F_OK) == -1)
+        s->backing == NULL && !exists (target))
       return control_fail (err, CONTROL_GENERIC_ERROR,
                            "%ssync=incremental with a new qcow2 target "
                            "needs %starget-backing: name the previous "
