@@ -245,34 +245,22 @@ target_file_open (const char *param, const char *path,
   struct file_target *ft;
   int r;
 
-  ft = calloc (1, sizeof *ft);
-  if (ft == NULL) {
-    nbdkit_error ("calloc: %m");
+  ft = target_alloc (sizeof *ft, &file_ops, path, size, FILE_MAX_ZERO);
+  if (ft == NULL)
     return NULL;
-  }
   ft->fd = -1;
-  ft->t.ops = &file_ops;
-  ft->t.size = size;
-  ft->t.max_zero = FILE_MAX_ZERO;
   ft->can_punch = true;
-  if (target_set_names (&ft->t, path) == -1)
-    goto err;
 
   if (kind == EXISTING_BLOCKDEV)
     r = open_blockdev (param, ft, size);
   else if (kind == EXISTING_FILE && !o->replace)
     r = open_existing (param, ft, size);
-  else {
+  else
     r = create_new (param, ft, size);
-    if (r == 0 && kind == EXISTING_FILE)
-      r = target_remove_old (param, path);
-  }
-  if (r == -1)
+  if (r == -1 ||
+      target_placed (param, path, kind,
+                     kind == EXISTING_NONE || o->replace) == -1)
     goto err;
-  if (kind != EXISTING_BLOCKDEV && fsync_parent_dir (path) == -1) {
-    nbdkit_error ("%s: %s: fsync of directory: %m", param, path);
-    goto err;
-  }
   return &ft->t;
 
  err:

@@ -28,10 +28,20 @@ extern int target_existing (const char *param, const char *name,
                             enum target_existing *kind, struct stat *st,
                             char *msg, size_t msglen);
 
-/* Set t->name to path and t->working_name to "PATH.incomplete".
- * 0 or -1 (reported).
+/* Allocate a file target's struct (size_of bytes, zeroed, struct
+ * target first) with its ops, size, max_zero, name (path) and working
+ * name ("PATH.incomplete").  NULL on error (reported, nothing left).
  */
-extern int target_set_names (struct target *t, const char *path);
+extern void *target_alloc (size_t size_of, const struct target_ops *ops,
+                           const char *path, uint64_t size,
+                           uint32_t max_zero);
+
+/* After a file target is in place: with created set for a new file
+ * over an existing one (o->replace), remove the old PATH; then sync
+ * the directory (not for a block device).  0 or -1 (reported).
+ */
+extern int target_placed (const char *param, const char *path,
+                          enum target_existing kind, bool created);
 
 /* Unpublish an existing complete target: rename PATH to its working
  * name, so that from now on it is a backup in progress.  0 or -1
@@ -44,11 +54,6 @@ extern int target_unpublish (const char *param, struct target *t);
  * place).  0 or -1 (reported).
  */
 extern int target_publish (struct target *t);
-
-/* With o->replace: remove the old PATH now that PATH.incomplete
- * exists.  0 or -1 (reported).
- */
-extern int target_remove_old (const char *param, const char *path);
 
 /* The backends.  kind is what target_existing found. */
 extern struct target *target_file_open (const char *param, const char *path,

@@ -257,30 +257,18 @@ target_qcow2_open (const char *param, const char *path,
   struct qcow2_target *qt;
   int r;
 
-  qt = calloc (1, sizeof *qt);
-  if (qt == NULL) {
-    nbdkit_error ("calloc: %m");
+  qt = target_alloc (sizeof *qt, &qcow2_ops, path, size, QCOW2_MAX_ZERO);
+  if (qt == NULL)
     return NULL;
-  }
-  qt->t.ops = &qcow2_ops;
-  qt->t.size = size;
-  qt->t.max_zero = QCOW2_MAX_ZERO;
-  if (target_set_names (&qt->t, path) == -1)
-    goto err;
 
   if (kind == EXISTING_FILE && !o->replace)
     r = open_existing (param, qt, size);
-  else {
+  else
     r = create_new (param, qt, size, o);
-    if (r == 0 && kind == EXISTING_FILE)
-      r = target_remove_old (param, path);
-  }
-  if (r == -1)
+  if (r == -1 ||
+      target_placed (param, path, kind,
+                     kind == EXISTING_NONE || o->replace) == -1)
     goto err;
-  if (fsync_parent_dir (path) == -1) {
-    nbdkit_error ("%s: %s: fsync of directory: %m", param, path);
-    goto err;
-  }
   return &qt->t;
 
  err:

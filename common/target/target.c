@@ -238,15 +238,30 @@ target_open (const char *param, const char *name, uint64_t size,
   }
 }
 
-int
-target_set_names (struct target *t, const char *path)
+void *
+target_alloc (size_t size_of, const struct target_ops *ops,
+              const char *path, uint64_t size, uint32_t max_zero)
 {
-  if ((t->name = strdup (path)) == NULL) {
-    nbdkit_error ("malloc: %m");
-    return -1;
+  struct target *t = calloc (1, size_of);
+
+  if (t == NULL) {
+    nbdkit_error ("calloc: %m");
+    return NULL;
   }
-  t->working_name = incomplete_name (path);
-  return t->working_name ? 0 : -1;
+  t->ops = ops;
+  t->size = size;
+  t->max_zero = max_zero;
+  if ((t->name = strdup (path)) == NULL) {
+    nbdkit_error ("strdup: %m");
+    free (t);
+    return NULL;
+  }
+  if ((t->working_name = incomplete_name (path)) == NULL) {
+    free (t->name);
+    free (t);
+    return NULL;
+  }
+  return t;
 }
 
 int
@@ -264,10 +279,20 @@ target_publish (struct target *t)
 }
 
 int
-target_remove_old (const char *param, const char *path)
+target_placed (const char *param, const char *path,
+               enum target_existing kind, bool created)
 {
-  if (unlink (path) == -1 && errno != ENOENT) {
+  /* With o->replace, the old PATH goes as soon as the new file
+   * exists: a failed run then leaves no PATH that a script could take
+   * for its result.
+   */
+  if (created && kind == EXISTING_FILE &&
+      unlink (path) == -1 && errno != ENOENT) {
     nbdkit_error ("%s: %s: cannot remove the old target: %m", param, path);
+    return -1;
+  }
+  if (kind != EXISTING_BLOCKDEV && fsync_parent_dir (path) == -1) {
+    nbdkit_error ("%s: %s: fsync of directory: %m", param, path);
     return -1;
   }
   return 0;
