@@ -37,13 +37,13 @@ refused () {
 }
 
 @test "cbw-params: target is the source through another name" {
-    ln -s "$disk" "$BATS_TEST_TMPDIR/link.img"
+    ln "$disk" "$BATS_TEST_TMPDIR/link.img"
     refused "is the source disk itself" \
         file "$disk" cbw-target="$BATS_TEST_TMPDIR/link.img"
 }
 
 @test "cbw-params: target is a directory" {
-    refused "cbw-target: $BATS_TEST_TMPDIR: not a regular file" \
+    refused "cbw-target: $BATS_TEST_TMPDIR: is a directory, not a regular file or block device" \
         file "$disk" cbw-target="$BATS_TEST_TMPDIR"
 }
 

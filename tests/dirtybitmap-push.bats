@@ -312,6 +312,8 @@ check_mode () {
         cbw-target="$d/t.img" cbw-sync=incremental cbw-bitmap=b0 \
         cbw-bitmap-mode=sometimes --run true
     [[ "$output" == *"cbw-bitmap-mode: unknown mode 'sometimes' (expecting on-success, never or always)"* ]]
+    # An existing raw file is updated in place: then the bitmap counts.
+    truncate -s 1M "$d/t.img"
     run ! nbdkit -U - --filter="$cbw" file "$d/disk.img" \
         cbw-target="$d/t.img" cbw-sync=incremental cbw-bitmap=b0 --run true
     [[ "$output" == *"cbw-bitmap: an incremental backup needs nbdkit-dirtybitmap-filter in the same server, below this filter (--filter=dirtybitmap after it)"* ]]

@@ -134,6 +134,16 @@ export_to_file () { nbdcopy "$1" "$2"; }
     # The first 32M are the source; the 8M past its end are untouched.
     cmp -n 33554432 "$d/disk.img" "$d/dstnz.img"
     cmp -i 33554432 "$d/garbage.img" "$d/dstnz.img"
+
+    # Zero pieces bigger than the target's largest zero request: data
+    # that reads as zeros (no extents) in 8M chunks.
+    nbdcopy "$d/garbage.img" "$dstnz_uri"
+    cp "$d/disk.img" "$d/disk2.img"
+    fallocate -p -o 8M -l 8M "$d/disk2.img"
+    start_nbdkit srcnx --filter=noextents file "$d/disk2.img"
+    run -0 nbdbackup pull --chunk=8M "$srcnx_uri" "$dstnz_uri"
+    export_to_file "$dstnz_uri" "$d/dstnz.img"
+    cmp -n 33554432 "$d/disk2.img" "$d/dstnz.img"
 }
 
 @test "nbdbackup pull: NBD target that is read-only or too small" {
@@ -143,7 +153,7 @@ export_to_file () { nbdcopy "$1" "$2"; }
     run -1 nbdbackup pull "$src_uri" "$ro_uri"
     [[ "$output" == *"read-only"* ]]
     run -1 nbdbackup pull "$src_uri" "$small_uri"
-    [[ "$output" == *"smaller than the source"* ]]
+    [[ "$output" == *"is 8388608 bytes but the disk is 16777216 bytes"* ]]
     # File-only options are usage errors with an NBD target.
     run -2 nbdbackup pull --format=qcow2 "$src_uri" "$small_uri"
     [[ "$output" == *"--format applies only to a file TARGET"* ]]

@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/stat.h>
 
 #include <json-c/json.h>
 
@@ -71,7 +72,20 @@ write_json (const char *path, json_object *o)
 
   if (asprintf (&line, "%s\n", s) == -1)
     return -1;
-  return replace_file_atomically (path, line, strlen (line));
+  if (replace_file_atomically (path, line, strlen (line)) == -1) {
+    int e = errno;
+    struct stat st;
+
+    /* Say why, where replace_file_atomically refused a path that is
+     * not ours to replace (a symlink, a FIFO, a directory...).
+     */
+    if (e == EEXIST && lstat (path, &st) == 0 && !S_ISREG (st.st_mode))
+      nbdkit_error ("status file %s: is %s, not a regular file",
+                    path, file_kind (st.st_mode));
+    errno = e;
+    return -1;
+  }
+  return 0;
 }
 
 int

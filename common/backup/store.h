@@ -17,13 +17,19 @@
 
 /* Open a store for a disk of size bytes.  where is a directory (an
  * anonymous file is made there and vanishes with the process) or a
- * file path (created or truncated, and removed when the store
- * closes).  limit caps the data it may hold (0: no cap); past it,
+ * file path (created O_EXCL|O_NOFOLLOW, mode 0600, replacing an
+ * earlier run's regular file, and removed when the store closes; a
+ * symlink, FIFO, socket or device there is refused).  limit caps the data it may hold (0: no cap); past it,
  * writes fail with ENOSPC, as on a full disk.  NULL on error
  * (reported, naming param).
  */
 extern struct target *target_store_open (const char *param, const char *where,
                                          uint64_t size, uint64_t limit);
+
+/* Check at configuration time that a store can be made at where (as
+ * target_store_open takes it).  0 or -1 (reported, naming param).
+ */
+extern int target_store_check (const char *param, const char *where);
 
 /* True if [offset, offset+count) of the store reads as zeros because
  * nothing was written there (a hole).

@@ -17,6 +17,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <libgen.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,6 +27,8 @@
 
 #include <nbdkit-filter.h>
 
+#include "cleanup.h"
+#include "files.h"
 #include "store.h"
 
 struct store {
@@ -181,11 +184,18 @@ target_store_open (const char *param, const char *where, uint64_t size,
     s->t.name = strdup (where);
   }
   else {
-    s->fd = open (where, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (s->fd == -1) {
-      nbdkit_error ("%s: %s: %m", param, where);
+    /* A file path: never followed, never blocked on.  A leftover
+     * regular file (an earlier run's) is replaced; a symlink, FIFO,
+     * socket or device there is refused by name.
+     */
+    if (lstat (where, &st) == 0 && !S_ISREG (st.st_mode)) {
+      nbdkit_error ("%s: %s: is %s, not a regular file or directory",
+                    param, where, file_kind (st.st_mode));
       goto err;
     }
+    s->fd = create_file_excl (param, where, O_RDWR, 0600);
+    if (s->fd == -1)
+      goto err;
     s->remove_path = true;
     s->t.name = strdup (where);
   }
@@ -202,6 +212,32 @@ target_store_open (const char *param, const char *where, uint64_t size,
  err:
   store_close (&s->t);
   return NULL;
+}
+
+int
+target_store_check (const char *param, const char *where)
+{
+  struct stat st;
+  CLEANUP_FREE char *copy = strdup (where);
+  const char *dir = where;
+
+  if (copy == NULL) {
+    nbdkit_error ("strdup: %m");
+    return -1;
+  }
+  if (stat (where, &st) == -1 || !S_ISDIR (st.st_mode)) {
+    if (lstat (where, &st) == 0 && !S_ISREG (st.st_mode)) {
+      nbdkit_error ("%s: %s: is %s, not a regular file or directory",
+                    param, where, file_kind (st.st_mode));
+      return -1;
+    }
+    dir = dirname (copy);
+  }
+  if (access (dir, W_OK | X_OK) == -1) {
+    nbdkit_error ("%s: cannot create a store in %s: %m", param, dir);
+    return -1;
+  }
+  return 0;
 }
 
 bool

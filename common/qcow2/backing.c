@@ -122,8 +122,6 @@ resolve_name (struct qcow2_image *img, const char *name,
 static int
 probe_format (const char *fmt, int fd, const char *path)
 {
-  unsigned char magic[4] = { 0 };
-
   if (fmt != NULL) {
     if (strcmp (fmt, "qcow2") == 0)
       return 1;
@@ -133,11 +131,7 @@ probe_format (const char *fmt, int fd, const char *path)
                   path, fmt);
     return -1;
   }
-  if (full_pread (fd, magic, 4, 0) == -1) {
-    nbdkit_error ("read: %s: %m", path);
-    return -1;
-  }
-  return get_be32 (magic) == QCOW2_MAGIC;
+  return qcow2_probe_fd (fd, path, NULL);
 }
 
 int

@@ -126,7 +126,8 @@ qcow2_create (const char *path, const struct qcow2_create_options *opts)
     memcpy (buf + pos, opts->backing, blen);
   }
 
-  fd = open (path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  fd = open (path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+             0600);
   if (fd == -1) {
     nbdkit_error ("open: %s: %m", path);
     return -1;

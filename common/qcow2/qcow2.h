@@ -118,4 +118,15 @@ struct qcow2_create_options {
 extern int qcow2_create (const char *path,
                          const struct qcow2_create_options *opts);
 
+/* The one qcow2 probe: 1 if the file starts with the qcow2 magic, 0
+ * if not (raw), -1 on error (reported, naming what and path).  The
+ * file must be a regular file or a block device, opened without ever
+ * blocking.  If backing is not NULL, *backing is set to the backing
+ * file name stored in a qcow2 image (malloc'd), or NULL for none.
+ */
+extern int qcow2_probe (const char *what, const char *path, char **backing);
+
+/* The same on an open file descriptor (path is for messages). */
+extern int qcow2_probe_fd (int fd, const char *path, char **backing);
+
 #endif /* NBDKIT_BACKUP_QCOW2_H */

@@ -48,15 +48,7 @@ parse_sync (const char *s, enum sync_mode *sync)
 int
 parse_target_format (const char *s, enum target_format *f)
 {
-  if (strcmp (s, "raw") == 0)
-    *f = TARGET_RAW;
-  else if (strcmp (s, "qcow2") == 0)
-    *f = TARGET_QCOW2;
-  else if (strcmp (s, "nbd") == 0)
-    *f = TARGET_NBD;
-  else
-    return -1;
-  return 0;
+  return target_parse_format (s, f);
 }
 
 int
@@ -111,6 +103,33 @@ spec_free (struct backup_spec *s)
   s->bitmap = s->status_path = s->job_id = NULL;
 }
 
+void
+spec_target_options (const struct backup_spec *s, struct target_options *o)
+{
+  *o = (struct target_options) {
+    .format = s->format,
+    .backing = s->backing,
+    .backing_format = s->backing_format,
+    .cluster_size = s->cluster_size,
+    /* sync=top of a raw file: its holes read as zeros anyway. */
+    .partial = s->sync == SYNC_INCREMENTAL ||
+               (s->sync == SYNC_TOP &&
+                !target_source_is_raw (s->source_file)),
+    .source_file = s->source_file,
+    /* One connection per copier, plus some for writers' copies. */
+    .connections = s->workers + 2,
+  };
+}
+
+/* Whether anything is at path (a dangling symlink too). */
+static bool
+exists (const char *path)
+{
+  struct stat st;
+
+  return lstat (path, &st) == 0;
+}
+
 int
 spec_check (struct backup_spec *s, const char *p, struct control_error *err)
 {
@@ -131,17 +150,8 @@ spec_check (struct backup_spec *s, const char *p, struct control_error *err)
                          "bitmap (nbdkit-dirtybitmap-filter) whose clusters "
                          "to copy", p, p);
   }
-  /* Which kind of target: by URI scheme, by an existing file's
-   * magic, by a backing file asked for; else raw.
-   */
-  if (s->format == TARGET_AUTO) {
-    if (is_nbd_uri (target))
-      s->format = TARGET_NBD;
-    else if (target_file_is_qcow2 (target) || s->backing)
-      s->format = TARGET_QCOW2;
-    else
-      s->format = TARGET_RAW;
-  }
+  /* Which kind of target: the one rule of the target library. */
+  s->format = target_format_of (s->format, target);
   if ((s->format == TARGET_NBD) != is_nbd_uri (target))
     return control_fail (err, CONTROL_GENERIC_ERROR,
                          "%starget: '%s' %s an NBD URI but %starget-format "
@@ -151,46 +161,32 @@ spec_check (struct backup_spec *s, const char *p, struct control_error *err)
   if (s->backing && s->format != TARGET_QCOW2)
     return control_fail (err, CONTROL_GENERIC_ERROR,
                          "%starget-backing: only a qcow2 target has a "
-                         "backing file", p);
+                         "backing file (name the target .qcow2 or set "
+                         "%starget-format=qcow2)", p, p);
   if (s->format != TARGET_NBD) {
-    struct stat st, sst;
-    /* The file plugin's disk has its virtual size as its file size;
-     * a qcow2 source or a qcow2 target does not.
-     */
-    bool sizes_comparable = s->format == TARGET_RAW && s->source_file &&
-      !target_file_is_qcow2 (s->source_file);
+    struct target_options o;
     CLEANUP_FREE char *param = NULL;
+    char msg[512];
 
-    if (asprintf (&param, "%starget", p) == -1)
-      return control_fail (err, CONTROL_GENERIC_ERROR, "out of memory");
-    if (target_file_check (param, target,
-                           sizes_comparable ? s->source_file : NULL,
-                           err) == -1)
-      return -1;
-    if (s->source_file && stat (target, &st) == 0 &&
-        stat (s->source_file, &sst) == 0 &&
-        st.st_dev == sst.st_dev && st.st_ino == sst.st_ino)
-      return control_fail (err, CONTROL_GENERIC_ERROR,
-                           "%starget: %s is the source disk itself",
-                           p, target);
     if (s->format == TARGET_QCOW2 && s->sync == SYNC_TOP &&
-        s->backing == NULL && access (target, F_OK) == -1)
+        s->backing == NULL && !exists (target))
       return control_fail (err, CONTROL_GENERIC_ERROR,
                            "%ssync=top with a new qcow2 target needs "
                            "%starget-backing: name the source's backing "
                            "file, so that the target chain reads as the "
                            "source", p, p);
     if (s->format == TARGET_QCOW2 && s->sync == SYNC_INCREMENTAL &&
-        s->backing == NULL && access (target, F_OK) == -1)
+        s->backing == NULL && !exists (target))
       return control_fail (err, CONTROL_GENERIC_ERROR,
                            "%ssync=incremental with a new qcow2 target "
                            "needs %starget-backing: name the previous "
                            "backup, so that the target chain reads as the "
                            "whole disk", p, p);
-    if (s->format == TARGET_RAW && target_file_is_qcow2 (target))
-      return control_fail (err, CONTROL_GENERIC_ERROR,
-                           "%starget: %s is a qcow2 image but "
-                           "%starget-format is raw", p, target, p);
+    if (asprintf (&param, "%starget", p) == -1)
+      return control_fail (err, CONTROL_GENERIC_ERROR, "out of memory");
+    spec_target_options (s, &o);
+    if (target_check (param, target, &o, msg, sizeof msg) == -1)
+      return control_fail (err, CONTROL_GENERIC_ERROR, "%s", msg);
   }
   if (s->status_path && strcmp (s->status_path, target) == 0)
     return control_fail (err, CONTROL_GENERIC_ERROR,
@@ -313,22 +309,10 @@ backup_prepare (const struct backup_spec *s, const char *p,
     goto err;
   }
 
-  switch (s->format) {
-  case TARGET_NBD:
-    /* One connection per copier, plus some for writers' copies. */
-    b->target = target_nbd_open (param, s->target, size, s->workers + 2);
-    break;
-  case TARGET_QCOW2: {
-    struct target_qcow2_options qo = {
-      .backing = s->backing,
-      .backing_format = s->backing_format,
-      .cluster_size = s->cluster_size,
-    };
-    b->target = target_qcow2_open (param, s->target, size, &qo);
-    break;
-  }
-  default:
-    b->target = target_file_open (param, s->target, size);
+  {
+    struct target_options o;
+    spec_target_options (s, &o);
+    b->target = target_open (param, s->target, size, &o);
   }
   if (b->target == NULL) {
     control_fail (err, CONTROL_GENERIC_ERROR,

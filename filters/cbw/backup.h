@@ -63,8 +63,12 @@ extern int parse_on_error (const char *s, enum cbw_on_error *e);
 extern int spec_copy (struct backup_spec *dst, const struct backup_spec *src);
 extern void spec_free (struct backup_spec *s);
 
+/* The target library's options for the spec's target. */
+extern void spec_target_options (const struct backup_spec *s,
+                                 struct target_options *o);
+
 /* Check a spec as far as possible without the disk (the target's
- * kind is settled here when it is TARGET_AUTO).  Messages name the
+ * kind is settled here, by target_format_of).  Messages name the
  * parameter as prefix + name ("cbw-" for parameters, "" for command
  * arguments).  0, or -1 with err filled.
  */

@@ -165,22 +165,8 @@ fleece_config_complete (nbdkit_next_config_complete *next,
     }
   }
   /* The store is made later (at the snapshot): check its place now. */
-  {
-    struct stat st;
-    CLEANUP_FREE char *copy = strdup (store_where);
-    const char *dir = store_where;
-
-    if (copy == NULL) {
-      nbdkit_error ("strdup: %m");
-      return -1;
-    }
-    if (stat (store_where, &st) == -1 || !S_ISDIR (st.st_mode))
-      dir = dirname (copy);
-    if (access (dir, W_OK | X_OK) == -1) {
-      nbdkit_error ("fleece-store: cannot create a store in %s: %m", dir);
-      return -1;
-    }
-  }
+  if (target_store_check ("fleece-store", store_where) == -1)
+    return -1;
   if (!start_at_start && control_path () == NULL) {
     nbdkit_error ("fleece-snapshot=on-command needs a control socket: "
                   "set fleece-control=SOCKET");

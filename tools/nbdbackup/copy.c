@@ -37,10 +37,10 @@
  * to the target are aligned whatever the extents look like.
  *
  * Zeros.  A range the source reports as ZERO is never read.  On a
- * zero_initialized target (a new file or qcow2 image without backing)
+ * known_zero target (a new file or qcow2 image without backing)
  * it needs nothing at all; otherwise it is written as zeros in pieces
  * of at most max_zero.  Data that reads as zeros is found too, like
- * qemu-img convert does: on a zero_initialized target, runs of whole
+ * qemu-img convert does: on a known_zero target, runs of whole
  * ZERO_GRANULE blocks of zeros inside a piece are skipped; on other
  * targets a piece that is zero throughout is sent as a zero request.
  * Either way those bytes count as "zero", not "copied".
@@ -184,7 +184,7 @@ slot_put (struct slot *slot)
   slot_release (slot);
 }
 
-/* t->done: a target request of the slot has completed. */
+/* target_done_fn: a target request of the slot has completed. */
 static void
 target_done (void *opaque, int err)
 {
@@ -216,8 +216,16 @@ issue_write (struct slot *slot, const char *buf, uint32_t len,
     return;
   slot->pending++;
   slot->bytes_data += len;
-  if (t->ops->write (t, slot->lane, buf, len, offset, slot) == -1)
+  /* A file target completes at once; an NBD target asynchronously. */
+  if (t->ops->aio_pwrite) {
+    if (t->ops->aio_pwrite (t, slot->lane, buf, len, offset,
+                            target_done, slot) == -1)
+      issue_failed (slot);
+  }
+  else if (t->ops->pwrite (t, buf, len, offset) == -1)
     issue_failed (slot);
+  else
+    target_done (slot, 0);
 }
 
 static void
@@ -229,8 +237,15 @@ issue_zero (struct slot *slot, uint32_t len, uint64_t offset)
     return;
   slot->pending++;
   slot->bytes_zero += len;
-  if (t->ops->zero (t, slot->lane, len, offset, slot) == -1)
+  if (t->ops->aio_zero) {
+    if (t->ops->aio_zero (t, slot->lane, len, offset,
+                          target_done, slot) == -1)
+      issue_failed (slot);
+  }
+  else if (t->ops->zero (t, len, offset) == -1)
     issue_failed (slot);
+  else
+    target_done (slot, 0);
 }
 
 /* The slot's read has completed: write what it read. */
@@ -245,9 +260,14 @@ write_slot (struct slot *slot)
   slot->state = SLOT_WRITING;
   slot->pending = 1;
 
-  if (!c->tgt->zero_initialized) {
-    if (is_zero (buf, len))
-      issue_zero (slot, len, slot->offset);
+  if (!c->tgt->known_zero) {
+    if (is_zero (buf, len)) {
+      /* In pieces the target takes (max_zero may be below chunk). */
+      for (pos = 0; pos < len; pos += next) {
+        next = MIN (len - pos, c->tgt->max_zero);
+        issue_zero (slot, next, slot->offset + pos);
+      }
+    }
     else
       issue_write (slot, buf, len, slot->offset);
     slot_put (slot);
@@ -422,7 +442,7 @@ next_piece (struct copy *c, uint64_t *offset, uint64_t *len, bool *zero,
   if (e->skip)
     ;
   else if (e->zero) {
-    if (!c->tgt->zero_initialized)
+    if (!c->tgt->known_zero)
       end = MIN (end, c->next + c->tgt->max_zero);
   }
   else
@@ -453,7 +473,7 @@ fill (struct copy *c)
       c->stats.skipped += len;
       continue;
     }
-    if (zero && c->tgt->zero_initialized) {
+    if (zero && c->tgt->known_zero) {
       c->stats.zero += len;
       continue;
     }
@@ -594,7 +614,6 @@ copy_new (struct source *src, struct target *tgt,
     c->free_slots[c->nr_slots - 1 - i] = i;
   }
   c->nr_free = c->nr_slots;
-  tgt->done = target_done;
   return c;
 
  nomem:

@@ -27,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/stat.h>
 
 #include <json.h>
 
@@ -58,8 +59,8 @@
 struct pull {
   const char *source;
   const char *target;
-  const char *format;           /* "raw", "qcow2" or "nbd" */
-  struct file_target_options file;
+  struct target_options topts;  /* format settled by target_format_of */
+  bool force;                   /* replace an existing TARGET */
   bool break_chain;             /* --force-break-chain */
   unsigned connections;
   struct copy_options copy;
@@ -82,7 +83,8 @@ pull_usage (const char *cmd)
           "Target:\n"
           "  -f, --format=raw|qcow2    format of a file TARGET (default: "
           "qcow2 if\n"
-          "                            TARGET ends in .qcow2, else raw)\n"
+          "                            TARGET ends in .qcow2 or .qcow, else "
+          "raw)\n"
           "      --cluster-size=SIZE   qcow2 cluster size, 512 to 2M "
           "(default 64K)\n"
           "  -b, --backing=FILE        qcow2 backing file, relative to "
@@ -132,14 +134,6 @@ pull_usage (const char *cmd)
           cmd, DEFAULT_CONNECTIONS, DEFAULT_REQUESTS);
 }
 
-static bool
-ends_with (const char *str, const char *suffix)
-{
-  size_t n = strlen (str), m = strlen (suffix);
-
-  return n >= m && strcmp (str + n - m, suffix) == 0;
-}
-
 /* Parse the options into *p.  Returns -1 to go on, else an exit
  * status (--help, or a usage error already printed).
  */
@@ -170,7 +164,7 @@ parse_options (int argc, char *argv[], struct pull *p)
     { NULL, 0, NULL, 0 }
   };
   const char *cmd = argv[0];
-  const char *format = NULL;
+  enum target_format format = TARGET_AUTO;
   int progress = -1;            /* -1 = if stderr is a terminal */
   uint64_t v;
   int c, r;
@@ -181,32 +175,32 @@ parse_options (int argc, char *argv[], struct pull *p)
     case 'b':
       if (*optarg == '\0')
         return usage_error (cmd, "--backing: empty file name");
-      p->file.backing = optarg;
+      p->topts.backing = optarg;
       break;
     case 'F':
       if (strcmp (optarg, "raw") != 0 && strcmp (optarg, "qcow2") != 0)
         return usage_error (cmd, "--backing-format: expected raw or qcow2, "
                             "got '%s'", optarg);
-      p->file.backing_format = optarg;
+      p->topts.backing_format = optarg;
       break;
     case 'f':
       if (strcmp (optarg, "raw") != 0 && strcmp (optarg, "qcow2") != 0)
         return usage_error (cmd, "--format: expected raw or qcow2, got '%s'",
                             optarg);
-      format = optarg;
+      target_parse_format (optarg, &format);
       break;
     case OPT_CLUSTER_SIZE:
       if (!parse_size (optarg, &v) || v < 512 || v > 2 * 1024 * 1024 ||
           !is_power_of_2 (v))
         return usage_error (cmd, "--cluster-size: expected a power of 2 "
                             "from 512 to 2M, got '%s'", optarg);
-      p->file.cluster_size = v;
+      p->topts.cluster_size = v;
       break;
     case OPT_FORCE:
-      p->file.force = true;
+      p->force = true;
       break;
     case OPT_FORCE_BREAK_CHAIN:
-      p->file.force = p->break_chain = true;
+      p->force = p->break_chain = true;
       break;
     case OPT_INCREMENTAL:
       p->copy.skip_holes = true;
@@ -257,41 +251,43 @@ parse_options (int argc, char *argv[], struct pull *p)
     return usage_error (cmd, "SOURCE-URI '%s' is not an NBD URI "
                         "(nbd://..., nbd+unix://...)", p->source);
 
+  /* The format: the one rule of the target library. */
   if (is_nbd_uri (p->target)) {
     const char *opt = NULL;
 
     if (format)                       opt = "--format";
-    else if (p->file.cluster_size)    opt = "--cluster-size";
-    else if (p->file.backing)         opt = "--backing";
-    else if (p->file.backing_format)  opt = "--backing-format";
+    else if (p->topts.cluster_size)   opt = "--cluster-size";
+    else if (p->topts.backing)        opt = "--backing";
+    else if (p->topts.backing_format) opt = "--backing-format";
     else if (p->break_chain)          opt = "--force-break-chain";
-    else if (p->file.force)           opt = "--force";
+    else if (p->force)                opt = "--force";
     if (opt)
       return usage_error (cmd, "%s applies only to a file TARGET, and "
                           "'%s' is an NBD URI", opt, p->target);
-    p->format = "nbd";
+    p->topts.format = TARGET_NBD;
   }
   else {
     if (*p->target == '\0')
       return usage_error (cmd, "TARGET is empty");
-    p->format = format ? format :
-      ends_with (p->target, ".qcow2") ? "qcow2" : "raw";
-    if (strcmp (p->format, "raw") == 0) {
-      if (p->file.cluster_size)
+    p->topts.format = target_format_of (format, p->target);
+    if (p->topts.format == TARGET_RAW) {
+      if (p->topts.cluster_size)
         return usage_error (cmd, "--cluster-size needs a qcow2 TARGET");
-      if (p->file.backing)
+      if (p->topts.backing)
         return usage_error (cmd, "--backing needs a qcow2 TARGET");
     }
-    if (p->file.backing_format && !p->file.backing)
+    if (p->topts.backing_format && !p->topts.backing)
       return usage_error (cmd, "--backing-format needs --backing");
   }
   /* Unchanged ranges are left unwritten: only an overlay of the
    * previous backup reads them back right.
    */
   if (p->copy.skip_holes &&
-      (strcmp (p->format, "qcow2") != 0 || !p->file.backing))
+      (p->topts.format != TARGET_QCOW2 || !p->topts.backing))
     return usage_error (cmd, "--incremental needs a qcow2 TARGET with "
                         "--backing=PREVIOUS-BACKUP");
+  p->topts.partial = p->copy.skip_holes;
+  p->topts.replace = true;
 
   if ((uint64_t) p->connections * p->copy.requests * p->copy.chunk >
       MAX_BUFFERS)
@@ -300,6 +296,27 @@ parse_options (int argc, char *argv[], struct pull *p)
 
   p->copy.progress = progress == -1 ? isatty (STDERR_FILENO) : progress;
   return -1;
+}
+
+/* Before connecting anywhere: TARGET may be written.  An existing
+ * TARGET is replaced only with --force.  0 or -1 (reported).
+ */
+static int
+check_target (const struct pull *p)
+{
+  char msg[512];
+  struct stat st;
+
+  if (target_check ("target", p->target, &p->topts, msg, sizeof msg) == -1) {
+    nbdkit_error ("%s", msg);
+    return -1;
+  }
+  if (!p->force && lstat (p->target, &st) == 0) {
+    nbdkit_error ("target: %s: already exists (use --force to replace it)",
+                  p->target);
+    return -1;
+  }
+  return 0;
 }
 
 /* The copy, from connecting to renaming.  0 or -1 (reported). */
@@ -311,11 +328,11 @@ do_pull (struct pull *p, struct copy_stats *stats)
   struct copy *c = NULL;
   int r = -1;
 
-  if (strcmp (p->format, "nbd") != 0 &&
-      (file_target_check (p->target, p->file.force) == -1 ||
+  if (p->topts.format != TARGET_NBD &&
+      (check_target (p) == -1 ||
        (!p->break_chain && chain_check_replace (p->target) == -1) ||
-       (p->file.backing &&
-        chain_check_backing (p->target, p->file.backing) == -1)))
+       (p->topts.backing &&
+        chain_check_backing (p->target, p->topts.backing) == -1)))
     return -1;
 
   if (source_open (&src, p->source, p->connections) == -1)
@@ -332,13 +349,8 @@ do_pull (struct pull *p, struct copy_stats *stats)
     p->copy.chunk = chunk;
   }
 
-  if (strcmp (p->format, "nbd") == 0)
-    tgt = nbd_target_open (p->target, src.size, p->connections,
-                           p->copy.chunk);
-  else if (strcmp (p->format, "qcow2") == 0)
-    tgt = qcow2_target_create (p->target, src.size, &p->file);
-  else
-    tgt = raw_target_create (p->target, src.size, &p->file);
+  p->topts.connections = p->connections;
+  tgt = target_open ("target", p->target, src.size, &p->topts);
   if (tgt == NULL)
     goto out;
 
@@ -356,7 +368,7 @@ do_pull (struct pull *p, struct copy_stats *stats)
     nbdkit_error ("interrupted by signal %d", (int) interrupted_by);
     goto out;
   }
-  if (tgt->ops->commit (tgt) == -1)
+  if (tgt->ops->finish (tgt, true) == -1)
     goto out;
   r = 0;
 
@@ -401,7 +413,9 @@ print_summary (const struct pull *p, const struct copy_stats *st,
   json_object_object_add (o, "command", json_object_new_string ("pull"));
   json_object_object_add (o, "source", json_object_new_string (p->source));
   json_object_object_add (o, "target", json_object_new_string (p->target));
-  json_object_object_add (o, "format", json_object_new_string (p->format));
+  json_object_object_add (o, "format",
+                          json_object_new_string
+                          (target_format_name (p->topts.format)));
   json_object_object_add (o, "bytes_total", json_object_new_int64 (st->total));
   json_object_object_add (o, "bytes_copied",
                           json_object_new_int64 (st->copied));
