@@ -25,6 +25,12 @@
  * Inconsistent bitmaps have no bits at all: nothing can read a stale
  * bit from them by mistake.
  *
+ * The code is split by concern: this file keeps the set (add, remove,
+ * mark, query, records for the sidecar); dirty-ops.c the control
+ * operations on one bitmap (clear, enable, merge, save/restore);
+ * dirty-backup.c what backups and dirty exports use (freeze, release,
+ * readers, dirty ranges).  dirty-set.h is their private header.
+ *
  * Deliberately not done: sparse bitmaps (64K granularity costs 2 MiB
  * per TiB of disk, 4K costs 32 MiB) and per-bitmap locks.
  */
@@ -44,39 +50,15 @@
 #include "bitmap.h"
 #include "cleanup.h"
 #include "dirty.h"
+#include "dirty-set.h"
 #include "ispowerof2.h"
 #include "minmax.h"
 #include "registry.h"
 
-struct dirty_bitmap {
-  struct dirty_bitmap *next;
-  /* Set by dirty_add and never changed. */
-  char *name;
-  uint32_t granularity;
-  bool persistent;
-
-  /* Protected by lock. */
-  bool recording;
-  bool inconsistent;
-  bool removing;                /* Remove prepared, not committed. */
-  bool in_backup;               /* Frozen by dirty_backup_begin. */
-  unsigned readers;             /* Open dirty exports. */
-  struct bitmap bits;           /* Empty when inconsistent. */
-  struct bitmap successor;      /* New writes while in_backup. */
-};
-
-struct dirty_saved {
-  struct dirty_bitmap *b;
-  bool recording;
-  struct bitmap bits;
-};
-
-/* This lock protects the set: the list, and every bitmap's fields
- * marked "Protected by lock".
- */
-static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+pthread_mutex_t dirty_lock = PTHREAD_MUTEX_INITIALIZER;
+uint64_t dirty_size;
+/* The set's list, protected by dirty_lock. */
 static struct dirty_bitmap *bitmaps;
-static uint64_t disk_size;
 /* Read on every write without the lock (an atomic load): set once by
  * the dirtybitmap filter before any client, cleared at unload.
  */
@@ -108,8 +90,8 @@ dirty_check_name (const char *name, struct control_error *err)
 uint64_t
 dirty_disk_size (void)
 {
-  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
-  return disk_size;
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&dirty_lock);
+  return dirty_size;
 }
 
 /* Make b inconsistent: drop its bits.  Lock held. */
@@ -129,9 +111,9 @@ dirty_set_disk_size (uint64_t size)
 {
   struct dirty_bitmap *b;
   unsigned n = 0;
-  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&dirty_lock);
 
-  if (disk_size != 0 && disk_size != size) {
+  if (dirty_size != 0 && dirty_size != size) {
     for (b = bitmaps; b; b = b->next) {
       if (!b->inconsistent) {
         invalidate_locked (b, "it was made for a disk of another size");
@@ -139,7 +121,7 @@ dirty_set_disk_size (uint64_t size)
       }
     }
   }
-  disk_size = size;
+  dirty_size = size;
   return n;
 }
 
@@ -167,11 +149,11 @@ dirty_mark (uint64_t offset, uint64_t count)
   if (dirty_before_change () == -1)
     return -1;
 
-  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&dirty_lock);
   /* A write past the size the bitmaps cover (the disk grew) cannot be
    * recorded: no bitmap may claim to know what changed.
    */
-  if (offset + count > disk_size || offset + count < offset) {
+  if (offset + count > dirty_size || offset + count < offset) {
     for (b = bitmaps; b; b = b->next)
       invalidate_locked (b, "a write went past the end of the disk "
                          "it tracks");
@@ -191,9 +173,8 @@ dirty_mark (uint64_t offset, uint64_t count)
   return 0;
 }
 
-/* Lock held. */
-static struct dirty_bitmap *
-find_locked (const char *name)
+struct dirty_bitmap *
+dirty_find_locked (const char *name)
 {
   struct dirty_bitmap *b;
 
@@ -206,8 +187,8 @@ find_locked (const char *name)
 struct dirty_bitmap *
 dirty_find (const char *name)
 {
-  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
-  return find_locked (name);
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&dirty_lock);
+  return dirty_find_locked (name);
 }
 
 size_t
@@ -215,7 +196,7 @@ dirty_count_bitmaps (void)
 {
   struct dirty_bitmap *b;
   size_t n = 0;
-  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&dirty_lock);
 
   for (b = bitmaps; b; b = b->next)
     if (!b->removing)
@@ -247,9 +228,9 @@ count_bytes (const struct bitmap *bm, uint64_t size)
 void
 dirty_get_info (struct dirty_bitmap *b, struct dirty_info *info)
 {
-  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&dirty_lock);
 
-  info->count = b->inconsistent ? 0 : count_bytes (&b->bits, disk_size);
+  info->count = b->inconsistent ? 0 : count_bytes (&b->bits, dirty_size);
   info->granularity = b->granularity;
   info->recording = b->recording;
   info->persistent = b->persistent;
@@ -323,22 +304,22 @@ dirty_add (const struct dirty_new *n, struct control_error *err)
   bitmap_init (&b->successor, n->granularity, 1);
 
   {
-    ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&dirty_lock);
 
-    if (find_locked (n->name)) {
+    if (dirty_find_locked (n->name)) {
       control_fail (err, CONTROL_GENERIC_ERROR,
                     "bitmap '%s' already exists", n->name);
       free_bitmap (b);
       return NULL;
     }
     if (!b->inconsistent) {
-      if (disk_size == 0) {
+      if (dirty_size == 0) {
         control_fail (err, CONTROL_GENERIC_ERROR,
                       "the disk's size is not known yet");
         free_bitmap (b);
         return NULL;
       }
-      if (bitmap_resize (&b->bits, disk_size) == -1) {
+      if (bitmap_resize (&b->bits, dirty_size) == -1) {
         control_fail (err, CONTROL_GENERIC_ERROR,
                       "out of memory for bitmap '%s'", n->name);
         free_bitmap (b);
@@ -389,9 +370,9 @@ dirty_discard (struct dirty_bitmap *b)
 {
   if (!b->removing)
     registry_remove_object ("bitmap", b->name);
-  pthread_mutex_lock (&lock);
+  pthread_mutex_lock (&dirty_lock);
   unlink_locked (b);
-  pthread_mutex_unlock (&lock);
+  pthread_mutex_unlock (&dirty_lock);
   free_bitmap (b);
 }
 
@@ -399,7 +380,7 @@ int
 dirty_remove_prepare (struct dirty_bitmap *b, struct control_error *err)
 {
   {
-    ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&dirty_lock);
 
     if (b->in_backup || b->readers > 0)
       return control_fail (err, CONTROL_GENERIC_ERROR,
@@ -419,335 +400,19 @@ void
 dirty_remove_commit (struct dirty_bitmap *b)
 {
   nbdkit_debug ("dirtybitmap: bitmap %s removed", b->name);
-  pthread_mutex_lock (&lock);
+  pthread_mutex_lock (&dirty_lock);
   unlink_locked (b);
-  pthread_mutex_unlock (&lock);
+  pthread_mutex_unlock (&dirty_lock);
   free_bitmap (b);
 }
 
 void
 dirty_remove_abort (struct dirty_bitmap *b)
 {
-  pthread_mutex_lock (&lock);
+  pthread_mutex_lock (&dirty_lock);
   b->removing = false;
-  pthread_mutex_unlock (&lock);
+  pthread_mutex_unlock (&dirty_lock);
   registry_add_object ("bitmap", b->name, b, describe);
-}
-
-int
-dirty_check_changeable (struct dirty_bitmap *b, const char *verb,
-                        struct control_error *err)
-{
-  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
-
-  if (b->inconsistent)
-    return control_fail (err, CONTROL_GENERIC_ERROR,
-                         "bitmap '%s' is inconsistent (the server did not "
-                         "stop cleanly while it was in use): it cannot be "
-                         "%s, only removed", b->name, verb);
-  if (b->in_backup || b->readers > 0)
-    return control_fail (err, CONTROL_GENERIC_ERROR,
-                         "bitmap '%s' is busy (%s): it cannot be %s",
-                         b->name, b->in_backup ? "an incremental backup "
-                         "is using it" : "a dirty export is open on it",
-                         verb);
-  return 0;
-}
-
-/* Copy src's bits into a new bitmap dst.  Lock held.  0 or -1. */
-static int
-copy_bits (struct bitmap *dst, const struct bitmap *src)
-{
-  bitmap_init (dst, src->blksize, 1);
-  if (src->nr_blocks == 0)
-    return 0;
-  if (bitmap_resize (dst, (uint64_t) src->nr_blocks << src->blkbits) == -1)
-    return -1;
-  memcpy (dst->bitmap, src->bitmap, src->size);
-  return 0;
-}
-
-struct dirty_saved *
-dirty_save (struct dirty_bitmap *b)
-{
-  struct dirty_saved *s = calloc (1, sizeof *s);
-  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
-
-  if (s == NULL)
-    return NULL;
-  s->b = b;
-  s->recording = b->recording;
-  if (copy_bits (&s->bits, &b->bits) == -1) {
-    free (s);
-    return NULL;
-  }
-  return s;
-}
-
-void
-dirty_restore (struct dirty_saved *s)
-{
-  if (s == NULL)
-    return;
-  {
-    ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
-    struct bitmap old = s->b->bits;
-
-    s->b->bits = s->bits;
-    s->b->recording = s->recording;
-    s->bits = old;
-  }
-  dirty_saved_free (s);
-}
-
-void
-dirty_saved_free (struct dirty_saved *s)
-{
-  if (s == NULL)
-    return;
-  bitmap_free (&s->bits);
-  free (s);
-}
-
-void
-dirty_clear (struct dirty_bitmap *b)
-{
-  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
-
-  bitmap_set_range (&b->bits, 0, b->bits.nr_blocks, 0);
-}
-
-void
-dirty_set_recording (struct dirty_bitmap *b, bool on)
-{
-  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
-
-  b->recording = on;
-}
-
-/* dst |= src, where the granularities may differ: every granule of
- * dst that overlaps a dirty granule of src becomes dirty.  Lock held.
- */
-static void
-merge_bits (struct bitmap *dst, const struct bitmap *src)
-{
-  uint64_t g = 0;
-
-  if (dst->nr_blocks == 0 || src->nr_blocks == 0)
-    return;
-  if (dst->blksize == src->blksize && dst->nr_blocks == src->nr_blocks) {
-    size_t i;
-    for (i = 0; i < src->size; ++i)
-      dst->bitmap[i] |= src->bitmap[i];
-    return;
-  }
-  while (g < src->nr_blocks) {
-    uint64_t a = bitmap_find (src, g, src->nr_blocks, 1);
-    uint64_t e, first, last;
-
-    if (a >= src->nr_blocks)
-      break;
-    e = bitmap_find (src, a, src->nr_blocks, 0);
-    /* Bytes [a << sbits, e << sbits), as dst granules. */
-    first = (a << src->blkbits) >> dst->blkbits;
-    last = (((e << src->blkbits) - 1) >> dst->blkbits) + 1;
-    bitmap_set_range (dst, first, last, 1);
-    g = e;
-  }
-}
-
-void
-dirty_merge (struct dirty_bitmap *target, struct dirty_bitmap *const *sources,
-             size_t n)
-{
-  size_t i;
-  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
-
-  for (i = 0; i < n; ++i) {
-    if (sources[i] == target || sources[i]->inconsistent)
-      continue;
-    merge_bits (&target->bits, &sources[i]->bits);
-    if (sources[i]->in_backup)
-      merge_bits (&target->bits, &sources[i]->successor);
-  }
-}
-
-bool
-dirty_next_range (struct dirty_bitmap *b, uint64_t offset, uint64_t end,
-                  uint64_t *start, uint64_t *len)
-{
-  const struct bitmap *bm = &b->bits;
-  uint64_t g, a, e, s, t;
-  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
-
-  end = MIN (end, disk_size);
-  if (b->inconsistent || offset >= end || bm->nr_blocks == 0)
-    return false;
-  g = offset >> bm->blkbits;
-  a = bitmap_find (bm, g, bm->nr_blocks, 1);
-  if (a >= bm->nr_blocks)
-    return false;
-  s = MAX (a << bm->blkbits, offset);
-  if (s >= end)
-    return false;
-  e = bitmap_find (bm, a, bm->nr_blocks, 0);
-  t = MIN (e << bm->blkbits, end);
-  *start = s;
-  *len = t - s;
-  return true;
-}
-
-/* The refusals common to dirty_backup_check and _begin.  Lock held. */
-static int
-backup_check_locked (struct dirty_bitmap *b, struct control_error *err)
-{
-  if (b->inconsistent)
-    return control_fail (err, CONTROL_GENERIC_ERROR,
-                         "bitmap '%s' is inconsistent (the server did not "
-                         "stop cleanly while it was in use), so it may have "
-                         "missed writes: an incremental backup from it is "
-                         "refused; a full backup is needed (then remove the "
-                         "bitmap and add a new one with the full backup)",
-                         b->name);
-  if (b->in_backup || b->readers > 0)
-    return control_fail (err, CONTROL_GENERIC_ERROR,
-                         "bitmap '%s' is busy (%s)", b->name,
-                         b->in_backup ? "another backup is using it"
-                         : "a dirty export is open on it");
-  return 0;
-}
-
-int
-dirty_backup_check (const char *name, struct control_error *err)
-{
-  struct dirty_bitmap *b;
-  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
-
-  b = find_locked (name);
-  return b ? backup_check_locked (b, err) : 0;
-}
-
-struct dirty_bitmap *
-dirty_backup_begin (const char *name, uint64_t size,
-                    struct control_error *err)
-{
-  struct dirty_bitmap *b;
-
-  if (dirty_before_change () == -1) {
-    control_fail (err, CONTROL_GENERIC_ERROR,
-                  "cannot mark the bitmap file in use: %s", strerror (errno));
-    return NULL;
-  }
-  {
-    ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
-
-    b = find_locked (name);
-    if (b == NULL) {
-      control_fail (err, CONTROL_NOT_FOUND,
-                    "bitmap '%s' not found", name);
-      return NULL;
-    }
-    if (backup_check_locked (b, err) == -1)
-      return NULL;
-    if (disk_size != size) {
-      control_fail (err, CONTROL_GENERIC_ERROR,
-                    "bitmap '%s' covers %" PRIu64 " bytes but the disk has "
-                    "%" PRIu64 ": a full backup is needed", name,
-                    disk_size, size);
-      return NULL;
-    }
-    bitmap_init (&b->successor, b->granularity, 1);
-    if (bitmap_resize (&b->successor, size) == -1) {
-      control_fail (err, CONTROL_GENERIC_ERROR, "out of memory");
-      return NULL;
-    }
-    b->in_backup = true;
-  }
-  nbdkit_debug ("dirtybitmap: bitmap %s frozen for an incremental backup",
-                name);
-  return b;
-}
-
-void
-dirty_backup_end (struct dirty_bitmap *b, bool success, enum dirty_mode mode,
-                  bool (*copied) (void *opaque, uint64_t offset, uint64_t len),
-                  void *opaque)
-{
-  struct bitmap *bm = &b->bits;
-
-  /* A backup only takes bits away: if the in-use flag cannot be set,
-   * the file's older bits are a superset and still safe, so go on.
-   */
-  dirty_before_change ();
-
-  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
-  if (!b->inconsistent) {
-    if (success && mode != DIRTY_MODE_NEVER)
-      bitmap_set_range (bm, 0, bm->nr_blocks, 0);
-    else if (!success && mode == DIRTY_MODE_ALWAYS && copied) {
-      uint64_t g = 0;
-
-      while ((g = bitmap_find (bm, g, bm->nr_blocks, 1)) < bm->nr_blocks) {
-        uint64_t off = g << bm->blkbits;
-        uint64_t len = MIN ((uint64_t) bm->blksize, disk_size - off);
-
-        if (copied (opaque, off, len))
-          bitmap_set_blk (bm, g, 0);
-        g++;
-      }
-    }
-    merge_bits (bm, &b->successor);
-  }
-  bitmap_free (&b->successor);
-  b->in_backup = false;
-  nbdkit_debug ("dirtybitmap: bitmap %s released by a %s backup "
-                "(mode %s)", b->name, success ? "successful" : "failed",
-                dirty_mode_name (mode));
-}
-
-struct dirty_bitmap *
-dirty_reader_begin (const char *name, struct control_error *err)
-{
-  struct dirty_bitmap *b;
-  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
-
-  b = find_locked (name);
-  if (b == NULL) {
-    control_fail (err, CONTROL_NOT_FOUND, "bitmap '%s' not found", name);
-    return NULL;
-  }
-  if (b->inconsistent) {
-    control_fail (err, CONTROL_GENERIC_ERROR,
-                  "bitmap '%s' is inconsistent (the server did not stop "
-                  "cleanly while it was in use): a full backup is needed",
-                  name);
-    return NULL;
-  }
-  if (b->recording) {
-    control_fail (err, CONTROL_GENERIC_ERROR,
-                  "bitmap '%s' is recording: disable it at the snapshot "
-                  "instant (block-dirty-bitmap-disable in the "
-                  "snapshot-start transaction) before reading its dirty "
-                  "ranges", name);
-    return NULL;
-  }
-  if (b->in_backup) {
-    control_fail (err, CONTROL_GENERIC_ERROR,
-                  "bitmap '%s' is busy (an incremental backup is using it)",
-                  name);
-    return NULL;
-  }
-  b->readers++;
-  return b;
-}
-
-void
-dirty_reader_end (struct dirty_bitmap *b)
-{
-  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
-
-  if (b->readers > 0)
-    b->readers--;
 }
 
 int
@@ -755,7 +420,7 @@ dirty_foreach_record (int (*fn) (const struct dirty_record *r, void *opaque),
                       void *opaque)
 {
   struct dirty_bitmap *b;
-  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&dirty_lock);
 
   for (b = bitmaps; b; b = b->next) {
     struct dirty_record r = {
@@ -775,9 +440,9 @@ dirty_foreach_record (int (*fn) (const struct dirty_record *r, void *opaque),
       const struct bitmap *bm = &b->bits;
 
       if (b->in_backup) {
-        if (copy_bits (&merged, &b->bits) == -1)
+        if (dirty_copy_bits (&merged, &b->bits) == -1)
           return -1;
-        merge_bits (&merged, &b->successor);
+        dirty_merge_bits (&merged, &b->successor);
         bm = &merged;
       }
       r.nr_granules = bm->nr_blocks;
@@ -796,7 +461,7 @@ void
 dirty_invalidate_all (const char *why)
 {
   struct dirty_bitmap *b;
-  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&dirty_lock);
 
   for (b = bitmaps; b; b = b->next)
     invalidate_locked (b, why);
@@ -808,15 +473,15 @@ dirty_free_all (void)
   struct dirty_bitmap *b;
 
   for (;;) {
-    pthread_mutex_lock (&lock);
+    pthread_mutex_lock (&dirty_lock);
     b = bitmaps;
-    pthread_mutex_unlock (&lock);
+    pthread_mutex_unlock (&dirty_lock);
     if (b == NULL)
       break;
     dirty_discard (b);
   }
-  pthread_mutex_lock (&lock);
-  disk_size = 0;
-  pthread_mutex_unlock (&lock);
+  pthread_mutex_lock (&dirty_lock);
+  dirty_size = 0;
+  pthread_mutex_unlock (&dirty_lock);
   dirty_set_change_hook (NULL);
 }

@@ -1,0 +1,54 @@
+/* nbdkit-backup
+ * Copyright (C) 2026 the nbdkit-backup authors.
+ * SPDX-License-Identifier: BSD-3-Clause
+ */
+
+/* Private to dirty.c, dirty-ops.c and dirty-backup.c: the bitmap set's
+ * lock and the bitmap structure.  Nothing else includes this; other
+ * code uses the locked calls of dirty.h.
+ */
+
+#ifndef NBDKIT_BACKUP_DIRTY_SET_H
+#define NBDKIT_BACKUP_DIRTY_SET_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "bitmap.h"
+
+struct dirty_bitmap {
+  struct dirty_bitmap *next;
+  /* Set by dirty_add and never changed. */
+  char *name;
+  uint32_t granularity;
+  bool persistent;
+
+  /* Protected by dirty_lock. */
+  bool recording;
+  bool inconsistent;
+  bool removing;                /* Remove prepared, not committed. */
+  bool in_backup;               /* Frozen by dirty_backup_begin. */
+  unsigned readers;             /* Open dirty exports. */
+  struct bitmap bits;           /* Empty when inconsistent. */
+  struct bitmap successor;      /* New writes while in_backup. */
+};
+
+/* This lock protects the set: the list, every bitmap's fields marked
+ * "Protected by dirty_lock", and dirty_size.
+ */
+extern pthread_mutex_t dirty_lock;
+
+/* The disk size the bitmaps cover (0 until known).  dirty_lock held. */
+extern uint64_t dirty_size;
+
+/* The bitmap named name, not being removed, or NULL.  dirty_lock held. */
+extern struct dirty_bitmap *dirty_find_locked (const char *name);
+
+/* Copy src's bits into a new bitmap dst.  dirty_lock held.  0 or -1. */
+extern int dirty_copy_bits (struct bitmap *dst, const struct bitmap *src);
+
+/* dst |= src, granularities may differ.  dirty_lock held. */
+extern void dirty_merge_bits (struct bitmap *dst, const struct bitmap *src);
+
+#endif /* NBDKIT_BACKUP_DIRTY_SET_H */
