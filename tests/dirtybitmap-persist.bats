@@ -124,6 +124,32 @@ a 65536 65536 true false true false" ]
     [ "$output" = "1048576+65536" ]
 }
 
+@test "dirtybitmap: a removal is durable once it returns (kill -9 after it)" {
+    start_db
+    run -0 qmp C block-dirty-bitmap-add '{"name":"b0"}'
+    run -0 qmp C block-dirty-bitmap-add '{"name":"b1"}'
+    run -0 qmp C block-dirty-bitmap-remove '{"name":"b0"}'
+    [ "$output" = '{}' ]
+    ctl_close C
+    kill -9 "$srv_pid"
+    wait "$srv_pid" 2>/dev/null || :
+    start_db
+    run -0 bitmaps C
+    [ "$output" = "b1 0 65536 true false true true" ]
+    ctl_close C
+    # Also when the removal is the first change after a clean start.
+    stop_nbdkit srv
+    start_db
+    run -0 qmp C block-dirty-bitmap-remove '{"name":"b1"}'
+    [ "$output" = '{}' ]
+    ctl_close C
+    kill -9 "$srv_pid"
+    wait "$srv_pid" 2>/dev/null || :
+    start_db
+    run -0 bitmaps C
+    [ "$output" = "" ]
+}
+
 @test "dirtybitmap: kill -9 with no change since start keeps the bitmaps" {
     start_db dirtybitmap-add=a
     io "$srv_uri" "write -P 1 0 64k"

@@ -14,8 +14,9 @@
  *  - before the first change after start (a write reaching the
  *    filter, or a bitmap command), the file is rewritten with IN_USE
  *    set and no bits; the write waits for that.  It is rewritten again
- *    when a persistent bitmap is added, so that a crash also reports
- *    the new one as inconsistent.
+ *    when a persistent bitmap is added or removed, before the command
+ *    returns, so that a crash reports exactly the bitmaps that existed
+ *    (inconsistent): a removed one never comes back.
  *  - a clean shutdown writes every persistent bitmap, IN_USE clear.
  *
  * Every write is atomic: a temporary file beside it, fsync, rename
@@ -257,9 +258,12 @@ persist_update_in_use (void)
 {
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
 
-  if (path == NULL || !atomic_load (&in_use_on_disk))
+  if (path == NULL)
     return 0;
-  return write_file (true);
+  if (write_file (true) == -1)
+    return -1;
+  atomic_store (&in_use_on_disk, true);
+  return 0;
 }
 
 int
