@@ -375,6 +375,16 @@ finish_claim (struct engine *e, uint64_t first, uint64_t n, bool ok,
   pthread_cond_broadcast (&e->cond);
 }
 
+/* What the engine writes to, for messages: fleece's local store is
+ * not a backup target, and a user must be told which one failed.
+ */
+static const char *
+target_noun (const struct engine *e)
+{
+  return strcmp (e->target->ops->kind, "store") == 0
+    ? "the fleece store" : "the target";
+}
+
 /* Write buf (the source's data for [offset, offset+len)) to the
  * target one cluster at a time, leaving zero clusters unwritten on a
  * known-zero target and unmapping them otherwise.  Runs of the same
@@ -473,8 +483,8 @@ engine_copy_counted (struct engine *e, nbdkit_next *next, uint64_t first,
       if (!e->target->known_zero &&
           e->target->ops->zero (e->target, run, offset + pos) == -1) {
         snprintf (failure, sizeof failure,
-                  "writing the target at offset %" PRIu64 " failed: %s",
-                  offset + pos, strerror (errno));
+                  "writing %s at offset %" PRIu64 " failed: %s",
+                  target_noun (e), offset + pos, strerror (errno));
         goto out;
       }
       zero += run;
@@ -490,8 +500,8 @@ engine_copy_counted (struct engine *e, nbdkit_next *next, uint64_t first,
       *read_bytes += run;
       if (store (e, buf + pos, offset + pos, run, &data, &zero) == -1) {
         snprintf (failure, sizeof failure,
-                  "writing the target at offset %" PRIu64 " failed: %s",
-                  offset + pos, strerror (errno));
+                  "writing %s at offset %" PRIu64 " failed: %s",
+                  target_noun (e), offset + pos, strerror (errno));
         goto out;
       }
     }
@@ -543,8 +553,8 @@ timed_helper (void *vp)
   ok = store (e, t->buf, t->offset, t->len, &data, &zero) == 0;
   if (!ok) {
     snprintf (failure, sizeof failure,
-              "writing the target at offset %" PRIu64 " failed: %s",
-              t->offset, strerror (errno));
+              "writing %s at offset %" PRIu64 " failed: %s",
+              target_noun (e), t->offset, strerror (errno));
     nbdkit_error ("%s: %s", e->name, failure);
   }
   finish_claim (e, t->first, t->n, ok, data, zero, true, failure);
