@@ -258,3 +258,50 @@ b 65536 65536 true false true false" ]
     run -0 bitmaps C
     [ "$output" = "a 0 65536 true false true true" ]
 }
+
+@test "dirtybitmap: the sidecar and its lock are private regular files" {
+    start_db dirtybitmap-add=a
+    ctl_close C
+    stop_nbdkit srv
+    [ "$(stat -c %a "$d/bitmaps")" = 600 ]
+    [ "$(stat -c %a "$d/bitmaps.lock")" = 600 ]
+    cp "$d/bitmaps" "$d/good"
+    # (timeout only bounds a hang of the old code; success is immediate.)
+    try () {
+        run ! timeout 120 nbdkit -U - --filter="$dirtybitmap" file "$d/disk.img" \
+            dirtybitmap-file="$d/bitmaps" --run true
+    }
+
+    # A FIFO where the sidecar should be: refused, not blocked on.
+    mv "$d/bitmaps" "$d/saved"
+    mkfifo "$d/bitmaps"
+    try
+    [[ "$output" == *"dirtybitmap-file $d/bitmaps: is a FIFO, not a regular file"* ]]
+    # A symlink: refused, even to a good file.
+    rm "$d/bitmaps"
+    ln -s "$d/good" "$d/bitmaps"
+    try
+    [[ "$output" == *"dirtybitmap-file $d/bitmaps: is a symbolic link, not a regular file"* ]]
+    cmp "$d/good" "$d/saved"
+    rm "$d/bitmaps"
+    mv "$d/saved" "$d/bitmaps"
+
+    # The same for the lock file.
+    rm "$d/bitmaps.lock"
+    mkfifo "$d/bitmaps.lock"
+    try
+    [[ "$output" == *"dirtybitmap-file: lock file $d/bitmaps.lock: is a FIFO, not a regular file"* ]]
+    rm "$d/bitmaps.lock"
+    ln -s "$d/elsewhere" "$d/bitmaps.lock"
+    try
+    [[ "$output" == *"dirtybitmap-file: lock file $d/bitmaps.lock: is a symbolic link, not a regular file"* ]]
+    [ ! -e "$d/elsewhere" ]
+    cmp "$d/good" "$d/bitmaps"
+
+    # A fresh lock file is made 0600 again.
+    rm "$d/bitmaps.lock"
+    start_db
+    run -0 bitmaps C
+    [ "$output" = "a 0 65536 true false true false" ]
+    [ "$(stat -c %a "$d/bitmaps.lock")" = 600 ]
+}
