@@ -74,7 +74,11 @@ dirty_backup_check (const char *name, struct control_error *err)
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&dirty_lock);
 
   b = dirty_find_locked (name);
-  return b ? backup_check_locked (b, err) : 0;
+  if (b)
+    return backup_check_locked (b, err);
+  if (dirty_expected_locked (name))
+    return 0;                   /* dirtybitmap-add makes it at start. */
+  return dirty_not_found_locked (name, err);
 }
 
 struct dirty_bitmap *
@@ -83,6 +87,20 @@ dirty_backup_begin (const char *name, uint64_t size,
 {
   struct dirty_bitmap *b;
 
+  /* Refuse before marking the file in use: a refused backup changes
+   * nothing (a crash then would make every bitmap inconsistent).
+   */
+  {
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&dirty_lock);
+
+    b = dirty_find_locked (name);
+    if (b == NULL) {
+      dirty_not_found_locked (name, err);
+      return NULL;
+    }
+    if (backup_check_locked (b, err) == -1)
+      return NULL;
+  }
   if (dirty_before_change () == -1) {
     control_fail (err, CONTROL_GENERIC_ERROR,
                   "cannot mark the bitmap file in use: %s", strerror (errno));
@@ -93,8 +111,7 @@ dirty_backup_begin (const char *name, uint64_t size,
 
     b = dirty_find_locked (name);
     if (b == NULL) {
-      control_fail (err, CONTROL_NOT_FOUND,
-                    "bitmap '%s' not found", name);
+      dirty_not_found_locked (name, err);
       return NULL;
     }
     if (backup_check_locked (b, err) == -1)

@@ -161,6 +161,11 @@ dirtybitmap_get_ready (int thread_model)
     dirty_set_change_hook (persist_mark_in_use);
   }
   loaded = true;
+  /* So that cbw-bitmap= can be checked now, in cbw's .get_ready
+   * (which runs after this one): with --run, .after_fork is too late
+   * to stop the server.
+   */
+  dirty_set_expected (add_names, nr_add_names);
   if (commands_register (granularity) == -1)
     return -1;
   return control_bind ();
@@ -205,18 +210,17 @@ dirtybitmap_after_fork (nbdkit_backend *backend)
 
     if (dirty_find (add_names[i]))
       continue;                 /* Kept from the file. */
-    if (dirty_before_change () == -1) {
-      nbdkit_error ("dirtybitmap-file: %s: cannot mark it in use: %m",
-                    file_path);
-      return -1;
-    }
-    if (dirty_add (&n, &err) == NULL ||
-        (n.persistent && persist_update_in_use () == -1)) {
-      nbdkit_error ("dirtybitmap-add: %s: %s", add_names[i],
-                    err.desc[0] ? err.desc : "cannot update the file");
+    /* The file is not written here: the first change writes it (in
+     * use, with this bitmap).  A server that fails to start after
+     * this point (a filter above failing in .after_fork) thus leaves
+     * the file as it was, and until a change nothing can be missed.
+     */
+    if (dirty_add (&n, &err) == NULL) {
+      nbdkit_error ("dirtybitmap-add: %s: %s", add_names[i], err.desc);
       return -1;
     }
   }
+  dirty_set_expected (NULL, 0);
   return control_start ();
 }
 
