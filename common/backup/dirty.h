@@ -205,6 +205,11 @@ extern struct dirty_bitmap *dirty_reader_begin (const char *name,
                                                 struct control_error *err);
 extern void dirty_reader_end (struct dirty_bitmap *b);
 
+/* Would dirty_reader_begin accept name now?  0, or -1 with err filled
+ * (the same reasons).
+ */
+extern int dirty_reader_check (const char *name, struct control_error *err);
+
 /* For the sidecar file: each bitmap in creation order, under the
  * set's lock (fn must not call back into this API).  bits holds
  * nr_granules bits packed as dirty_new's data (a backup's new writes

@@ -48,6 +48,7 @@
 #include "commands.h"
 #include "control.h"
 #include "dirty.h"
+#include "exports.h"
 #include "gate.h"
 #include "ispowerof2.h"
 #include "persist.h"
@@ -61,6 +62,7 @@ static uint32_t granularity = 65536;            /* dirtybitmap-granularity */
 static const char *snapshot_export = "snapshot"; /* dirtybitmap-snapshot-export */
 static const char **add_names;                  /* dirtybitmap-add */
 static size_t nr_add_names;
+static bool passthrough;                        /* dirtybitmap-exports */
 
 /* True once the bitmaps are loaded: only then are they saved. */
 static bool loaded;
@@ -85,6 +87,7 @@ dirtybitmap_unload (void)
     persist_save ();
   dirty_free_all ();
   persist_close ();
+  exports_unclaim ("dirtybitmap");
   registry_remove_filter ("dirtybitmap");
   free (file_path);
   free (add_names);
@@ -139,6 +142,8 @@ dirtybitmap_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
     snapshot_export = value;
     return 0;
   }
+  else if (strcmp (key, "dirtybitmap-exports") == 0)
+    return exports_parse_policy ("dirtybitmap-exports", value, &passthrough);
   return next (nxdata, key, value);
 }
 
@@ -150,11 +155,52 @@ dirtybitmap_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
   "dirtybitmap-control=<SOCKET>\n" \
   "                          The server's control socket.\n" \
   "dirtybitmap-snapshot-export=<NAME>\n" \
-  "                          Export whose data dirty:* serve (snapshot)."
+  "                          Export whose data dirty:* serve (snapshot).\n" \
+  "dirtybitmap-exports=strict|passthrough\n" \
+  "                          Refuse unknown export names (default strict)."
+
+/* Is the export that dirty exports read available?  0, or -1 with
+ * err filled.
+ */
+static int
+check_snapshot_export (struct control_error *err)
+{
+  struct control_error why = { 0 };
+
+  /* "" is the plugin's default export; with passthrough the user
+   * says the plugin serves the name.
+   */
+  if (snapshot_export[0] == '\0' || passthrough)
+    return 0;
+  if (!exports_served_below ("dirtybitmap", snapshot_export))
+    return control_fail (err, CONTROL_GENERIC_ERROR,
+                         "no filter below this one serves the snapshot "
+                         "export '%s' (load nbdkit-fleece-filter after "
+                         "dirtybitmap: --filter=dirtybitmap "
+                         "--filter=fleece)", snapshot_export);
+  if (exports_check (snapshot_export, &why) != 1)
+    return control_fail (err, CONTROL_GENERIC_ERROR,
+                         "the snapshot export '%s' is not available: %s",
+                         snapshot_export, why.desc);
+  return 0;
+}
+
+/* Can dirty export name be opened now? */
+static int
+check_dirty_export (const char *name, struct control_error *err)
+{
+  if (dirty_reader_check (name + strlen (DIRTY_EXPORT_PREFIX), err) == -1)
+    return -1;
+  return check_snapshot_export (err);
+}
 
 static int
 dirtybitmap_get_ready (int thread_model)
 {
+  if (exports_claim ("dirtybitmap", DIRTY_EXPORT_PREFIX, true, "BITMAP",
+                     check_dirty_export) == -1 ||
+      exports_register_command () == -1)
+    return -1;
   if (file_path) {
     if (persist_load (file_path) == -1)
       return -1;
@@ -250,16 +296,41 @@ list_one (const struct dirty_record *rec, void *opaque)
   return 0;
 }
 
+/* May a request for exportname (not a dirty export) go down? */
+static bool
+passes_down (const char *exportname)
+{
+  return passthrough || exportname[0] == '\0' ||
+    exports_served_below ("dirtybitmap", exportname);
+}
+
 static int
 dirtybitmap_list_exports (nbdkit_next_list_exports *next,
                           nbdkit_backend *nxdata, int readonly, int is_tls,
                           struct nbdkit_exports *exports)
 {
   struct list_ctx c = { .exports = exports };
+  struct control_error err = { 0 };
+  struct nbdkit_exports *below;
+  size_t i;
 
-  if (next (nxdata, readonly, exports) == -1)
+  /* List only what open would accept. */
+  below = nbdkit_exports_new ();
+  if (below == NULL)
     return -1;
-  dirty_foreach_record (list_one, &c);
+  if (next (nxdata, readonly, below) == -1) {
+    nbdkit_exports_free (below);
+    return -1;
+  }
+  for (i = 0; c.r == 0 && i < nbdkit_exports_count (below); ++i) {
+    struct nbdkit_export e = nbdkit_get_export (below, i);
+
+    if (passes_down (e.name))
+      c.r = nbdkit_add_export (exports, e.name, e.description);
+  }
+  nbdkit_exports_free (below);
+  if (c.r == 0 && check_snapshot_export (&err) == 0)
+    dirty_foreach_record (list_one, &c);
   return c.r;
 }
 
@@ -278,8 +349,10 @@ dirtybitmap_open (nbdkit_next_open *next, nbdkit_context *context,
     struct control_error err = { 0 };
 
     h->reader = dirty_reader_begin (exportname + plen, &err);
-    if (h->reader == NULL) {
+    if (h->reader == NULL || check_snapshot_export (&err) == -1) {
       nbdkit_error ("dirtybitmap: export %s: %s", exportname, err.desc);
+      if (h->reader)
+        dirty_reader_end (h->reader);
       free (h);
       return NULL;
     }
@@ -289,6 +362,19 @@ dirtybitmap_open (nbdkit_next_open *next, nbdkit_context *context,
       return NULL;
     }
     return h;
+  }
+  if (!passes_down (exportname)) {
+    char list[512];
+
+    /* The plugin would serve it as the live disk (most ignore the
+     * name): a mistyped export must not back that up.
+     */
+    exports_describe (list, sizeof list);
+    nbdkit_error ("dirtybitmap: no export named '%s': this server serves "
+                  "%s (dirtybitmap-exports=passthrough would pass other "
+                  "names to the plugin)", exportname, list);
+    free (h);
+    return NULL;
   }
   if (next (context, readonly, exportname) == -1) {
     free (h);
