@@ -57,6 +57,7 @@ struct pull {
   const char *source;
   const char *target;
   const char *format;           /* "raw", "qcow2" or "nbd" */
+  const char *control;          /* --control: the server's socket */
   struct file_target_options file;
   unsigned connections;
   struct copy_options copy;
@@ -112,6 +113,10 @@ pull_usage (const char *cmd)
           "      --no-progress         never show the progress bar\n"
           "      --json                print a JSON summary on stdout at "
           "the end\n"
+          "      --control=SOCKET      the source server's control socket: "
+          "if it\n"
+          "                            refuses SOURCE-URI's export, ask it "
+          "why\n"
           HELP_VERBOSE_HELP
           "\n"
           "SIZEs take K, M, G or T suffixes.  SOURCE-URI and an NBD TARGET "
@@ -140,7 +145,7 @@ parse_options (int argc, char *argv[], struct pull *p)
 {
   enum {
     OPT_CLUSTER_SIZE = 256, OPT_FORCE, OPT_CHUNK, OPT_PROGRESS,
-    OPT_NO_PROGRESS, OPT_JSON, OPT_INCREMENTAL,
+    OPT_NO_PROGRESS, OPT_JSON, OPT_INCREMENTAL, OPT_CONTROL,
   };
   static const char short_options[] = "b:C:F:f:hR:v";
   static const struct option long_options[] = {
@@ -149,6 +154,7 @@ parse_options (int argc, char *argv[], struct pull *p)
     { "chunk",          required_argument, NULL, OPT_CHUNK },
     { "cluster-size",   required_argument, NULL, OPT_CLUSTER_SIZE },
     { "connections",    required_argument, NULL, 'C' },
+    { "control",        required_argument, NULL, OPT_CONTROL },
     { "force",          no_argument,       NULL, OPT_FORCE },
     { "format",         required_argument, NULL, 'f' },
     { "help",           no_argument,       NULL, 'h' },
@@ -224,6 +230,11 @@ parse_options (int argc, char *argv[], struct pull *p)
       break;
     case OPT_JSON:
       p->json = true;
+      break;
+    case OPT_CONTROL:
+      if (*optarg == '\0')
+        return usage_error (cmd, "--control: empty socket path");
+      p->control = optarg;
       break;
     default:
       r = common_option (c, cmd, pull_usage);
@@ -302,8 +313,10 @@ do_pull (struct pull *p, struct copy_stats *stats)
       file_target_check (p->target, p->file.force) == -1)
     return -1;
 
-  if (source_open (&src, p->source, p->connections) == -1)
+  if (source_open (&src, p->source, p->connections) == -1) {
+    source_explain_refusal (p->source, p->control);
     goto out;
+  }
   stats->total = src.size;
 
   /* Reads must fit the server's limit. */
