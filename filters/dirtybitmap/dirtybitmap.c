@@ -27,7 +27,10 @@
  * nothing about the contents holds), dirty ones are data.  A client
  * with only base:allocation, e.g. nbdinfo --map or qemu-img map,
  * thus sees what changed.  The bitmap must be disabled (frozen at the
- * snapshot instant) and is busy while an export is open on it.
+ * snapshot instant) and is busy while an export is open on it.  The
+ * snapshot export must be served by a filter of the suite below this
+ * one (else, most plugins ignoring names, it would be the live disk);
+ * other unknown names are refused too (common/backup/exports.h).
  *
  * Not done: tracking several exports of one plugin separately (all
  * exports count as one disk), and writes that bypass this filter

@@ -24,6 +24,10 @@
  * A store failure (full, or an I/O error) breaks the snapshot: the
  * writer's request always goes on, snapshot readers get EIO from then
  * on.  The writer is never failed for the sake of the snapshot.
+ *
+ * Export names: "" (the live disk) and the snapshot export; any other
+ * name is refused (common/backup/exports.h says why) unless a filter
+ * of the suite below serves it or fleece-exports=passthrough.
  */
 
 #include <config.h>
