@@ -106,3 +106,20 @@ uri () { echo "nbd+unix:///$1?socket=$srv_sock"; }
     run -0 nbdinfo --size "$(uri dirty:b0)"
     [ "$output" = 4194304 ]
 }
+
+@test "exports: a dirty export of a bitmap left inconsistent by a crash says so" {
+    start_nbdkit srv --filter="$dirtybitmap" --filter="$fleece" \
+        file "$d/disk.img" fleece-store="$d" dirtybitmap-file="$d/bitmaps" \
+        dirtybitmap-control="$ctlsock" dirtybitmap-add=b0
+    io "$srv_uri" "write 0 512"
+    kill -9 "$srv_pid"
+    wait "$srv_pid" 2>/dev/null || :
+    rm -f "$ctlsock"
+    start_nbdkit srv --filter="$dirtybitmap" --filter="$fleece" \
+        file "$d/disk.img" fleece-store="$d" dirtybitmap-file="$d/bitmaps" \
+        dirtybitmap-control="$ctlsock"
+    run -1 nbdbackup pull --control="$ctlsock" "$(uri dirty:b0)" "$d/x.img"
+    echo "$output"
+    [[ "$output" == *"nbdbackup: why the server refuses export 'dirty:b0' (its control socket says): bitmap 'b0' is inconsistent (the server did not stop cleanly while it was in use): a full backup is needed"* ]]
+    [ ! -e "$d/x.img" ]
+}
