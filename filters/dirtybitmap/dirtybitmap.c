@@ -315,6 +315,7 @@ dirtybitmap_list_exports (nbdkit_next_list_exports *next,
   struct list_ctx c = { .exports = exports };
   struct control_error err = { 0 };
   struct nbdkit_exports *below;
+  bool have_default = false;
   size_t i;
 
   /* List only what open would accept. */
@@ -328,10 +329,14 @@ dirtybitmap_list_exports (nbdkit_next_list_exports *next,
   for (i = 0; c.r == 0 && i < nbdkit_exports_count (below); ++i) {
     struct nbdkit_export e = nbdkit_get_export (below, i);
 
+    have_default |= e.name[0] == '\0';
     if (passes_down (e.name))
       c.r = nbdkit_add_export (exports, e.name, e.description);
   }
   nbdkit_exports_free (below);
+  /* As fleece does: a copy cannot carry nbdkit_use_default_export. */
+  if (c.r == 0 && !have_default)
+    c.r = nbdkit_add_export (exports, "", NULL);
   if (c.r == 0 && check_snapshot_export (&err) == 0)
     dirty_foreach_record (list_one, &c);
   return c.r;

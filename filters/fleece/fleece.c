@@ -454,6 +454,7 @@ fleece_list_exports (nbdkit_next_list_exports *next, nbdkit_backend *nxdata,
 {
   struct control_error err = { 0 };
   struct nbdkit_exports *below;
+  bool have_default = false;
   size_t i;
   int r = 0;
 
@@ -468,10 +469,17 @@ fleece_list_exports (nbdkit_next_list_exports *next, nbdkit_backend *nxdata,
   for (i = 0; r == 0 && i < nbdkit_exports_count (below); ++i) {
     struct nbdkit_export e = nbdkit_get_export (below, i);
 
+    have_default |= e.name[0] == '\0';
     if (strcmp (e.name, export_name) != 0 && passes_down (e.name))
       r = nbdkit_add_export (exports, e.name, e.description);
   }
   nbdkit_exports_free (below);
+  /* A plugin may have asked for its default export to be listed
+   * (nbdkit_use_default_export), which a copy cannot carry: "" is
+   * always served.
+   */
+  if (r == 0 && !have_default)
+    r = nbdkit_add_export (exports, "", NULL);
   if (r == -1)
     return -1;
   if (check_export (export_name, &err) == -1)
