@@ -41,8 +41,9 @@ snapshot_bitmaps () {
 
 @test "dirtybitmap: a clean restart keeps every bitmap bit for bit" {
     start_db dirtybitmap-add=start
-    # Nothing changed yet: the bitmap made at start set the flag.
-    [ "$(file_flags)" = 1 ]
+    # Nothing changed yet: the file is written at the first change
+    # (so a server that fails to start leaves no trace).
+    [ ! -e "$d/bitmaps" ]
     run -0 qmp C block-dirty-bitmap-add '{"name":"g4k","granularity":4096}'
     run -0 qmp C block-dirty-bitmap-add '{"name":"g1m","granularity":1048576}'
     run -0 qmp C block-dirty-bitmap-add '{"name":"temp","persistent":false}'
@@ -122,6 +123,32 @@ c 65536 65536 true false true false" ]
 a 65536 65536 true false true false" ]
     run -0 ranges C a
     [ "$output" = "1048576+65536" ]
+}
+
+@test "dirtybitmap: a removal is durable once it returns (kill -9 after it)" {
+    start_db
+    run -0 qmp C block-dirty-bitmap-add '{"name":"b0"}'
+    run -0 qmp C block-dirty-bitmap-add '{"name":"b1"}'
+    run -0 qmp C block-dirty-bitmap-remove '{"name":"b0"}'
+    [ "$output" = '{}' ]
+    ctl_close C
+    kill -9 "$srv_pid"
+    wait "$srv_pid" 2>/dev/null || :
+    start_db
+    run -0 bitmaps C
+    [ "$output" = "b1 0 65536 true false true true" ]
+    ctl_close C
+    # Also when the removal is the first change after a clean start.
+    stop_nbdkit srv
+    start_db
+    run -0 qmp C block-dirty-bitmap-remove '{"name":"b1"}'
+    [ "$output" = '{}' ]
+    ctl_close C
+    kill -9 "$srv_pid"
+    wait "$srv_pid" 2>/dev/null || :
+    start_db
+    run -0 bitmaps C
+    [ "$output" = "" ]
 }
 
 @test "dirtybitmap: kill -9 with no change since start keeps the bitmaps" {
@@ -231,4 +258,51 @@ b 65536 65536 true false true false" ]
     start_db
     run -0 bitmaps C
     [ "$output" = "a 0 65536 true false true true" ]
+}
+
+@test "dirtybitmap: the sidecar and its lock are private regular files" {
+    start_db dirtybitmap-add=a
+    ctl_close C
+    stop_nbdkit srv
+    [ "$(stat -c %a "$d/bitmaps")" = 600 ]
+    [ "$(stat -c %a "$d/bitmaps.lock")" = 600 ]
+    cp "$d/bitmaps" "$d/good"
+    # (timeout only bounds a hang of the old code; success is immediate.)
+    try () {
+        run ! timeout 120 nbdkit -U - --filter="$dirtybitmap" file "$d/disk.img" \
+            dirtybitmap-file="$d/bitmaps" --run true
+    }
+
+    # A FIFO where the sidecar should be: refused, not blocked on.
+    mv "$d/bitmaps" "$d/saved"
+    mkfifo "$d/bitmaps"
+    try
+    [[ "$output" == *"dirtybitmap-file $d/bitmaps: is a FIFO, not a regular file"* ]]
+    # A symlink: refused, even to a good file.
+    rm "$d/bitmaps"
+    ln -s "$d/good" "$d/bitmaps"
+    try
+    [[ "$output" == *"dirtybitmap-file $d/bitmaps: is a symbolic link, not a regular file"* ]]
+    cmp "$d/good" "$d/saved"
+    rm "$d/bitmaps"
+    mv "$d/saved" "$d/bitmaps"
+
+    # The same for the lock file.
+    rm "$d/bitmaps.lock"
+    mkfifo "$d/bitmaps.lock"
+    try
+    [[ "$output" == *"dirtybitmap-file: lock file $d/bitmaps.lock: is a FIFO, not a regular file"* ]]
+    rm "$d/bitmaps.lock"
+    ln -s "$d/elsewhere" "$d/bitmaps.lock"
+    try
+    [[ "$output" == *"dirtybitmap-file: lock file $d/bitmaps.lock: is a symbolic link, not a regular file"* ]]
+    [ ! -e "$d/elsewhere" ]
+    cmp "$d/good" "$d/bitmaps"
+
+    # A fresh lock file is made 0600 again.
+    rm "$d/bitmaps.lock"
+    start_db
+    run -0 bitmaps C
+    [ "$output" = "a 0 65536 true false true false" ]
+    [ "$(stat -c %a "$d/bitmaps.lock")" = 600 ]
 }

@@ -317,14 +317,52 @@ check_mode () {
     run ! nbdkit -U - --filter="$cbw" file "$d/disk.img" \
         cbw-target="$d/t.img" cbw-sync=incremental cbw-bitmap=b0 --run true
     [[ "$output" == *"cbw-bitmap: an incremental backup needs nbdkit-dirtybitmap-filter in the same server, below this filter (--filter=dirtybitmap after it)"* ]]
-    # No such bitmap: that is known only at the snapshot instant
-    # (dirtybitmap-add makes bitmaps then), so the server stops there.
-    s_pid=
-    start_nbdkit s --filter="$cbw" --filter="$dirtybitmap" \
+    # No such bitmap: refused at start, before --run runs.
+    run ! nbdkit -U - --filter="$cbw" --filter="$dirtybitmap" \
         file "$d/disk.img" cbw-target="$d/t.img" cbw-sync=incremental \
-        cbw-bitmap=b0 || :
-    [ -z "$s_pid" ] || ! wait "$s_pid"
-    grep -q "cbw-bitmap: bitmap 'b0' not found" "$d/s.log"
+        cbw-bitmap=b0 --run 'touch '"$d/ran"
+    [[ "$output" == *"cbw-bitmap: bitmap 'b0' not found (there are no bitmaps)"* ]]
+    [ ! -e "$d/ran" ]
+    # One that dirtybitmap-add makes at start is fine.
+    run -0 nbdkit -U - --filter="$cbw" --filter="$dirtybitmap" \
+        file "$d/disk.img" cbw-target="$d/t.img" cbw-sync=incremental \
+        cbw-bitmap=b0 dirtybitmap-add=b0 --run true
+    [ -f "$d/t.img" ]
+}
+
+@test "dirtybitmap push: a mistyped cbw-bitmap stops the server and leaves the sidecar alone" {
+    truncate -s 4M "$d/disk.img"
+    nbdkit -U - --filter="$dirtybitmap" file "$d/disk.img" \
+        dirtybitmap-file="$d/bitmaps" dirtybitmap-add=b0 dirtybitmap-add=b1 \
+        --run 'qemu-io -f raw "$uri" -c "write 0 64k" >/dev/null'
+    qemu-img create -f raw "$d/full.img" 4M
+    cp "$d/bitmaps" "$d/bitmaps.orig"
+    args=(--filter="$cbw" --filter="$dirtybitmap" file "$d/disk.img"
+          dirtybitmap-file="$d/bitmaps" cbw-sync=incremental cbw-bitmap=b00
+          cbw-target="$d/inc.qcow2" cbw-target-backing="$d/full.img")
+    want="cbw-bitmap: bitmap 'b00' not found (the bitmaps are: 'b0', 'b1')"
+
+    # Captive: --run never runs, the exit status is not 0.
+    run ! nbdkit -U - "${args[@]}" --run 'touch '"$d/ran"
+    [[ "$output" == *"$want"* ]]
+    [ ! -e "$d/ran" ]
+    cmp "$d/bitmaps" "$d/bitmaps.orig"
+
+    # Daemon mode: no server forks off, the exit status says why.
+    sock="$(new_socket)"
+    run ! nbdkit -U "$sock" -P "$d/daemon.pid" "${args[@]}"
+    if [ -s "$d/daemon.pid" ]; then
+        kill "$(cat "$d/daemon.pid")" || :
+        false
+    fi
+    [[ "$output" == *"$want"* ]]
+    rm -f "$sock"
+    cmp "$d/bitmaps" "$d/bitmaps.orig"
+    [ ! -e "$d/inc.qcow2" ] && [ ! -e "$d/inc.qcow2.incomplete" ]
+
+    # And the bitmaps are still good: a clean incremental from b0.
+    run -0 nbdkit -U - "${args[@]/cbw-bitmap=b00/cbw-bitmap=b0}" --run true
+    [ "$(top_ranges "$d/inc.qcow2")" = "0+65536" ]
 }
 
 @test "dirtybitmap push: on command, bitmap actions and backup-start in one transaction" {

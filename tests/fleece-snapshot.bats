@@ -94,6 +94,8 @@ teardown () { stop_all_nbdkit; }
     # Every write succeeded and the live disk holds them all.
     cmp "$d/disk.img" "$d/model.img"
     [[ "$output" == *"fleece store is full: it may hold 262144 bytes"* ]]
+    [[ "$output" =~ "fleece: writing the fleece store at offset "[0-9]+" failed: No space left on device" ]]
+    [[ "$output" != *"the target"* ]]
     [[ "$output" == *"the snapshot is broken"* ]]
 }
 

@@ -76,7 +76,11 @@ dirty_backup_check (const char *name, struct control_error *err)
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&dirty_lock);
 
   b = dirty_find_locked (name);
-  return b ? backup_check_locked (b, err) : 0;
+  if (b)
+    return backup_check_locked (b, err);
+  if (dirty_expected_locked (name))
+    return 0;                   /* dirtybitmap-add makes it at start. */
+  return dirty_not_found_locked (name, err);
 }
 
 struct dirty_bitmap *
@@ -85,6 +89,20 @@ dirty_backup_begin (const char *name, uint64_t size,
 {
   struct dirty_bitmap *b;
 
+  /* Refuse before marking the file in use: a refused backup changes
+   * nothing (a crash then would make every bitmap inconsistent).
+   */
+  {
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&dirty_lock);
+
+    b = dirty_find_locked (name);
+    if (b == NULL) {
+      dirty_not_found_locked (name, err);
+      return NULL;
+    }
+    if (backup_check_locked (b, err) == -1)
+      return NULL;
+  }
   if (dirty_before_change () == -1) {
     control_fail (err, CONTROL_GENERIC_ERROR,
                   "cannot mark the bitmap file in use: %s", strerror (errno));
@@ -95,8 +113,7 @@ dirty_backup_begin (const char *name, uint64_t size,
 
     b = dirty_find_locked (name);
     if (b == NULL) {
-      control_fail (err, CONTROL_NOT_FOUND,
-                    "bitmap '%s' not found", name);
+      dirty_not_found_locked (name, err);
       return NULL;
     }
     if (backup_check_locked (b, err) == -1)
@@ -157,38 +174,51 @@ dirty_backup_end (struct dirty_bitmap *b, bool success, enum dirty_mode mode,
                 dirty_mode_name (mode));
 }
 
+/* The refusals of a dirty export.  Lock held.  0 or -1. */
+static int
+reader_check_locked (const char *name, struct dirty_bitmap **bp,
+                     struct control_error *err)
+{
+  struct dirty_bitmap *b = dirty_find_locked (name);
+
+  *bp = b;
+  if (b == NULL)
+    return dirty_not_found_locked (name, err);
+  if (b->inconsistent)
+    return control_fail (err, CONTROL_GENERIC_ERROR,
+                         "bitmap '%s' is inconsistent (the server did not "
+                         "stop cleanly while it was in use): a full backup "
+                         "is needed", name);
+  if (b->recording)
+    return control_fail (err, CONTROL_GENERIC_ERROR,
+                         "bitmap '%s' is recording: disable it at the "
+                         "snapshot instant (block-dirty-bitmap-disable in "
+                         "the snapshot-start transaction) before reading "
+                         "its dirty ranges", name);
+  if (b->in_backup)
+    return control_fail (err, CONTROL_GENERIC_ERROR,
+                         "bitmap '%s' is busy (an incremental backup is "
+                         "using it)", name);
+  return 0;
+}
+
+int
+dirty_reader_check (const char *name, struct control_error *err)
+{
+  struct dirty_bitmap *b;
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&dirty_lock);
+
+  return reader_check_locked (name, &b, err);
+}
+
 struct dirty_bitmap *
 dirty_reader_begin (const char *name, struct control_error *err)
 {
   struct dirty_bitmap *b;
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&dirty_lock);
 
-  b = dirty_find_locked (name);
-  if (b == NULL) {
-    control_fail (err, CONTROL_NOT_FOUND, "bitmap '%s' not found", name);
+  if (reader_check_locked (name, &b, err) == -1)
     return NULL;
-  }
-  if (b->inconsistent) {
-    control_fail (err, CONTROL_GENERIC_ERROR,
-                  "bitmap '%s' is inconsistent (the server did not stop "
-                  "cleanly while it was in use): a full backup is needed",
-                  name);
-    return NULL;
-  }
-  if (b->recording) {
-    control_fail (err, CONTROL_GENERIC_ERROR,
-                  "bitmap '%s' is recording: disable it at the snapshot "
-                  "instant (block-dirty-bitmap-disable in the "
-                  "snapshot-start transaction) before reading its dirty "
-                  "ranges", name);
-    return NULL;
-  }
-  if (b->in_backup) {
-    control_fail (err, CONTROL_GENERIC_ERROR,
-                  "bitmap '%s' is busy (an incremental backup is using it)",
-                  name);
-    return NULL;
-  }
   b->readers++;
   return b;
 }

@@ -17,6 +17,8 @@
 
 #include "bitmap.h"
 
+struct control_error;
+
 struct dirty_bitmap {
   struct dirty_bitmap *next;
   /* Set by dirty_add and never changed. */
@@ -44,6 +46,15 @@ extern uint64_t dirty_size;
 
 /* The bitmap named name, not being removed, or NULL.  dirty_lock held. */
 extern struct dirty_bitmap *dirty_find_locked (const char *name);
+
+/* Fill err with "bitmap 'name' not found", naming the bitmaps that
+ * exist.  dirty_lock held.  Returns -1.
+ */
+extern int dirty_not_found_locked (const char *name,
+                                   struct control_error *err);
+
+/* True if name is among the expected names.  dirty_lock held. */
+extern bool dirty_expected_locked (const char *name);
 
 /* Copy src's bits into a new bitmap dst.  dirty_lock held.  0 or -1. */
 extern int dirty_copy_bits (struct bitmap *dst, const struct bitmap *src);

@@ -40,6 +40,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -59,6 +60,11 @@ pthread_mutex_t dirty_lock = PTHREAD_MUTEX_INITIALIZER;
 uint64_t dirty_size;
 /* The set's list, protected by dirty_lock. */
 static struct dirty_bitmap *bitmaps;
+/* Names to be added at start (dirty_set_expected), protected by
+ * dirty_lock.
+ */
+static const char *const *expected;
+static size_t nr_expected;
 /* Read on every write without the lock (an atomic load): set once by
  * the dirtybitmap filter before any client, cleared at unload.
  */
@@ -123,6 +129,49 @@ dirty_set_disk_size (uint64_t size)
   }
   dirty_size = size;
   return n;
+}
+
+void
+dirty_set_expected (const char *const *names, size_t n)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&dirty_lock);
+
+  expected = names;
+  nr_expected = n;
+}
+
+bool
+dirty_expected_locked (const char *name)
+{
+  size_t i;
+
+  for (i = 0; i < nr_expected; ++i)
+    if (strcmp (expected[i], name) == 0)
+      return true;
+  return false;
+}
+
+int
+dirty_not_found_locked (const char *name, struct control_error *err)
+{
+  char list[256] = "";
+  size_t len = 0;
+  struct dirty_bitmap *b;
+
+  for (b = bitmaps; b; b = b->next) {
+    if (b->removing)
+      continue;
+    if (len + strlen (b->name) + 8 >= sizeof list) {
+      snprintf (list + len, sizeof list - len, ", ...");
+      break;
+    }
+    len += snprintf (list + len, sizeof list - len, "%s'%s'",
+                     len ? ", " : "", b->name);
+  }
+  return control_fail (err, CONTROL_NOT_FOUND,
+                       "bitmap '%s' not found (%s%s)", name,
+                       len ? "the bitmaps are: " : "there are no bitmaps",
+                       list);
 }
 
 void
@@ -482,6 +531,8 @@ dirty_free_all (void)
   }
   pthread_mutex_lock (&dirty_lock);
   dirty_size = 0;
+  expected = NULL;
+  nr_expected = 0;
   pthread_mutex_unlock (&dirty_lock);
   dirty_set_change_hook (NULL);
 }

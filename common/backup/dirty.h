@@ -163,9 +163,16 @@ extern const char *dirty_name (const struct dirty_bitmap *b);
 extern bool dirty_next_range (struct dirty_bitmap *b, uint64_t offset,
                               uint64_t end, uint64_t *start, uint64_t *len);
 
+/* The names the dirtybitmap filter will add at start, once the
+ * disk's size is known (dirtybitmap-add): the array must live until
+ * the next call; (NULL, 0) forgets them.
+ */
+extern void dirty_set_expected (const char *const *names, size_t n);
+
 /* Could an incremental backup use bitmap name now?  0, or -1 with err
- * filled (inconsistent, or busy).  A missing bitmap passes (it may
- * yet be made).
+ * filled (not found, inconsistent, or busy).  A missing bitmap passes
+ * only if it is expected (dirty_set_expected): so a mistyped name is
+ * refused before the server serves anything.
  */
 extern int dirty_backup_check (const char *name, struct control_error *err);
 
@@ -197,6 +204,11 @@ extern void dirty_backup_end (struct dirty_bitmap *b, bool success,
 extern struct dirty_bitmap *dirty_reader_begin (const char *name,
                                                 struct control_error *err);
 extern void dirty_reader_end (struct dirty_bitmap *b);
+
+/* Would dirty_reader_begin accept name now?  0, or -1 with err filled
+ * (the same reasons).
+ */
+extern int dirty_reader_check (const char *name, struct control_error *err);
 
 /* For the sidecar file: each bitmap in creation order, under the
  * set's lock (fn must not call back into this API).  bits holds

@@ -55,6 +55,12 @@ struct engine {
   unsigned helpers;             /* Timed copy threads running. */
 };
 
+/* What the engine writes to, for messages: "the fleece store" for
+ * fleece's local store (not a backup target: a user must be told
+ * which one failed), else "the target".
+ */
+extern const char *engine_target_noun (const struct engine *e);
+
 /* Write buf (the source's data for [offset, offset+len)) to the
  * target one cluster at a time, leaving zero clusters unwritten on a
  * known-zero target and unmapping them otherwise.  Runs of the same

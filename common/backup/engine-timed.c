@@ -60,8 +60,8 @@ timed_helper (void *vp)
   ok = engine_store (e, t->buf, t->offset, t->len, &data, &zero) == 0;
   if (!ok) {
     snprintf (failure, sizeof failure,
-              "writing the target at offset %" PRIu64 " failed: %s",
-              t->offset, strerror (errno));
+              "writing %s at offset %" PRIu64 " failed: %s",
+              engine_target_noun (e), t->offset, strerror (errno));
     nbdkit_error ("%s: %s", e->name, failure);
   }
   engine_finish_claim (e, t->first, t->n, ok, data, zero, true, failure);

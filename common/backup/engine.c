@@ -378,6 +378,13 @@ engine_finish_claim (struct engine *e, uint64_t first, uint64_t n, bool ok,
   pthread_cond_broadcast (&e->cond);
 }
 
+const char *
+engine_target_noun (const struct engine *e)
+{
+  return strcmp (e->target->ops->kind, "store") == 0
+    ? "the fleece store" : "the target";
+}
+
 int
 engine_store (struct engine *e, const char *buf, uint64_t offset, uint64_t len,
        uint64_t *data, uint64_t *zero)
@@ -471,8 +478,8 @@ engine_copy_counted (struct engine *e, nbdkit_next *next, uint64_t first,
       if (!e->target->known_zero &&
           e->target->ops->zero (e->target, run, offset + pos) == -1) {
         snprintf (failure, sizeof failure,
-                  "writing the target at offset %" PRIu64 " failed: %s",
-                  offset + pos, strerror (errno));
+                  "writing %s at offset %" PRIu64 " failed: %s",
+                  engine_target_noun (e), offset + pos, strerror (errno));
         goto out;
       }
       zero += run;
@@ -488,8 +495,8 @@ engine_copy_counted (struct engine *e, nbdkit_next *next, uint64_t first,
       *read_bytes += run;
       if (engine_store (e, buf + pos, offset + pos, run, &data, &zero) == -1) {
         snprintf (failure, sizeof failure,
-                  "writing the target at offset %" PRIu64 " failed: %s",
-                  offset + pos, strerror (errno));
+                  "writing %s at offset %" PRIu64 " failed: %s",
+                  engine_target_noun (e), offset + pos, strerror (errno));
         goto out;
       }
     }

@@ -109,6 +109,22 @@ registry_has_filter (const char *name)
   return lookup ("filter", name) != NULL;
 }
 
+int
+registry_filter_position (const char *name)
+{
+  struct entry *e;
+  int i = 0;
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+
+  for (e = head; e; e = e->next)
+    if (strcmp (e->kind, "filter") == 0) {
+      if (strcmp (e->name, name) == 0)
+        return i;
+      i++;
+    }
+  return -1;
+}
+
 char *
 registry_list_filters (void)
 {

@@ -24,6 +24,13 @@ extern void registry_remove_filter (const char *name);
 /* True if filter name is loaded in this process. */
 extern bool registry_has_filter (const char *name);
 
+/* Where filter name is in the stack: nbdkit loads filters from the
+ * plugin outwards (the last --filter first), so a smaller position is
+ * nearer the plugin (below).  0, 1, ... in load order, or -1 if it is
+ * not loaded.
+ */
+extern int registry_filter_position (const char *name);
+
 /* The loaded filters' names, space-separated, in load order; the
  * caller frees it.  NULL on allocation failure.
  */

@@ -232,6 +232,23 @@ test_hook_and_invalidation (void)
 
   dirty_set_change_hook (hook);
   assert (dirty_mark (0, 1) == 0 && hook_calls == 1);
+  /* A refused backup changes nothing: the hook (the sidecar's in-use
+   * flag) is not run for it.
+   */
+  assert (dirty_backup_begin ("nope", DISK, &err) == NULL);
+  assert (strncmp (err.desc, "bitmap 'nope' not found (the bitmaps are: '",
+                   43) == 0);
+  assert (hook_calls == 1);
+  /* Missing names pass the check only if dirtybitmap-add makes them. */
+  assert (dirty_backup_check ("nope", &err) == -1);
+  {
+    static const char *const expected[] = { "nope" };
+    dirty_set_expected (expected, 1);
+    assert (dirty_backup_check ("nope", &err) == 0);
+    assert (dirty_backup_check ("nope2", &err) == -1);
+    dirty_set_expected (NULL, 0);
+    assert (dirty_backup_check ("nope", &err) == -1);
+  }
   hook_fails = true;
   errno = 0;
   assert (dirty_mark (0, 1) == -1 && errno == EROFS);

@@ -37,6 +37,10 @@ test_registry (void)
   s = registry_list_filters ();
   assert (s && strcmp (s, "cbw fleece") == 0);
   free (s);
+  /* Load order: the plugin outwards, so cbw is below fleece. */
+  assert (registry_filter_position ("cbw") == 0);
+  assert (registry_filter_position ("fleece") == 1);
+  assert (registry_filter_position ("dirtybitmap") == -1);
   assert (registry_has_filter ("fleece"));
   registry_remove_filter ("cbw");
   assert (!registry_has_filter ("cbw"));

@@ -244,34 +244,6 @@ add_abort (void *state, void *opaque)
   free (u);
 }
 
-/* block-dirty-bitmap-remove {name} */
-static int
-remove_prepare (json_object *args, void **state, struct control_error *err,
-                void *opaque)
-{
-  static const char *const allowed[] = { "node", "name", NULL };
-  const char *cmd = "block-dirty-bitmap-remove";
-  const char *name;
-  struct dirty_bitmap *b;
-  struct undo *u;
-
-  if (check_args (args, cmd, allowed, err) == -1 ||
-      check_node (args, cmd, err) == -1 ||
-      (name = get_string (args, cmd, "name", err)) == NULL ||
-      (b = lookup (cmd, name, err)) == NULL)
-    return -1;
-  u = new_undo (err);
-  if (u == NULL)
-    return -1;
-  if (dirty_remove_prepare (b, err) == -1) {
-    free (u);
-    return -1;
-  }
-  u->b = b;
-  *state = u;
-  return 0;
-}
-
 static void
 remove_commit (void *state, void *opaque)
 {
@@ -281,13 +253,60 @@ remove_commit (void *state, void *opaque)
   free (u);
 }
 
+/* The bitmap is back: so is it in the file (if it was written). */
 static void
 remove_abort (void *state, void *opaque)
 {
   struct undo *u = state;
+  struct dirty_info info;
 
   dirty_remove_abort (u->b);
+  dirty_get_info (u->b, &info);
+  if (info.persistent && persist_update_in_use () == -1)
+    nbdkit_error ("block-dirty-bitmap-remove: undoing the removal of %s: "
+                  "cannot update the bitmap file: %m (after a crash it "
+                  "would be missing)", dirty_name (u->b));
   free (u);
+}
+
+/* block-dirty-bitmap-remove {name} */
+static int
+remove_prepare (json_object *args, void **state, struct control_error *err,
+                void *opaque)
+{
+  static const char *const allowed[] = { "node", "name", NULL };
+  const char *cmd = "block-dirty-bitmap-remove";
+  const char *name;
+  struct dirty_bitmap *b;
+  struct dirty_info info;
+  struct undo *u;
+
+  if (check_args (args, cmd, allowed, err) == -1 ||
+      check_node (args, cmd, err) == -1 ||
+      (name = get_string (args, cmd, "name", err)) == NULL ||
+      (b = lookup (cmd, name, err)) == NULL)
+    return -1;
+  dirty_get_info (b, &info);
+  u = new_undo (err);
+  if (u == NULL)
+    return -1;
+  if (dirty_remove_prepare (b, err) == -1) {
+    free (u);
+    return -1;
+  }
+  u->b = b;
+  /* Durable once it returns: the file stops naming the bitmap now,
+   * so a crash can never bring it back.
+   */
+  if (info.persistent && persist_update_in_use () == -1) {
+    control_fail (err, CONTROL_GENERIC_ERROR,
+                  "%s: cannot update the bitmap file: %m", cmd);
+    dirty_remove_abort (b);     /* The file still names it. */
+    free (u);
+    return -1;
+  }
+  *state = u;
+  return 0;
 }
 
 /* clear, enable and disable: {name}. */

@@ -27,7 +27,10 @@
  * nothing about the contents holds), dirty ones are data.  A client
  * with only base:allocation, e.g. nbdinfo --map or qemu-img map,
  * thus sees what changed.  The bitmap must be disabled (frozen at the
- * snapshot instant) and is busy while an export is open on it.
+ * snapshot instant) and is busy while an export is open on it.  The
+ * snapshot export must be served by a filter of the suite below this
+ * one (else, most plugins ignoring names, it would be the live disk);
+ * other unknown names are refused too (common/backup/exports.h).
  *
  * Not done: tracking several exports of one plugin separately (all
  * exports count as one disk), and writes that bypass this filter
@@ -48,6 +51,7 @@
 #include "commands.h"
 #include "control.h"
 #include "dirty.h"
+#include "exports.h"
 #include "gate.h"
 #include "ispowerof2.h"
 #include "persist.h"
@@ -63,6 +67,7 @@ static uint32_t granularity = 65536;            /* dirtybitmap-granularity */
 static const char *snapshot_export = "snapshot"; /* dirtybitmap-snapshot-export */
 static const char **add_names;                  /* dirtybitmap-add */
 static size_t nr_add_names;
+static bool passthrough;                        /* dirtybitmap-exports */
 
 /* True once the bitmaps are loaded: only then are they saved. */
 static bool loaded;
@@ -87,6 +92,7 @@ dirtybitmap_unload (void)
     persist_save ();
   dirty_free_all ();
   persist_close ();
+  exports_unclaim ("dirtybitmap");
   registry_remove_filter ("dirtybitmap");
   free (file_path);
   free (add_names);
@@ -141,6 +147,8 @@ dirtybitmap_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
     snapshot_export = value;
     return 0;
   }
+  else if (strcmp (key, "dirtybitmap-exports") == 0)
+    return exports_parse_policy ("dirtybitmap-exports", value, &passthrough);
   return next (nxdata, key, value);
 }
 
@@ -152,17 +160,63 @@ dirtybitmap_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
   "dirtybitmap-control=<SOCKET>\n" \
   "                          The server's control socket.\n" \
   "dirtybitmap-snapshot-export=<NAME>\n" \
-  "                          Export whose data dirty:* serve (snapshot)."
+  "                          Export whose data dirty:* serve (snapshot).\n" \
+  "dirtybitmap-exports=strict|passthrough\n" \
+  "                          Refuse unknown export names (default strict)."
+
+/* Is the export that dirty exports read available?  0, or -1 with
+ * err filled.
+ */
+static int
+check_snapshot_export (struct control_error *err)
+{
+  struct control_error why = { 0 };
+
+  /* "" is the plugin's default export; with passthrough the user
+   * says the plugin serves the name.
+   */
+  if (snapshot_export[0] == '\0' || passthrough)
+    return 0;
+  if (!exports_served_below ("dirtybitmap", snapshot_export))
+    return control_fail (err, CONTROL_GENERIC_ERROR,
+                         "no filter below this one serves the snapshot "
+                         "export '%s' (load nbdkit-fleece-filter after "
+                         "dirtybitmap: --filter=dirtybitmap "
+                         "--filter=fleece)", snapshot_export);
+  if (exports_check (snapshot_export, &why) != 1)
+    return control_fail (err, CONTROL_GENERIC_ERROR,
+                         "the snapshot export '%s' is not available: %s",
+                         snapshot_export, why.desc);
+  return 0;
+}
+
+/* Can dirty export name be opened now? */
+static int
+check_dirty_export (const char *name, struct control_error *err)
+{
+  if (dirty_reader_check (name + strlen (DIRTY_EXPORT_PREFIX), err) == -1)
+    return -1;
+  return check_snapshot_export (err);
+}
 
 static int
 dirtybitmap_get_ready (int thread_model)
 {
+  if (exports_claim ("dirtybitmap", DIRTY_EXPORT_PREFIX, true, "BITMAP",
+                     check_dirty_export) == -1 ||
+      exports_register_command () == -1)
+    return -1;
   if (file_path) {
     if (persist_load (file_path) == -1)
       return -1;
     dirty_set_change_hook (persist_mark_in_use);
   }
   loaded = true;
+  /* So that cbw-bitmap= can be checked now, in cbw's .get_ready
+   * (which runs after this one): with --run, .after_fork is too late
+   * to stop the server.
+   */
+  dirty_set_expected (add_names, nr_add_names);
   if (commands_register (granularity) == -1)
     return -1;
   return control_bind ();
@@ -207,18 +261,17 @@ dirtybitmap_after_fork (nbdkit_backend *backend)
 
     if (dirty_find (add_names[i]))
       continue;                 /* Kept from the file. */
-    if (dirty_before_change () == -1) {
-      nbdkit_error ("dirtybitmap-file: %s: cannot mark it in use: %m",
-                    file_path);
-      return -1;
-    }
-    if (dirty_add (&n, &err) == NULL ||
-        (n.persistent && persist_update_in_use () == -1)) {
-      nbdkit_error ("dirtybitmap-add: %s: %s", add_names[i],
-                    err.desc[0] ? err.desc : "cannot update the file");
+    /* The file is not written here: the first change writes it (in
+     * use, with this bitmap).  A server that fails to start after
+     * this point (a filter above failing in .after_fork) thus leaves
+     * the file as it was, and until a change nothing can be missed.
+     */
+    if (dirty_add (&n, &err) == NULL) {
+      nbdkit_error ("dirtybitmap-add: %s: %s", add_names[i], err.desc);
       return -1;
     }
   }
+  dirty_set_expected (NULL, 0);
   return control_start ();
 }
 
@@ -248,16 +301,46 @@ list_one (const struct dirty_record *rec, void *opaque)
   return 0;
 }
 
+/* May a request for exportname (not a dirty export) go down? */
+static bool
+passes_down (const char *exportname)
+{
+  return passthrough || exportname[0] == '\0' ||
+    exports_served_below ("dirtybitmap", exportname);
+}
+
 static int
 dirtybitmap_list_exports (nbdkit_next_list_exports *next,
                           nbdkit_backend *nxdata, int readonly, int is_tls,
                           struct nbdkit_exports *exports)
 {
   struct list_ctx c = { .exports = exports };
+  struct control_error err = { 0 };
+  struct nbdkit_exports *below;
+  bool have_default = false;
+  size_t i;
 
-  if (next (nxdata, readonly, exports) == -1)
+  /* List only what open would accept. */
+  below = nbdkit_exports_new ();
+  if (below == NULL)
     return -1;
-  dirty_foreach_record (list_one, &c);
+  if (next (nxdata, readonly, below) == -1) {
+    nbdkit_exports_free (below);
+    return -1;
+  }
+  for (i = 0; c.r == 0 && i < nbdkit_exports_count (below); ++i) {
+    struct nbdkit_export e = nbdkit_get_export (below, i);
+
+    have_default |= e.name[0] == '\0';
+    if (passes_down (e.name))
+      c.r = nbdkit_add_export (exports, e.name, e.description);
+  }
+  nbdkit_exports_free (below);
+  /* As fleece does: a copy cannot carry nbdkit_use_default_export. */
+  if (c.r == 0 && !have_default)
+    c.r = nbdkit_add_export (exports, "", NULL);
+  if (c.r == 0 && check_snapshot_export (&err) == 0)
+    dirty_foreach_record (list_one, &c);
   return c.r;
 }
 
@@ -276,8 +359,10 @@ dirtybitmap_open (nbdkit_next_open *next, nbdkit_context *context,
     struct control_error err = { 0 };
 
     h->reader = dirty_reader_begin (exportname + plen, &err);
-    if (h->reader == NULL) {
+    if (h->reader == NULL || check_snapshot_export (&err) == -1) {
       nbdkit_error ("dirtybitmap: export %s: %s", exportname, err.desc);
+      if (h->reader)
+        dirty_reader_end (h->reader);
       free (h);
       return NULL;
     }
@@ -287,6 +372,19 @@ dirtybitmap_open (nbdkit_next_open *next, nbdkit_context *context,
       return NULL;
     }
     return h;
+  }
+  if (!passes_down (exportname)) {
+    char list[512];
+
+    /* The plugin would serve it as the live disk (most ignore the
+     * name): a mistyped export must not back that up.
+     */
+    exports_describe (list, sizeof list);
+    nbdkit_error ("dirtybitmap: no export named '%s': this server serves "
+                  "%s (dirtybitmap-exports=passthrough would pass other "
+                  "names to the plugin)", exportname, list);
+    free (h);
+    return NULL;
   }
   if (next (context, readonly, exportname) == -1) {
     free (h);

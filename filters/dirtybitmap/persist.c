@@ -8,14 +8,16 @@
  * The life of the file:
  *
  *  - at start it is locked (PATH.lock, flock: one server per file),
- *    read and checked; a file that fails any check stops the server
+ *    read and checked (both must be regular files, not symlinks; a
+ *    FIFO is refused, never blocked on; both are created 0600); a file that fails any check stops the server
  *    (never guess at a bitmap).  IN_USE set means the last server did
  *    not stop cleanly: every bitmap loads as inconsistent.
  *  - before the first change after start (a write reaching the
  *    filter, or a bitmap command), the file is rewritten with IN_USE
  *    set and no bits; the write waits for that.  It is rewritten again
- *    when a persistent bitmap is added, so that a crash also reports
- *    the new one as inconsistent.
+ *    when a persistent bitmap is added or removed, before the command
+ *    returns, so that a crash reports exactly the bitmaps that existed
+ *    (inconsistent): a removed one never comes back.
  *  - a clean shutdown writes every persistent bitmap, IN_USE clear.
  *
  * Every write is atomic: a temporary file beside it, fsync, rename
@@ -176,11 +178,19 @@ persist_load (const char *p)
                   "of %s: %m", p);
     return -1;
   }
-  lock_fd = open (lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-  if (lock_fd == -1) {
-    nbdkit_error ("dirtybitmap-file: %s: %m", lock_path);
+  /* The lock file is never removed (another server may hold it), so
+   * an existing one is opened, but only if it is a regular file:
+   * never through a symlink, never blocking on a FIFO.
+   */
+  lock_fd = open (lock_path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW |
+                  O_CLOEXEC, 0600);
+  if (lock_fd == -1 && errno == EEXIST)
+    lock_fd = open_regular_file ("dirtybitmap-file: lock file", lock_path,
+                                 O_RDWR, OPEN_NOFOLLOW);
+  else if (lock_fd == -1)
+    nbdkit_error ("dirtybitmap-file: lock file %s: %m", lock_path);
+  if (lock_fd == -1)
     return -1;
-  }
   if (flock (lock_fd, LOCK_EX | LOCK_NB) == -1) {
     if (errno == EWOULDBLOCK)
       nbdkit_error ("dirtybitmap-file: %s is in use by another nbdkit "
@@ -192,15 +202,17 @@ persist_load (const char *p)
     return -1;
   }
 
-  fd = open (p, O_RDONLY | O_CLOEXEC);
-  if (fd == -1) {
-    if (errno == ENOENT) {
+  {
+    struct stat st;
+
+    if (lstat (p, &st) == -1 && errno == ENOENT) {
       nbdkit_debug ("dirtybitmap: %s does not exist yet: no bitmaps", p);
       goto ok;
     }
-    nbdkit_error ("dirtybitmap-file: %s: %m", p);
-    return -1;
   }
+  fd = open_regular_file ("dirtybitmap-file", p, O_RDONLY, OPEN_NOFOLLOW);
+  if (fd == -1)
+    return -1;
   buf = read_all (fd, &len);
   if (buf == NULL) {
     nbdkit_error ("dirtybitmap-file: reading %s: %m", p);
@@ -259,9 +271,12 @@ persist_update_in_use (void)
 {
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
 
-  if (path == NULL || !atomic_load (&in_use_on_disk))
+  if (path == NULL)
     return 0;
-  return write_file (true);
+  if (write_file (true) == -1)
+    return -1;
+  atomic_store (&in_use_on_disk, true);
+  return 0;
 }
 
 int

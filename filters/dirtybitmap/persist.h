@@ -27,8 +27,9 @@ extern int persist_load (const char *path);
  */
 extern int persist_mark_in_use (void);
 
-/* Once in use, rewrite the in-use file so it lists the persistent
- * bitmaps that exist now (after one was added).  0 or -1 (errno).
+/* Rewrite the file now, in use, so that it lists the persistent
+ * bitmaps that exist now (after one was added or removed: a crash
+ * then shows exactly those, inconsistent).  0 or -1 (errno).
  */
 extern int persist_update_in_use (void);
 

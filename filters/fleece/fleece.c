@@ -24,6 +24,10 @@
  * A store failure (full, or an I/O error) breaks the snapshot: the
  * writer's request always goes on, snapshot readers get EIO from then
  * on.  The writer is never failed for the sake of the snapshot.
+ *
+ * Export names: "" (the live disk) and the snapshot export; any other
+ * name is refused (common/backup/exports.h says why) unless a filter
+ * of the suite below serves it or fleece-exports=passthrough.
  */
 
 #include <config.h>
@@ -45,6 +49,7 @@
 #include "cleanup.h"
 #include "control.h"
 #include "engine.h"
+#include "exports.h"
 #include "gate.h"
 #include "ispowerof2.h"
 #include "registry.h"
@@ -62,6 +67,7 @@ static char *store_where;                       /* fleece-store */
 static uint64_t store_limit;                    /* fleece-store-limit */
 static unsigned cluster_size = 65536;           /* fleece-cluster-size */
 static bool start_at_start = true;              /* fleece-snapshot */
+static bool passthrough;                        /* fleece-exports */
 
 /* Opened in .after_fork, closed in .cleanup: to learn the size. */
 static nbdkit_next *size_next;
@@ -92,6 +98,7 @@ fleece_load (void)
 static void
 fleece_unload (void)
 {
+  exports_unclaim ("fleece");
   registry_remove_filter ("fleece");
   pthread_rwlock_destroy (&snap_lock);
   free (store_where);
@@ -146,6 +153,8 @@ fleece_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
     }
     return 0;
   }
+  else if (strcmp (key, "fleece-exports") == 0)
+    return exports_parse_policy ("fleece-exports", value, &passthrough);
   else if (strcmp (key, "fleece-control") == 0)
     return control_configure ("fleece-control", value);
 
@@ -182,6 +191,8 @@ fleece_config_complete (nbdkit_next_config_complete *next,
   "fleece-cluster-size=<N>   Copy granularity (default 64K).\n" \
   "fleece-snapshot=at-start|on-command\n" \
   "                          When the snapshot is taken (default at-start).\n" \
+  "fleece-exports=strict|passthrough\n" \
+  "                          Refuse unknown export names (default strict).\n" \
   "fleece-control=<SOCKET>   The server's control socket."
 
 /* Start a snapshot: callers hold snap_lock exclusively and the gate
@@ -346,10 +357,30 @@ stop_cmd (json_object *args, json_object **ret, struct control_error *err,
   return 0;
 }
 
+/* Can the snapshot export be opened now? */
+static int
+check_export (const char *name, struct control_error *err)
+{
+  int r = 0;
+
+  pthread_rwlock_rdlock (&snap_lock);
+  if (engine == NULL)
+    r = control_fail (err, CONTROL_GENERIC_ERROR,
+                      "no snapshot is active%s",
+                      start_at_start ? "" : " (fleece-snapshot=on-command: "
+                      "start one with snapshot-start)");
+  pthread_rwlock_unlock (&snap_lock);
+  return r;
+}
+
 static int
 fleece_get_ready (int thread_model)
 {
   backup_debug_engine |= fleece_debug_engine;
+  if (exports_claim ("fleece", export_name, false, NULL,
+                     check_export) == -1 ||
+      exports_register_command () == -1)
+    return -1;
   if (registry_add_object ("snapshot", "fleece", NULL,
                            describe_snapshot) == -1)
     return -1;
@@ -398,12 +429,50 @@ fleece_cleanup (nbdkit_backend *backend)
   }
 }
 
+/* May a request for exportname (not the snapshot export) go down? */
+static bool
+passes_down (const char *exportname)
+{
+  return passthrough || exportname[0] == '\0' ||
+    exports_served_below ("fleece", exportname);
+}
+
 static int
 fleece_list_exports (nbdkit_next_list_exports *next, nbdkit_backend *nxdata,
                      int readonly, int is_tls, struct nbdkit_exports *exports)
 {
-  if (next (nxdata, readonly, exports) == -1)
+  struct control_error err = { 0 };
+  struct nbdkit_exports *below;
+  bool have_default = false;
+  size_t i;
+  int r = 0;
+
+  /* List only what open would accept. */
+  below = nbdkit_exports_new ();
+  if (below == NULL)
     return -1;
+  if (next (nxdata, readonly, below) == -1) {
+    nbdkit_exports_free (below);
+    return -1;
+  }
+  for (i = 0; r == 0 && i < nbdkit_exports_count (below); ++i) {
+    struct nbdkit_export e = nbdkit_get_export (below, i);
+
+    have_default |= e.name[0] == '\0';
+    if (strcmp (e.name, export_name) != 0 && passes_down (e.name))
+      r = nbdkit_add_export (exports, e.name, e.description);
+  }
+  nbdkit_exports_free (below);
+  /* A plugin may have asked for its default export to be listed
+   * (nbdkit_use_default_export), which a copy cannot carry: "" is
+   * always served.
+   */
+  if (r == 0 && !have_default)
+    r = nbdkit_add_export (exports, "", NULL);
+  if (r == -1)
+    return -1;
+  if (check_export (export_name, &err) == -1)
+    return 0;                   /* No snapshot: opening it would fail. */
   return nbdkit_add_export (exports, export_name,
                             "point-in-time snapshot (read-only)");
 }
@@ -423,6 +492,18 @@ fleece_open (nbdkit_next_open *next, nbdkit_context *context,
       return NULL;
     }
     pthread_rwlock_unlock (&snap_lock);
+  }
+  else if (!passes_down (exportname)) {
+    char list[512];
+
+    /* The plugin would serve it as the live disk (most ignore the
+     * name): a mistyped snapshot export must not back that up.
+     */
+    exports_describe (list, sizeof list);
+    nbdkit_error ("fleece: no export named '%s': this server serves %s "
+                  "(fleece-exports=passthrough would pass other names to "
+                  "the plugin)", exportname, list);
+    return NULL;
   }
   /* The snapshot export reads the plugin's default export. */
   if (next (context, snap ? 1 : readonly, snap ? "" : exportname) == -1)

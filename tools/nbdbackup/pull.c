@@ -62,6 +62,7 @@ struct pull {
   struct target_options topts;  /* format settled by target_format_of */
   bool force;                   /* replace an existing TARGET */
   bool break_chain;             /* --force-break-chain */
+  const char *control;          /* --control: the server's socket */
   unsigned connections;
   struct copy_options copy;
   bool json;
@@ -122,6 +123,10 @@ pull_usage (const char *cmd)
           "      --no-progress         never show the progress bar\n"
           "      --json                print a JSON summary on stdout at "
           "the end\n"
+          "      --control=SOCKET      the source server's control socket: "
+          "if it\n"
+          "                            refuses SOURCE-URI's export, ask it "
+          "why\n"
           HELP_VERBOSE_HELP
           "\n"
           "SIZEs take K, M, G or T suffixes.  SOURCE-URI and an NBD TARGET "
@@ -143,6 +148,7 @@ parse_options (int argc, char *argv[], struct pull *p)
   enum {
     OPT_CLUSTER_SIZE = 256, OPT_FORCE, OPT_CHUNK, OPT_PROGRESS,
     OPT_NO_PROGRESS, OPT_JSON, OPT_INCREMENTAL, OPT_FORCE_BREAK_CHAIN,
+    OPT_CONTROL,
   };
   static const char short_options[] = "b:C:F:f:hR:v";
   static const struct option long_options[] = {
@@ -151,6 +157,7 @@ parse_options (int argc, char *argv[], struct pull *p)
     { "chunk",          required_argument, NULL, OPT_CHUNK },
     { "cluster-size",   required_argument, NULL, OPT_CLUSTER_SIZE },
     { "connections",    required_argument, NULL, 'C' },
+    { "control",        required_argument, NULL, OPT_CONTROL },
     { "force",          no_argument,       NULL, OPT_FORCE },
     { "force-break-chain", no_argument,    NULL, OPT_FORCE_BREAK_CHAIN },
     { "format",         required_argument, NULL, 'f' },
@@ -230,6 +237,11 @@ parse_options (int argc, char *argv[], struct pull *p)
       break;
     case OPT_JSON:
       p->json = true;
+      break;
+    case OPT_CONTROL:
+      if (*optarg == '\0')
+        return usage_error (cmd, "--control: empty socket path");
+      p->control = optarg;
       break;
     default:
       r = common_option (c, cmd, pull_usage);
@@ -335,8 +347,10 @@ do_pull (struct pull *p, struct copy_stats *stats)
         chain_check_backing (p->target, p->topts.backing) == -1)))
     return -1;
 
-  if (source_open (&src, p->source, p->connections) == -1)
+  if (source_open (&src, p->source, p->connections) == -1) {
+    source_explain_refusal (p->source, p->control);
     goto out;
+  }
   stats->total = src.size;
 
   /* Reads must fit the server's limit. */

@@ -18,10 +18,14 @@
 #include <inttypes.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
+#include <json.h>
 #include <libnbd.h>
 
+#include "control.h"
 #include "nbdkit-stubs.h"
 #include "source.h"
 
@@ -94,6 +98,110 @@ source_open (struct source *src, const char *uri, unsigned nr)
  err:
   source_close (src);
   return -1;
+}
+
+/* The exports NBD_OPT_LIST returns, as "'NAME' (DESCRIPTION), ...". */
+struct export_list {
+  FILE *fp;
+  const char *wanted;
+  bool found;
+  unsigned n;
+};
+
+static int
+list_one (void *opaque, const char *name, const char *description)
+{
+  struct export_list *l = opaque;
+
+  if (strcmp (name, l->wanted) == 0)
+    l->found = true;
+  fprintf (l->fp, "%s'%s'", l->n++ ? ", " : "", name);
+  if (description && *description)
+    fprintf (l->fp, " (%s)", description);
+  else if (*name == '\0')
+    fprintf (l->fp, " (the default export)");
+  return 0;
+}
+
+/* Ask the control socket why name is refused.  The reason, malloc'd,
+ * or NULL (reported).
+ */
+static char *
+ask_control (const char *control, const char *name)
+{
+  struct control *c;
+  struct control_error err = { 0 };
+  json_object *args = json_object_new_object (), *ret = NULL, *v;
+  char *reason = NULL;
+
+  c = control_connect (control);
+  if (c == NULL) {
+    json_object_put (args);
+    return NULL;
+  }
+  json_object_object_add (args, "name", json_object_new_string (name));
+  if (control_execute (c, "query-export", args, &ret, &err) == 0) {
+    if (json_object_object_get_ex (ret, "reason", &v) &&
+        json_object_is_type (v, json_type_string))
+      reason = strdup (json_object_get_string (v));
+    else
+      reason = strdup ("the server says it is available now");
+  }
+  else if (err.desc)
+    nbdkit_error ("control socket %s: query-export: %s", control, err.desc);
+  json_object_put (ret);
+  control_error_free (&err);
+  control_close (c);
+  return reason;
+}
+
+void
+source_explain_refusal (const char *uri, const char *control)
+{
+  struct nbd_handle *nbd;
+  struct export_list l = { 0 };
+  char *list = NULL, *reason = NULL, *wanted = NULL;
+  size_t len = 0;
+  bool listed = false;
+
+  nbd = nbd_create ();
+  if (nbd == NULL)
+    return;
+  /* Stop before NBD_OPT_GO: the server is up if this connects. */
+  if (nbd_set_opt_mode (nbd, true) == -1 ||
+      nbd_connect_uri (nbd, uri) == -1 ||
+      (wanted = nbd_get_export_name (nbd)) == NULL) {
+    nbd_close (nbd);
+    return;
+  }
+  l.wanted = wanted;
+  l.fp = open_memstream (&list, &len);
+  if (l.fp) {
+    listed = nbd_opt_list (nbd, (nbd_list_callback) {
+        .callback = list_one, .user_data = &l }) != -1;
+    if (!listed)
+      nbdkit_debug ("listing the exports: %s", nbd_get_error ());
+    if (fclose (l.fp) == EOF)
+      listed = false;
+  }
+  nbd_opt_abort (nbd);
+  nbd_close (nbd);
+
+  if (listed && !l.found)
+    nbdkit_error ("the server does not serve an export named '%s'; "
+                  "it serves: %s", wanted, l.n ? list : "none");
+  if (control)
+    reason = ask_control (control, wanted);
+  if (reason)
+    nbdkit_error ("why the server refuses export '%s' (its control "
+                  "socket says): %s", wanted, reason);
+  else if (!control)
+    nbdkit_error ("nbdkit does not tell a client why it refuses an "
+                  "export: the server's log says, or give "
+                  "--control=SOCKET to ask its control socket");
+  free (reason);
+  free (list);
+  free (wanted);
 }
 
 void

@@ -27,6 +27,14 @@ struct source {
  */
 extern int source_open (struct source *src, const char *uri, unsigned nr);
 
+/* After source_open failed: if the server is up but refused the
+ * export, say which exports it serves (NBD_OPT_LIST) and, with a
+ * control socket path (may be NULL), why it refused (query-export):
+ * nbdkit sends the client only an errno, not its reason.  Prints
+ * nothing if the server cannot be reached at all.
+ */
+extern void source_explain_refusal (const char *uri, const char *control);
+
 /* Disconnect and free (safe on a source that failed to open). */
 extern void source_close (struct source *src);
 
