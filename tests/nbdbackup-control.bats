@@ -282,6 +282,24 @@ EOF
     run -0 qemu-img compare -f raw -F qcow2 "$d/instant.img" "$d/rel.qcow2"
 }
 
+@test "nbdbackup backup --wait: night after night on one server" {
+    requires jq qemu-io
+    start_cbw
+    # Three nights: each waits on the job its own backup-start made
+    # (the server never gives an id twice), not on last night's.
+    for night in 1 2 3; do
+        cp "$d/disk.img" "$d/instant$night.img"
+        run -0 nbdbackup backup --target="$d/night$night.img" --wait \
+            --json --no-progress "$ctlsock"
+        [ "$(jq -r '.status' <<<"$output")" = completed ]
+        [ "$(jq -r '.target' <<<"$output")" = "$d/night$night.img" ]
+        cmp "$d/night$night.img" "$d/instant$night.img"
+        qemu-io -f raw "$srv_uri" -c "write -P $night 0 1M" >/dev/null
+    done
+    run -0 nbdbackup status --json "$ctlsock"
+    [ "$(jq -r '.jobs[0].id' <<<"$output")" = cbw-3 ]
+}
+
 @test "nbdbackup cancel: wait then exits 4 and says so" {
     requires jq
     start_cbw

@@ -140,10 +140,13 @@ control_register_action (const struct control_action *a)
   return add_command (a->type, NULL, NULL, a);
 }
 
-/* Run actions[0..n) (with their args) atomically against writes. */
+/* Run actions[0..n) (with their args) atomically against writes.
+ * If ret is not NULL (an action run alone), set it to the action's
+ * result.
+ */
 static int
 run_actions (const struct control_action **acts, json_object **args,
-             size_t n, struct control_error *err)
+             size_t n, json_object **ret, struct control_error *err)
 {
   CLEANUP_FREE void **states = calloc (n ? n : 1, sizeof (void *));
   size_t i, prepared = 0;
@@ -168,6 +171,8 @@ run_actions (const struct control_action **acts, json_object **args,
   else {
     for (i = 0; i < n; ++i)
       acts[i]->commit (states[i], acts[i]->opaque);
+    if (ret && n == 1 && acts[0]->result)
+      *ret = acts[0]->result (states[0], acts[0]->opaque);
   }
   gate_open ();
 
@@ -228,7 +233,7 @@ transaction_cmd (json_object *args, json_object **ret,
     for (i = 0; i < n; ++i)
       if (data[i] == NULL)
         data[i] = empty;
-    i = run_actions (acts, data, n, err);
+    i = run_actions (acts, data, n, NULL, err);
     json_object_put (empty);
     return (int) i;
   }
@@ -445,7 +450,7 @@ control_handle_line (const char *line, size_t len)
 
     pthread_mutex_lock (&command_lock);
     if (c->action)
-      r = run_actions (&c->action, &a, 1, &err);
+      r = run_actions (&c->action, &a, 1, &ret, &err);
     else
       r = c->fn (a, &ret, &err, c->opaque);
     pthread_mutex_unlock (&command_lock);

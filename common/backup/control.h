@@ -72,6 +72,11 @@ struct control_action {
   void (*abort) (void *state, void *opaque);
   /* Called after the gate reopens (may do I/O, e.g. start a job). */
   void (*after) (void *state, void *opaque);
+  /* Optional: the reply's "return" value when the action runs as a
+   * command by itself (a new reference; NULL means {}).  Called after
+   * commit, before after.  A transaction returns {}.
+   */
+  json_object *(*result) (void *state, void *opaque);
   void *opaque;
 };
 

@@ -30,6 +30,7 @@
 #include "cleanup.h"
 #include "incremental.h"
 #include "ispowerof2.h"
+#include "job-id.h"
 #include "nbd-uri.h"
 #include "registry.h"
 
@@ -216,6 +217,16 @@ start_prepare (json_object *args, void **state, struct control_error *err,
                          cbw_current->spec.job_id);
   if (spec_from_args (&spec, args, err) == -1)
     goto err;
+  /* An id the server picks is new, so a client can wait on it. */
+  if (!json_object_object_get_ex (args, "job-id", NULL)) {
+    char *id = job_id_fresh (cbw_defaults.job_id);
+    if (id == NULL) {
+      control_fail (err, CONTROL_GENERIC_ERROR, "out of memory");
+      goto err;
+    }
+    free (spec.job_id);
+    spec.job_id = id;
+  }
   /* The id may be reused only by replacing our own finished job. */
   if (registry_find_object ("job", spec.job_id) &&
       !(cbw_current && cbw_current->job &&
@@ -268,12 +279,24 @@ start_after (void *state, void *opaque)
     nbdkit_error ("cbw: backup-start: the job could not start");
 }
 
+/* {"id": ID}: the job to wait for. */
+static json_object *
+start_result (void *state, void *opaque)
+{
+  struct backup *b = state;
+  json_object *o = json_object_new_object ();
+
+  json_object_object_add (o, "id", json_object_new_string (b->spec.job_id));
+  return o;
+}
+
 static const struct control_action backup_start_action = {
   .type = "backup-start",
   .prepare = start_prepare,
   .commit = start_commit,
   .abort = start_abort,
   .after = start_after,
+  .result = start_result,
 };
 
 int
