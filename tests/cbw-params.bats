@@ -86,6 +86,13 @@ refused () {
         memory 1M cbw-target="$BATS_TEST_TMPDIR/t.img" cbw-sync=sometimes
 }
 
+@test "cbw-params: job ids with control characters, or empty" {
+    refused "cbw-job-id must not contain control characters (byte 0x1b at offset 5)" \
+        memory 1M cbw-target="$BATS_TEST_TMPDIR/t.img" cbw-job-id=$'night\e[2J'
+    refused "cbw-job-id must be 1 to 128 bytes long" \
+        memory 1M cbw-target="$BATS_TEST_TMPDIR/t.img" cbw-job-id=
+}
+
 @test "cbw-params: unwritable status path" {
     refused "cbw-status: cannot write $BATS_TEST_TMPDIR/nodir/status.json" \
         memory 1M cbw-target="$BATS_TEST_TMPDIR/t.img" \

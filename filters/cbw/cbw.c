@@ -236,8 +236,9 @@ cbw_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
     return 0;
   }
   else if (strcmp (key, "cbw-job-id") == 0) {
-    if (*value == '\0' || strlen (value) > 128) {
-      nbdkit_error ("cbw-job-id: must be 1 to 128 characters");
+    struct control_error err = { 0 };
+    if (control_check_name ("cbw-job-id", value, 128, &err) == -1) {
+      nbdkit_error ("%s", err.desc);
       return -1;
     }
     return set_param (&d->job_id, value, false);
