@@ -86,6 +86,15 @@ teardown () {
     echo "$output"; [ "$output" = "{\"error\":{\"class\":\"GenericError\",\"desc\":\"target: $d/disk.img is the source disk itself\"}}" ]
     run -0 ctl C '{"execute":"backup-start","arguments":{"target":"'"$d/x.img"'","cluster-size":1000}}'
     [ "$output" = '{"error":{"class":"GenericError","desc":"cluster-size: 1000 must be a power of two from 4K to 16M"}}' ]
+    run -0 ctl C '{"execute":"backup-start","arguments":{"target":""}}'
+    [ "$output" = '{"error":{"class":"GenericError","desc":"backup-start: '"'target'"' is empty: give an absolute path or an NBD URI"}}' ]
+    run -0 ctl C '{"execute":"backup-start","arguments":{"target":"x.img"}}'
+    [ "$output" = '{"error":{"class":"GenericError","desc":"backup-start: target '"'x.img'"' must be an absolute path (or an NBD URI)"}}' ]
+    run -0 ctl C '{"execute":"backup-start","arguments":{"target":"'"$d/x.img"'","job-id":"a\nb"}}'
+    [ "$output" = '{"error":{"class":"GenericError","desc":"job-id must not contain control characters (byte 0x0a at offset 1)"}}' ]
+    run -0 ctl C '{"execute":"backup-start","arguments":{"target":"'"$d/x.img"'","job-id":""}}'
+    [ "$output" = '{"error":{"class":"GenericError","desc":"job-id must be 1 to 128 bytes long"}}' ]
+    [ ! -e "$d/x.img" ] && [ ! -e /x.img ]
     ctl_close C
 }
 

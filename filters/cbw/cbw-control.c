@@ -187,9 +187,8 @@ spec_from_args (struct backup_spec *spec, json_object *args,
     else if (strcmp (key, "job-id") == 0) {
       if (get_string (v, key, &s, err) == -1)
         return -1;
-      if (*s == '\0' || strlen (s) > 128)
-        return control_fail (err, CONTROL_GENERIC_ERROR,
-                             "job-id: must be 1 to 128 characters");
+      if (control_check_name ("job-id", s, 128, err) == -1)
+        return -1;
       if (set_str (&spec->job_id, s, false, err) == -1)
         return -1;
     }
@@ -200,6 +199,31 @@ spec_from_args (struct backup_spec *spec, json_object *args,
   if (!json_object_object_get_ex (args, "target", NULL))
     return control_fail (err, CONTROL_GENERIC_ERROR,
                          "backup-start: missing argument 'target'");
+  return 0;
+}
+
+/* On the socket, a target is an NBD URI or an absolute path: the
+ * server's working directory (/ once it is a daemon) means nothing to
+ * the client.  0, or -1 with err filled.
+ */
+static int
+check_target_arg (json_object *args, struct control_error *err)
+{
+  json_object *t;
+  const char *s;
+
+  if (!json_object_object_get_ex (args, "target", &t) ||
+      !json_object_is_type (t, json_type_string))
+    return 0;                   /* spec_from_args says what is wrong. */
+  s = json_object_get_string (t);
+  if (*s == '\0')
+    return control_fail (err, CONTROL_GENERIC_ERROR,
+                         "backup-start: 'target' is empty: give an "
+                         "absolute path or an NBD URI");
+  if (*s != '/' && !is_nbd_uri (s))
+    return control_fail (err, CONTROL_GENERIC_ERROR,
+                         "backup-start: target '%s' must be an absolute "
+                         "path (or an NBD URI)", s);
   return 0;
 }
 
@@ -215,6 +239,8 @@ start_prepare (json_object *args, void **state, struct control_error *err,
                          "a backup is already running (job '%s'): cancel "
                          "it or wait for it to end",
                          cbw_current->spec.job_id);
+  if (check_target_arg (args, err) == -1)
+    return -1;
   if (spec_from_args (&spec, args, err) == -1)
     goto err;
   /* An id the server picks is new, so a client can wait on it. */
