@@ -282,6 +282,30 @@ EOF
     run -0 qemu-img compare -f raw -F qcow2 "$d/instant.img" "$d/rel.qcow2"
 }
 
+@test "nbdbackup status: the 17th client is refused, and says why" {
+    start_fleece
+    # 16 clients that stay connected (their input a FIFO this test
+    # holds open), each with its greeting in a file.
+    mkfifo "$d/in"
+    exec {hold}<>"$d/in"
+    pids=()
+    for i in $(seq 16); do
+        socat UNIX-CONNECT:"$ctlsock" - <"$d/in" >"$d/out.$i" 2>/dev/null &
+        pids+=($!)
+    done
+    for t in $(seq 600); do
+        n=$(grep -l '^{"nbdkit-backup":' "$d"/out.* 2>/dev/null | wc -l)
+        [ "$n" -eq 16 ] && break
+        sleep 0.1
+    done
+    [ "$n" -eq 16 ]
+    run -1 nbdbackup status "$ctlsock"
+    [ "$output" = "nbdbackup: control socket $ctlsock: the server refused the connection: too many clients: this server serves at most 16 at a time" ]
+    kill "${pids[@]}"
+    wait "${pids[@]}" 2>/dev/null || :
+    exec {hold}>&-
+}
+
 @test "nbdbackup backup --wait: night after night on one server" {
     requires jq qemu-io
     start_cbw
