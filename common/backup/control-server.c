@@ -270,6 +270,7 @@ client_thread (void *vp)
   CLEANUP_FREE char *buf = malloc (MAX_LINE + 1);
   size_t used = 0;
   bool discarding = false;
+  bool reading = true;          /* False once the client has shut its end. */
 
   if (buf == NULL)
     goto out;
@@ -277,12 +278,14 @@ client_thread (void *vp)
   for (;;) {
     int pending = flush_queue (cl);
     struct pollfd pfd[2] = {
-      { .fd = cl->fd, .events = POLLIN | (pending > 0 ? POLLOUT : 0) },
+      { .fd = cl->fd,
+        .events = (reading ? POLLIN : 0) | (pending > 0 ? POLLOUT : 0) },
       { .fd = cl->wake_fd, .events = POLLIN },
     };
     ssize_t r;
 
-    if (pending == -1)
+    /* After the client's end of input, only what is queued is sent. */
+    if (pending == -1 || (!reading && pending == 0))
       break;
     if (poll (pfd, 2, -1) == -1) {
       if (errno == EINTR)
@@ -294,13 +297,19 @@ client_thread (void *vp)
       if (read (cl->wake_fd, &n, sizeof n) == -1 && errno != EAGAIN)
         break;
     }
-    if (!(pfd[0].revents & (POLLIN | POLLHUP | POLLERR)))
+    if (pfd[0].revents & POLLERR)
+      break;
+    if (!reading || !(pfd[0].revents & (POLLIN | POLLHUP)))
       continue;
     r = recv (cl->fd, buf + used, MAX_LINE - used, MSG_DONTWAIT);
     if (r == -1 && (errno == EINTR || errno == EAGAIN))
       continue;
-    if (r <= 0)
-      break;                    /* Closed (mid-line or not): drop it. */
+    if (r == -1)
+      break;
+    if (r == 0) {               /* A line cut short is dropped. */
+      reading = false;
+      continue;
+    }
     used += r;
     handle_input (cl, buf, &used, &discarding);
   }
