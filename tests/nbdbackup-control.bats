@@ -309,6 +309,8 @@ EOF
 @test "nbdbackup backup --wait: night after night on one server" {
     requires jq qemu-io
     start_cbw
+    # A refused start uses up no id.
+    run -3 nbdbackup backup --target="$d/no/such/dir/x.img" --wait "$ctlsock"
     # Three nights: each waits on the job its own backup-start made
     # (the server never gives an id twice), not on last night's.
     for night in 1 2 3; do

@@ -93,9 +93,5 @@ job_id_fresh (const char *base)
       free (id);
     }
   }
-  if (id && add_locked (id) == -1) {
-    free (id);
-    return NULL;
-  }
   return id;
 }

@@ -15,9 +15,10 @@
 /* Remember id as used (idempotent).  0, or -1 (reported). */
 extern int job_id_reserve (const char *id);
 
-/* A new id: base if no job has had it, else base-2, base-3, ...;
- * reserved before it is returned.  The caller frees it.  NULL on
- * error (reported).
+/* A new id: base if no job has had it, else base-2, base-3, ...
+ * It is reserved when a job starts with it (job_start), so an attempt
+ * that fails before then uses up no id.  The caller frees it.  NULL
+ * on error (reported).
  */
 extern char *job_id_fresh (const char *base);
 
