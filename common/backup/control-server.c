@@ -82,7 +82,12 @@ static int listen_fd = -1;
 static bool listening;
 static pthread_t listen_thread;
 static int wake_pipe[2] = { -1, -1 };  /* Wakes the listener to stop. */
-static unsigned starts;
+/* Filters that called control_bind, and control_start: the listener
+ * starts with the last filter's control_start, once every filter has
+ * set up what its parameters describe (a job, bitmaps), so the first
+ * client already sees them.
+ */
+static unsigned binders, starts;
 static struct client *clients;
 
 /* s with every byte that is not part of valid UTF-8 replaced by
@@ -559,7 +564,10 @@ control_bind (void)
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&server_lock);
 
   control_commands_init ();
-  if (socket_path == NULL || listen_fd >= 0)
+  if (socket_path == NULL)
+    return 0;
+  binders++;
+  if (listen_fd >= 0)
     return 0;
   strcpy (addr.sun_path, socket_path);
   if (free_socket_path (&addr) == -1)
@@ -598,7 +606,7 @@ control_start (void)
   if (listen_fd == -1)
     return 0;
   starts++;
-  if (listening)
+  if (listening || starts < binders)
     return 0;
   if (pipe2 (wake_pipe, O_CLOEXEC) == -1) {
     nbdkit_error ("control socket: pipe2: %m");
@@ -618,23 +626,31 @@ void
 control_stop (void)
 {
   pthread_mutex_lock (&server_lock);
-  if (!listening || --starts > 0) {
+  if (listening) {
+    if (--starts > 0) {
+      pthread_mutex_unlock (&server_lock);
+      return;
+    }
+    listening = false;
     pthread_mutex_unlock (&server_lock);
-    return;
-  }
-  listening = false;
-  pthread_mutex_unlock (&server_lock);
-  if (write (wake_pipe[1], "x", 1) != 1)
-    shutdown (listen_fd, SHUT_RDWR);
-  pthread_join (listen_thread, NULL);
+    if (write (wake_pipe[1], "x", 1) != 1)
+      shutdown (listen_fd, SHUT_RDWR);
+    pthread_join (listen_thread, NULL);
 
-  pthread_mutex_lock (&server_lock);
-  reap_clients_locked (true);
-  close (listen_fd);
-  listen_fd = -1;
-  close (wake_pipe[0]);
-  close (wake_pipe[1]);
-  wake_pipe[0] = wake_pipe[1] = -1;
-  unlink (socket_path);
+    pthread_mutex_lock (&server_lock);
+    reap_clients_locked (true);
+    close (wake_pipe[0]);
+    close (wake_pipe[1]);
+    wake_pipe[0] = wake_pipe[1] = -1;
+  }
+  /* Bound but never listening (a filter failed in .after_fork): the
+   * socket is ours all the same.
+   */
+  if (listen_fd >= 0) {
+    close (listen_fd);
+    listen_fd = -1;
+    unlink (socket_path);
+  }
+  binders = starts = 0;
   pthread_mutex_unlock (&server_lock);
 }

@@ -114,9 +114,11 @@ extern void control_emit_event (const char *name, json_object *data);
  * (every filter that names a path must name the same one);
  * control_bind in .get_ready (creates the socket, so a bad path, or
  * a path where another server is listening, stops the server at start
- * before it serves anything); control_start in .after_fork (starts the
- * listener thread); control_stop in .cleanup (the last filter to call
- * it stops every thread and removes the socket).  Each is idempotent
+ * before it serves anything); control_start in .after_fork (the last
+ * filter to call it starts the listener thread, so that clients see
+ * what every filter set up from its parameters); control_stop in
+ * .cleanup (the last filter to call it stops every thread and removes
+ * the socket).  Each is idempotent
  * and a no-op when no path was configured.
  */
 extern int control_configure (const char *param, const char *path);
