@@ -134,16 +134,14 @@ queue_line (struct client *cl, const char *s)
   CLEANUP_FREE char *fixed = valid_utf8_copy (s, strlen (s));
   size_t len;
   uint64_t one = 1;
+  bool overflowed = false;
 
   if (fixed)
     s = fixed;
   len = strlen (s);
   pthread_mutex_lock (&cl->out_lock);
-  if (!cl->overflow && cl->out_len + len + 1 > CONTROL_MAX_QUEUE) {
-    nbdkit_debug ("control: a client left over %d bytes unread: "
-                  "disconnecting it", CONTROL_MAX_QUEUE);
-    cl->overflow = true;
-  }
+  if (!cl->overflow && cl->out_len + len + 1 > CONTROL_MAX_QUEUE)
+    cl->overflow = overflowed = true;
   if (!cl->overflow && cl->out_len + len + 1 > cl->out_cap) {
     size_t cap = cl->out_cap ? cl->out_cap : 4096;
     char *p;
@@ -164,6 +162,9 @@ queue_line (struct client *cl, const char *s)
     cl->out_len += len + 1;
   }
   pthread_mutex_unlock (&cl->out_lock);
+  if (overflowed)
+    nbdkit_debug ("control: a client left over %d bytes unread: "
+                  "disconnecting it", CONTROL_MAX_QUEUE);
   if (write (cl->wake_fd, &one, sizeof one) != sizeof one) {
     /* The counter is full: the thread has wakings pending anyway. */
   }

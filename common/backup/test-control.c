@@ -446,6 +446,31 @@ test_names (void)
   assert (strcmp (err.desc, "job-id must be valid UTF-8") == 0);
 }
 
+/* Input that is not valid UTF-8, or that would be cut at a NUL. */
+static void
+test_input (void)
+{
+  expect ("{\"execute\":\"echo\",\"arguments\":{\"x\":\"\xff\xfe\"}}",
+          "{\"error\":{\"class\":\"GenericError\","
+          "\"desc\":\"the request is not valid UTF-8 (byte 0xff at offset "
+          "36)\"}}");
+  expect ("{\"execute\":\"echo\",\"arguments\":{\"x\":\"\xed\xa0\x80\"}}",
+          "{\"error\":{\"class\":\"GenericError\","
+          "\"desc\":\"the request is not valid UTF-8 (byte 0xed at offset "
+          "36)\"}}");
+  expect ("{\"execute\":\"echo\",\"arguments\":{\"x\":\"a\\u0000b\"},"
+          "\"id\":5}",
+          "{\"error\":{\"class\":\"GenericError\","
+          "\"desc\":\"a string in the request contains NUL (\\\\u0000)\"}}");
+  expect ("{\"execute\":\"echo\",\"arguments\":{\"a\\u0000b\":1}}",
+          "{\"error\":{\"class\":\"GenericError\","
+          "\"desc\":\"a string in the request contains NUL (\\\\u0000)\"}}");
+  expect ("{\"execute\":\"echo\",\"arguments\":{\"x\":\"\\\\u0000\"}}",
+          "{\"return\":\"\\\\u0000\"}");
+  expect ("{\"execute\":\"echo\",\"arguments\":{\"x\":\"caf\xc3\xa9 \\u00e9\"}}",
+          "{\"return\":\"caf\xc3\xa9 \xc3\xa9\"}");
+}
+
 int
 main (void)
 {
@@ -525,26 +550,7 @@ main (void)
   assert (strstr (r, "\"version\":\"" PACKAGE_VERSION "\""));
   free (r);
 
-  /* Input that is not valid UTF-8, or that would be cut at a NUL. */
-  expect ("{\"execute\":\"echo\",\"arguments\":{\"x\":\"\xff\xfe\"}}",
-          "{\"error\":{\"class\":\"GenericError\","
-          "\"desc\":\"the request is not valid UTF-8 (byte 0xff at offset "
-          "36)\"}}");
-  expect ("{\"execute\":\"echo\",\"arguments\":{\"x\":\"\xed\xa0\x80\"}}",
-          "{\"error\":{\"class\":\"GenericError\","
-          "\"desc\":\"the request is not valid UTF-8 (byte 0xed at offset "
-          "36)\"}}");
-  expect ("{\"execute\":\"echo\",\"arguments\":{\"x\":\"a\\u0000b\"},"
-          "\"id\":5}",
-          "{\"error\":{\"class\":\"GenericError\","
-          "\"desc\":\"a string in the request contains NUL (\\\\u0000)\"}}");
-  expect ("{\"execute\":\"echo\",\"arguments\":{\"a\\u0000b\":1}}",
-          "{\"error\":{\"class\":\"GenericError\","
-          "\"desc\":\"a string in the request contains NUL (\\\\u0000)\"}}");
-  expect ("{\"execute\":\"echo\",\"arguments\":{\"x\":\"\\\\u0000\"}}",
-          "{\"return\":\"\\\\u0000\"}");
-  expect ("{\"execute\":\"echo\",\"arguments\":{\"x\":\"caf\xc3\xa9 \\u00e9\"}}",
-          "{\"return\":\"caf\xc3\xa9 \xc3\xa9\"}");
+  test_input ();
   test_names ();
 
   assert (mkdtemp (sock_dir) != NULL);
