@@ -30,7 +30,7 @@ teardown () {
     [ "$output" = '{"return":[]}' ]
     cp "$d/disk.img" "$d/instant.img"
     run -0 ctl C '{"execute":"backup-start","arguments":{"target":"'"$d/b.img"'","job-id":"nightly"}}'
-    [ "$output" = '{"return":{}}' ]
+    [ "$output" = '{"return":{"id":"nightly"}}' ]
     qemu-io -f raw "$srv_uri" -c "write -P 0x22 512k 4M" >/dev/null
     run -0 ctl_event C BLOCK_JOB_COMPLETED
     [[ "$output" == '{"event":"BLOCK_JOB_COMPLETED","data":{"device":"nightly","type":"backup","len":8388608,"offset":8388608,"speed":0},'* ]]
@@ -43,7 +43,7 @@ teardown () {
     # A second backup replaces the finished job under the same id.
     cp "$d/disk.img" "$d/instant2.img"
     run -0 ctl C '{"execute":"backup-start","arguments":{"target":"'"$d/b2.qcow2"'","format":"qcow2","job-id":"nightly"}}'
-    [ "$output" = '{"return":{}}' ]
+    [ "$output" = '{"return":{"id":"nightly"}}' ]
     qemu-io -f raw "$srv_uri" -c "write -P 0x33 0 8M" >/dev/null
     run -0 ctl_event C BLOCK_JOB_COMPLETED
     qemu-img compare -q -f raw -F qcow2 "$d/instant2.img" "$d/b2.qcow2"
@@ -55,7 +55,7 @@ teardown () {
     ctl_connect C "$ctlsock"
     # 4 KiB/s: this job cannot end by itself while the test runs.
     run -0 ctl C '{"execute":"backup-start","arguments":{"target":"'"$d/b.img"'","speed":4096,"workers":1}}'
-    [ "$output" = '{"return":{}}' ]
+    [ "$output" = '{"return":{"id":"cbw"}}' ]
     run -0 ctl C '{"execute":"backup-start","arguments":{"target":"'"$d/other.img"'"}}'
     [ "$output" = "{\"error\":{\"class\":\"GenericError\",\"desc\":\"a backup is already running (job 'cbw'): cancel it or wait for it to end\"}}" ]
     run -0 ctl C '{"execute":"job-set-speed","arguments":{"id":"cbw","speed":8192}}'
@@ -86,6 +86,15 @@ teardown () {
     echo "$output"; [ "$output" = "{\"error\":{\"class\":\"GenericError\",\"desc\":\"target: $d/disk.img is the source disk itself\"}}" ]
     run -0 ctl C '{"execute":"backup-start","arguments":{"target":"'"$d/x.img"'","cluster-size":1000}}'
     [ "$output" = '{"error":{"class":"GenericError","desc":"cluster-size: '"'1000'"' must be a power of two from 4K to 16M"}}' ]
+    run -0 ctl C '{"execute":"backup-start","arguments":{"target":""}}'
+    [ "$output" = '{"error":{"class":"GenericError","desc":"target: must not be empty"}}' ]
+    run -0 ctl C '{"execute":"backup-start","arguments":{"target":"x.img"}}'
+    [ "$output" = '{"error":{"class":"GenericError","desc":"backup-start: target '"'x.img'"' must be an absolute path (or an NBD URI)"}}' ]
+    run -0 ctl C '{"execute":"backup-start","arguments":{"target":"'"$d/x.img"'","job-id":"a\nb"}}'
+    [ "$output" = '{"error":{"class":"GenericError","desc":"job-id must not contain control characters (byte 0x0a at offset 1)"}}' ]
+    run -0 ctl C '{"execute":"backup-start","arguments":{"target":"'"$d/x.img"'","job-id":""}}'
+    [ "$output" = '{"error":{"class":"GenericError","desc":"job-id must be 1 to 128 bytes long"}}' ]
+    [ ! -e "$d/x.img" ] && [ ! -e /x.img ]
     ctl_close C
 }
 

@@ -90,6 +90,13 @@ refused () {
         memory 1M cbw-target="$BATS_TEST_TMPDIR/t.img" cbw-sync=sometimes
 }
 
+@test "cbw-params: job ids with control characters, or empty" {
+    refused "cbw-job-id must not contain control characters (byte 0x1b at offset 5)" \
+        memory 1M cbw-target="$BATS_TEST_TMPDIR/t.img" cbw-job-id=$'night\e[2J'
+    refused "cbw-job-id must be 1 to 128 bytes long" \
+        memory 1M cbw-target="$BATS_TEST_TMPDIR/t.img" cbw-job-id=
+}
+
 @test "cbw-params: unwritable status path" {
     refused "cbw-status: cannot write $BATS_TEST_TMPDIR/nodir/status.json" \
         memory 1M cbw-target="$BATS_TEST_TMPDIR/t.img" \
@@ -137,7 +144,6 @@ refused () {
         "bitmap-mode|bitmap-mode|\"sometimes\"|unknown mode 'sometimes' (expecting on-success, never or always)"
         "target-format|format|\"vmdk\"|unknown format 'vmdk' (expecting raw, qcow2 or nbd)"
         "target-backing-format|backing-format|\"vmdk\"|unknown format 'vmdk' (expecting raw or qcow2)"
-        "job-id|job-id|\"\"|must be 1 to 128 characters"
     )
     for i in "${cases[@]}"; do
         IFS='|' read -r param arg json msg <<<"$i"
@@ -148,6 +154,10 @@ refused () {
         echo "$output"
         [ "$output" = '{"error":{"class":"GenericError","desc":"'"$arg: $msg"'"}}' ]
     done
+    # Names: one check for both, naming the parameter or argument.
+    refused "cbw-job-id must be 1 to 128 bytes long" memory 1M cbw-target="$t" cbw-job-id=
+    run -0 ctl C '{"execute":"backup-start","arguments":{"target":"'"$t"'","job-id":""}}'
+    [ "$output" = '{"error":{"class":"GenericError","desc":"job-id must be 1 to 128 bytes long"}}' ]
     # An empty target names itself too (the socket said "out of memory").
     refused "cbw-target: must not be empty" memory 1M cbw-target=
     run -0 ctl C '{"execute":"backup-start","arguments":{"target":""}}'

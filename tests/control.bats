@@ -116,3 +116,68 @@ start_fleece () {
         fleece-control="$d/no/such/dir/sock" --run true
     [[ "$output" == *"control socket: $d/no/such/dir/sock: No such file or directory"* ]]
 }
+
+# refuse_path PATH KIND: a second server on PATH stops at start, says
+# why, and serves nothing.
+refuse_path () {
+    run ! nbdkit -U - --filter="$fleece" file "$d/disk.img" \
+        fleece-control="$1" fleece-store="$d" --run 'echo served'
+    [[ "$output" == *"control socket $1: $2"* ]]
+    [[ "$output" != *served* ]]
+}
+
+@test "control: a live server's socket is never taken over" {
+    start_fleece
+    refuse_path "$ctlsock" "another server is listening on it: refusing to take it over (stop that server, or give another path)"
+    # The first server still has its socket, and answers on it.
+    [ -S "$ctlsock" ]
+    ctl_connect C "$ctlsock"
+    run -0 ctl C '{"execute":"query-status"}'
+    [[ "$output" == '{"return":{"version":"0.1.0","pid":'"$srv_pid"',"filters":["fleece"],'* ]]
+    ctl_close C
+}
+
+@test "control: a path that is not a socket is refused, never removed" {
+    p="$(new_socket)"
+    echo precious > "$p"
+    refuse_path "$p" "the path exists and is a regular file, not a socket: refusing to replace it"
+    [ "$(cat "$p")" = precious ]
+    rm "$p"
+    ln -s "$d/orig.img" "$p"
+    refuse_path "$p" "the path exists and is a symbolic link, not a socket: refusing to replace it"
+    [ -L "$p" ]
+    rm "$p"
+    mkdir "$p"
+    refuse_path "$p" "the path exists and is a directory, not a socket: refusing to replace it"
+    rmdir "$p"
+    mkfifo "$p"
+    refuse_path "$p" "the path exists and is a FIFO, not a socket: refusing to replace it"
+    [ -p "$p" ]
+    rm "$p"
+}
+
+@test "control: a dead server's socket is replaced" {
+    start_fleece
+    kill -9 "$srv_pid"
+    wait "$srv_pid" 2>/dev/null || :
+    [ -S "$ctlsock" ]
+    start_fleece
+    ctl_connect C "$ctlsock"
+    run -0 ctl C '{"execute":"query-status"}'
+    [[ "$output" == '{"return":{"version":"0.1.0","pid":'"$srv_pid"',"filters":["fleece"],'* ]]
+    ctl_close C
+}
+
+@test "control: requests that are not valid UTF-8 or hold NUL are refused" {
+    requires jq
+    start_fleece
+    ctl_connect C "$ctlsock"
+    run -0 ctl C "$(printf '{"execute":"query-status","id":"\xff\xfe"}')"
+    [ "$output" = '{"error":{"class":"GenericError","desc":"the request is not valid UTF-8 (byte 0xff at offset 32)"}}' ]
+    run -0 ctl C '{"execute":"query-status","id":"a\u0000b"}'
+    [ "$output" = '{"error":{"class":"GenericError","desc":"a string in the request contains NUL (\\u0000)"}}' ]
+    # Valid UTF-8 comes back as it went in.
+    run -0 ctl C '{"execute":"query-status","id":"café"}'
+    [ "$(jq -r .id <<<"$output")" = café ]
+    ctl_close C
+}

@@ -50,6 +50,10 @@ b1 0 4096 false false false false" ]
     [ "$output" = "error: block-dirty-bitmap-add: 'name' must be given as a string" ]
     run -0 qmp C block-dirty-bitmap-add '{"name":""}'
     [ "$output" = "error: a bitmap name must be 1 to 1023 bytes long" ]
+    run -0 qmp C block-dirty-bitmap-add '{"name":"a\tb"}'
+    [ "$output" = "error: a bitmap name must not contain control characters (byte 0x09 at offset 1)" ]
+    run -0 qmp C block-dirty-bitmap-add '{"name":"x\u001b[2J"}'
+    [ "$output" = "error: a bitmap name must not contain control characters (byte 0x1b at offset 1)" ]
     run -0 ctl C '{"execute":"block-dirty-bitmap-remove","arguments":{"name":"zz"}}'
     [ "$output" = '{"error":{"class":"DeviceNotFound","desc":"block-dirty-bitmap-remove: bitmap '"'zz'"' not found"}}' ]
     run -0 qmp C block-dirty-bitmap-remove '{"name":"b1"}'

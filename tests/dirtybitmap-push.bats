@@ -419,7 +419,7 @@ check_mode () {
     io "$srv_uri" "write -P 8 1M 4K" "write -P 8 5M 4K"
     rm -f "$events"
     run -0 qmp C backup-start '{"target":"'"$d/inc3.qcow2"'","sync":"incremental","bitmap":"b0","backing":"inc2.qcow2","speed":1024,"workers":1}'
-    [ "$output" = '{}' ]
+    [ "$output" = '{"id":"cbw-4"}' ]
     io "$srv_uri" "write -P 9 0 4K"
     run -0 bitmaps C
     [ "$output" = "b0 131072 65536 true true true false" ]
@@ -427,7 +427,7 @@ check_mode () {
     [ "$output" = "error: bitmap 'b0' is busy (an incremental backup is using it): it cannot be cleared" ]
     run -0 qmp C block-dirty-bitmap-remove '{"name":"b0"}'
     [ "$output" = "error: bitmap 'b0' is busy (an incremental backup is using it): it cannot be removed" ]
-    run -0 qmp C job-cancel '{"id":"cbw"}'
+    run -0 qmp C job-cancel '{"id":"cbw-4"}'
     run -0 ctl_event C BLOCK_JOB_CANCELLED
     run -0 bitmaps C
     [ "$output" = "b0 196608 65536 true false true false" ]

@@ -282,6 +282,50 @@ EOF
     run -0 qemu-img compare -f raw -F qcow2 "$d/instant.img" "$d/rel.qcow2"
 }
 
+@test "nbdbackup status: the 17th client is refused, and says why" {
+    start_fleece
+    # 16 clients that stay connected (their input a FIFO this test
+    # holds open), each with its greeting in a file.
+    mkfifo "$d/in"
+    exec {hold}<>"$d/in"
+    pids=()
+    for i in $(seq 16); do
+        socat UNIX-CONNECT:"$ctlsock" - <"$d/in" >"$d/out.$i" 2>/dev/null &
+        pids+=($!)
+    done
+    for t in $(seq 600); do
+        n=$(grep -l '^{"nbdkit-backup":' "$d"/out.* 2>/dev/null | wc -l)
+        [ "$n" -eq 16 ] && break
+        sleep 0.1
+    done
+    [ "$n" -eq 16 ]
+    run -1 nbdbackup status "$ctlsock"
+    [ "$output" = "nbdbackup: control socket $ctlsock: the server refused the connection: too many clients: this server serves at most 16 at a time" ]
+    kill "${pids[@]}"
+    wait "${pids[@]}" 2>/dev/null || :
+    exec {hold}>&-
+}
+
+@test "nbdbackup backup --wait: night after night on one server" {
+    requires jq qemu-io
+    start_cbw
+    # A refused start uses up no id.
+    run -3 nbdbackup backup --target="$d/no/such/dir/x.img" --wait "$ctlsock"
+    # Three nights: each waits on the job its own backup-start made
+    # (the server never gives an id twice), not on last night's.
+    for night in 1 2 3; do
+        cp "$d/disk.img" "$d/instant$night.img"
+        run -0 nbdbackup backup --target="$d/night$night.img" --wait \
+            --json --no-progress "$ctlsock"
+        [ "$(jq -r '.status' <<<"$output")" = completed ]
+        [ "$(jq -r '.target' <<<"$output")" = "$d/night$night.img" ]
+        cmp "$d/night$night.img" "$d/instant$night.img"
+        qemu-io -f raw "$srv_uri" -c "write -P $night 0 1M" >/dev/null
+    done
+    run -0 nbdbackup status --json "$ctlsock"
+    [ "$(jq -r '.jobs[0].id' <<<"$output")" = cbw-3 ]
+}
+
 @test "nbdbackup cancel: wait then exits 4 and says so" {
     requires jq
     start_cbw

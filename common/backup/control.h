@@ -18,12 +18,22 @@
  * Filters register commands, and transaction actions (commands whose
  * effect must be atomic against writes: they run with the write gate
  * closed, alone or several at once in a "transaction").
+ *
+ * Requests must be valid UTF-8 and hold no NUL in any string; every
+ * line sent is valid UTF-8 JSON.  At most CONTROL_MAX_CLIENTS clients
+ * at a time; a client that lets more than CONTROL_MAX_QUEUE bytes of
+ * replies and events pile up unread is disconnected, so that it never
+ * holds up the others.
+ *
+ * control-commands.c: the command table, dispatch, transactions.
+ * control-server.c: the socket, its clients, sending.
  */
 
 #ifndef NBDKIT_BACKUP_CONTROL_H
 #define NBDKIT_BACKUP_CONTROL_H
 
 #include <stdbool.h>
+#include <stddef.h>
 
 #include <json-c/json.h>
 
@@ -31,6 +41,9 @@
  * would write "\/", valid but hard on people reading paths).
  */
 #define JSON_OUT (JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE)
+
+#define CONTROL_MAX_CLIENTS 16
+#define CONTROL_MAX_QUEUE   (4 * 1024 * 1024)
 
 /* Error classes (as QMP names them where QMP has one). */
 #define CONTROL_GENERIC_ERROR     "GenericError"
@@ -46,6 +59,13 @@ struct control_error {
 extern int control_fail (struct control_error *err, const char *class,
                          const char *fs, ...)
   __attribute__ ((format (printf, 3, 4)));
+
+/* The one check for a name that a command or parameter creates (a
+ * bitmap name, a job id): 1 to max bytes, valid UTF-8, no control
+ * characters.  0, or -1 with *err filled ("WHAT must ...").
+ */
+extern int control_check_name (const char *what, const char *name,
+                               size_t max, struct control_error *err);
 
 /* A command: args is the "arguments" object (never NULL).  On success
  * return 0 and set *ret to the reply's "return" value (a new
@@ -72,6 +92,11 @@ struct control_action {
   void (*abort) (void *state, void *opaque);
   /* Called after the gate reopens (may do I/O, e.g. start a job). */
   void (*after) (void *state, void *opaque);
+  /* Optional: the reply's "return" value when the action runs as a
+   * command by itself (a new reference; NULL means {}).  Called after
+   * commit, before after.  A transaction returns {}.
+   */
+  json_object *(*result) (void *state, void *opaque);
   void *opaque;
 };
 
@@ -87,10 +112,13 @@ extern void control_emit_event (const char *name, json_object *data);
  *
  * control_configure in .config when the user gives <name>-control=PATH
  * (every filter that names a path must name the same one);
- * control_bind in .get_ready (creates the socket, so a bad path stops
- * the server at start); control_start in .after_fork (starts the
- * listener thread); control_stop in .cleanup (the last filter to call
- * it stops every thread and removes the socket).  Each is idempotent
+ * control_bind in .get_ready (creates the socket, so a bad path, or
+ * a path where another server is listening, stops the server at start
+ * before it serves anything); control_start in .after_fork (the last
+ * filter to call it starts the listener thread, so that clients see
+ * what every filter set up from its parameters); control_stop in
+ * .cleanup (the last filter to call it stops every thread and removes
+ * the socket).  Each is idempotent
  * and a no-op when no path was configured.
  */
 extern int control_configure (const char *param, const char *path);

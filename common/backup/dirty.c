@@ -84,13 +84,7 @@ dirty_mode_name (enum dirty_mode m)
 int
 dirty_check_name (const char *name, struct control_error *err)
 {
-  size_t len = strlen (name);
-
-  if (len == 0 || len > DIRTY_MAX_NAME)
-    return control_fail (err, CONTROL_GENERIC_ERROR,
-                         "a bitmap name must be 1 to %d bytes long",
-                         DIRTY_MAX_NAME);
-  return 0;
+  return control_check_name ("a bitmap name", name, DIRTY_MAX_NAME, err);
 }
 
 uint64_t

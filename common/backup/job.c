@@ -30,6 +30,7 @@
 #include "files.h"
 #include "control.h"
 #include "job.h"
+#include "job-id.h"
 #include "registry.h"
 #include "minmax.h"
 
@@ -457,7 +458,8 @@ job_start (const struct job_params *p, struct engine *e, nbdkit_next *next)
     free (j);
     return NULL;
   }
-  if (registry_add_object ("job", j->id, j, job_describe) == -1) {
+  if (job_id_reserve (j->id) == -1 ||
+      registry_add_object ("job", j->id, j, job_describe) == -1) {
     free (j->status_path);
     free (j->id);
     free (j);

@@ -5,8 +5,11 @@
 
 /* Unit tests for the control protocol's request handling: parse
  * errors, unknown commands, bad arguments, ids, and transactions that
- * commit all or nothing; and over a real socket, that the greeting is
- * always the first line a client reads, even while events are sent.
+ * commit all or nothing; input that is not valid UTF-8 or holds NUL;
+ * the name check.  Over a real socket: the greeting is always the
+ * first line a client reads, even while events are sent; a client
+ * that never reads holds up nobody and loses nothing until its queue
+ * overflows; the client past CONTROL_MAX_CLIENTS is refused.
  */
 
 #include <config.h>
@@ -18,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -105,30 +109,117 @@ emit_loop (void *vp)
   return NULL;
 }
 
-/* Connect to the socket at path and return its first line. */
-static char *
-first_line (const char *path)
+static int
+connect_to (const char *path)
 {
   struct sockaddr_un addr = { .sun_family = AF_UNIX };
-  char *line = malloc (4096);
-  size_t n = 0;
   int fd;
 
-  assert (line != NULL);
   strcpy (addr.sun_path, path);
   fd = socket (AF_UNIX, SOCK_STREAM, 0);
   assert (fd >= 0);
   assert (connect (fd, (struct sockaddr *) &addr, sizeof addr) == 0);
-  while (n < 4095) {
-    ssize_t r = read (fd, line + n, 1);
-    assert (r == 1);
-    if (line[n] == '\n')
-      break;
-    n++;
+  return fd;
+}
+
+/* Buffered lines from a socket. */
+struct reader {
+  int fd;
+  size_t start, end;
+  char buf[65536];
+};
+
+static struct reader *
+reader_new (int fd)
+{
+  struct reader *r = calloc (1, sizeof *r);
+  assert (r != NULL);
+  r->fd = fd;
+  return r;
+}
+
+/* The next line (without its newline; the caller frees it), or NULL
+ * at the end of the stream.
+ */
+static char *
+read_line (struct reader *r)
+{
+  char *line = NULL;
+  size_t len = 0;
+
+  for (;;) {
+    char *nl = memchr (r->buf + r->start, '\n', r->end - r->start);
+    size_t n = nl ? (size_t) (nl - (r->buf + r->start)) : r->end - r->start;
+    ssize_t got;
+
+    line = realloc (line, len + n + 1);
+    assert (line != NULL);
+    memcpy (line + len, r->buf + r->start, n);
+    len += n;
+    line[len] = '\0';
+    r->start += n;
+    if (nl) {
+      r->start++;
+      return line;
+    }
+    r->start = r->end = 0;
+    got = read (r->fd, r->buf, sizeof r->buf);
+    assert (got >= 0);
+    if (got == 0) {
+      free (line);
+      return NULL;
+    }
+    r->end = got;
   }
-  line[n] = '\0';
-  close (fd);
-  return line;
+}
+
+static void
+reader_close (struct reader *r)
+{
+  close (r->fd);
+  free (r);
+}
+
+static const char too_many[] =
+  "{\"error\":{\"class\":\"GenericError\",\"desc\":\"too many clients: "
+  "this server serves at most 16 at a time\"}}";
+
+/* Connect to the socket at path and return its first line.  A client
+ * that has just closed is counted until its thread sees it, so a
+ * refusal for too many clients is tried again (for at most 60 s).
+ */
+static char *
+first_line (const char *path)
+{
+  time_t give_up = time (NULL) + 60;
+
+  for (;;) {
+    struct reader *r = reader_new (connect_to (path));
+    char *line = read_line (r);
+
+    assert (line != NULL);
+    reader_close (r);
+    if (strcmp (line, too_many) != 0 || time (NULL) > give_up)
+      return line;
+    free (line);
+  }
+}
+
+static char sock_dir[] = "/tmp/test-control.XXXXXX";
+static char sock_path[64];
+
+static void
+server_up (void)
+{
+  assert (control_bind () == 0);
+  assert (control_start () == 0);
+}
+
+static void
+server_down (void)
+{
+  control_stop ();
+  assert (access (sock_path, F_OK) == -1);
 }
 
 /* A client that connects while events are being sent reads the
@@ -137,19 +228,13 @@ first_line (const char *path)
 static void
 test_greeting_first (void)
 {
-  char dir[] = "/tmp/test-control.XXXXXX";
-  char path[64];
   pthread_t emitter;
   int i;
 
-  assert (mkdtemp (dir) != NULL);
-  snprintf (path, sizeof path, "%s/ctl", dir);
-  assert (control_configure ("test-control", path) == 0);
-  assert (control_bind () == 0);
-  assert (control_start () == 0);
+  server_up ();
   assert (pthread_create (&emitter, NULL, emit_loop, NULL) == 0);
   for (i = 0; i < 200; ++i) {
-    char *line = first_line (path);
+    char *line = first_line (sock_path);
     if (strncmp (line, "{\"nbdkit-backup\":", 17) != 0) {
       fprintf (stderr, "client %d read first: %s\n", i, line);
       abort ();
@@ -158,10 +243,232 @@ test_greeting_first (void)
   }
   emitting = false;
   pthread_join (emitter, NULL);
-  control_stop ();
-  assert (access (path, F_OK) == -1);
-  assert (rmdir (dir) == 0);
+  server_down ();
   printf ("greeting first: 200 clients ok\n");
+}
+
+/* Send n events named name, each with {"n": i, "pad": "xx..."}. */
+static void
+emit_padded (const char *name, int n, size_t pad)
+{
+  char *x = malloc (pad + 1);
+  int i;
+
+  assert (x != NULL);
+  memset (x, 'x', pad);
+  x[pad] = '\0';
+  for (i = 0; i < n; ++i) {
+    json_object *d = json_object_new_object ();
+    json_object_object_add (d, "n", json_object_new_int (i));
+    json_object_object_add (d, "pad", json_object_new_string (x));
+    control_emit_event (name, d);
+  }
+  free (x);
+}
+
+/* The n of an event line of that name, or -1 for another line. */
+static int
+event_n (const char *line, const char *name)
+{
+  char prefix[64];
+  const char *p;
+
+  snprintf (prefix, sizeof prefix, "{\"event\":\"%s\",", name);
+  if (strncmp (line, prefix, strlen (prefix)) != 0 ||
+      (p = strstr (line, "\"n\":")) == NULL)
+    return -1;
+  return atoi (p + 4);
+}
+
+/* Read n events of that name in order, then the echo reply. */
+static void
+expect_events_then (struct reader *r, const char *name, int n,
+                    const char *last)
+{
+  char *line;
+  int i;
+
+  for (i = 0; i < n; ++i) {
+    line = read_line (r);
+    assert (line != NULL);
+    if (event_n (line, name) != i) {
+      fprintf (stderr, "expected event %s %d, read: %.200s\n", name, i, line);
+      abort ();
+    }
+    free (line);
+  }
+  if (last) {
+    line = read_line (r);
+    assert (line != NULL);
+    if (strcmp (line, last) != 0) {
+      fprintf (stderr, "expected %s, read: %.200s\n", last, line);
+      abort ();
+    }
+    free (line);
+  }
+}
+
+static void
+send_line (int fd, const char *s)
+{
+  size_t len = strlen (s);
+  assert (write (fd, s, len) == (ssize_t) len);
+  assert (write (fd, "\n", 1) == 1);
+}
+
+/* Read the greeting. */
+static void
+expect_greeting (struct reader *r)
+{
+  char *line = read_line (r);
+
+  assert (line && strncmp (line, "{\"nbdkit-backup\":", 17) == 0);
+  free (line);
+}
+
+/* Client a reads its greeting (so events are due to it), then nothing
+ * while 1 MB of events go out (more than its socket holds) and client
+ * b runs a command: b gets every event and its reply, and a, when it
+ * reads at last, every event too.  Nothing waits on a's socket.
+ */
+static void
+test_stuck_client (void)
+{
+  struct reader *a, *b;
+  char *line;
+
+  server_up ();
+  a = reader_new (connect_to (sock_path));
+  expect_greeting (a);
+  b = reader_new (connect_to (sock_path));
+  line = read_line (b);
+  assert (line && strncmp (line, "{\"nbdkit-backup\":", 17) == 0);
+  free (line);
+  emit_padded ("TEST_BIG", 1000, 1000);
+  send_line (b->fd, "{\"execute\":\"echo\",\"arguments\":{\"x\":\"done\"}}");
+  expect_events_then (b, "TEST_BIG", 1000, "{\"return\":\"done\"}");
+  reader_close (b);
+
+  expect_events_then (a, "TEST_BIG", 1000, NULL);
+  reader_close (a);
+  server_down ();
+  printf ("stuck client: it and the other got all 1000 events\n");
+}
+
+static void *
+read_huge (void *vp)
+{
+  expect_events_then (vp, "TEST_HUGE", 400, NULL);
+  return NULL;
+}
+
+/* Past CONTROL_MAX_QUEUE bytes unread, a client is disconnected; one
+ * that reads gets everything.
+ */
+static void
+test_overflow (void)
+{
+  struct reader *a, *b;
+  pthread_t t;
+  char *line;
+  int n = 0;
+
+  server_up ();
+  a = reader_new (connect_to (sock_path));
+  expect_greeting (a);
+  b = reader_new (connect_to (sock_path));
+  line = read_line (b);
+  assert (line && strncmp (line, "{\"nbdkit-backup\":", 17) == 0);
+  free (line);
+  assert (pthread_create (&t, NULL, read_huge, b) == 0);
+  emit_padded ("TEST_HUGE", 400, 16000);      /* 6.4 MB */
+  pthread_join (t, NULL);
+  send_line (b->fd, "{\"execute\":\"echo\",\"arguments\":{\"x\":1}}");
+  expect_events_then (b, "TEST_HUGE", 0, "{\"return\":1}");
+
+  /* a: some events in order, then the end. */
+  while ((line = read_line (a)) != NULL) {
+    assert (event_n (line, "TEST_HUGE") == n);
+    n++;
+    free (line);
+  }
+  assert (n < 400);
+  reader_close (a);
+  reader_close (b);
+  server_down ();
+  printf ("overflow: the reader got 400 events, the idle client %d, "
+          "then was disconnected\n", n);
+}
+
+/* The client past CONTROL_MAX_CLIENTS is told so and closed. */
+static void
+test_too_many (void)
+{
+  struct reader *r[CONTROL_MAX_CLIENTS + 1];
+  char *line;
+  int i;
+
+  server_up ();
+  for (i = 0; i < CONTROL_MAX_CLIENTS; ++i) {
+    r[i] = reader_new (connect_to (sock_path));
+    line = read_line (r[i]);
+    assert (line && strncmp (line, "{\"nbdkit-backup\":", 17) == 0);
+    free (line);
+  }
+  r[i] = reader_new (connect_to (sock_path));
+  line = read_line (r[i]);
+  assert (line != NULL);
+  printf ("client %d: %s\n", i + 1, line);
+  assert (strcmp (line, too_many) == 0);
+  free (line);
+  assert (read_line (r[i]) == NULL);
+  for (i = 0; i <= CONTROL_MAX_CLIENTS; ++i)
+    reader_close (r[i]);
+  server_down ();
+}
+
+static void
+test_names (void)
+{
+  struct control_error err;
+
+  assert (control_check_name ("job-id", "nightly-1", 128, &err) == 0);
+  assert (control_check_name ("job-id", "caf\xc3\xa9", 128, &err) == 0);
+  assert (control_check_name ("job-id", "", 128, &err) == -1);
+  assert (strcmp (err.desc, "job-id must be 1 to 128 bytes long") == 0);
+  assert (control_check_name ("a bitmap name", "abcde", 4, &err) == -1);
+  assert (strcmp (err.desc, "a bitmap name must be 1 to 4 bytes long") == 0);
+  assert (control_check_name ("job-id", "a\tb", 128, &err) == -1);
+  assert (strcmp (err.desc, "job-id must not contain control characters "
+                  "(byte 0x09 at offset 1)") == 0);
+  assert (control_check_name ("job-id", "a\x7f", 128, &err) == -1);
+  assert (control_check_name ("job-id", "\xff\xfe", 128, &err) == -1);
+  assert (strcmp (err.desc, "job-id must be valid UTF-8") == 0);
+}
+
+/* Input that is not valid UTF-8, or that would be cut at a NUL. */
+static void
+test_input (void)
+{
+  expect ("{\"execute\":\"echo\",\"arguments\":{\"x\":\"\xff\xfe\"}}",
+          "{\"error\":{\"class\":\"GenericError\","
+          "\"desc\":\"the request is not valid UTF-8 (byte 0xff at offset "
+          "36)\"}}");
+  expect ("{\"execute\":\"echo\",\"arguments\":{\"x\":\"\xed\xa0\x80\"}}",
+          "{\"error\":{\"class\":\"GenericError\","
+          "\"desc\":\"the request is not valid UTF-8 (byte 0xed at offset "
+          "36)\"}}");
+  expect ("{\"execute\":\"echo\",\"arguments\":{\"x\":\"a\\u0000b\"},"
+          "\"id\":5}",
+          "{\"error\":{\"class\":\"GenericError\","
+          "\"desc\":\"a string in the request contains NUL (\\\\u0000)\"}}");
+  expect ("{\"execute\":\"echo\",\"arguments\":{\"a\\u0000b\":1}}",
+          "{\"error\":{\"class\":\"GenericError\","
+          "\"desc\":\"a string in the request contains NUL (\\\\u0000)\"}}");
+  expect ("{\"execute\":\"echo\",\"arguments\":{\"x\":\"\\\\u0000\"}}",
+          "{\"return\":\"\\\\u0000\"}");
+  expect ("{\"execute\":\"echo\",\"arguments\":{\"x\":\"caf\xc3\xa9 \\u00e9\"}}",
+          "{\"return\":\"caf\xc3\xa9 \xc3\xa9\"}");
 }
 
 int
@@ -243,7 +550,17 @@ main (void)
   assert (strstr (r, "\"version\":\"" PACKAGE_VERSION "\""));
   free (r);
 
+  test_input ();
+  test_names ();
+
+  assert (mkdtemp (sock_dir) != NULL);
+  snprintf (sock_path, sizeof sock_path, "%s/ctl", sock_dir);
+  assert (control_configure ("test-control", sock_path) == 0);
   test_greeting_first ();
+  test_stuck_client ();
+  test_overflow ();
+  test_too_many ();
+  assert (rmdir (sock_dir) == 0);
 
   printf ("test-control: ok\n");
   return 0;

@@ -29,6 +29,11 @@
 #include "backup.h"
 #include "cbw.h"
 #include "cbw-params.h"
+#include "cleanup.h"
+#include "incremental.h"
+#include "ispowerof2.h"
+#include "job-id.h"
+#include "nbd-uri.h"
 #include "registry.h"
 
 /* Lock order: see lock-order.h. */
@@ -89,6 +94,28 @@ spec_from_args (struct backup_spec *spec, json_object *args,
   return 0;
 }
 
+/* On the socket, a target is an NBD URI or an absolute path: the
+ * server's working directory (/ once it is a daemon) means nothing to
+ * the client.  0, or -1 with err filled.
+ */
+static int
+check_target_arg (json_object *args, struct control_error *err)
+{
+  json_object *t;
+  const char *s;
+
+  if (!json_object_object_get_ex (args, "target", &t) ||
+      !json_object_is_type (t, json_type_string))
+    return 0;                   /* spec_from_args says what is wrong. */
+  s = json_object_get_string (t);
+  /* An empty one gets the parser's message, the same as cbw-target=. */
+  if (*s != '\0' && *s != '/' && !is_nbd_uri (s))
+    return control_fail (err, CONTROL_GENERIC_ERROR,
+                         "backup-start: target '%s' must be an absolute "
+                         "path (or an NBD URI)", s);
+  return 0;
+}
+
 static int
 start_prepare (json_object *args, void **state, struct control_error *err,
                void *opaque)
@@ -101,8 +128,20 @@ start_prepare (json_object *args, void **state, struct control_error *err,
                          "a backup is already running (job '%s'): cancel "
                          "it or wait for it to end",
                          cbw_current->spec.job_id);
+  if (check_target_arg (args, err) == -1)
+    return -1;
   if (spec_from_args (&spec, args, err) == -1)
     goto err;
+  /* An id the server picks is new, so a client can wait on it. */
+  if (!json_object_object_get_ex (args, "job-id", NULL)) {
+    char *id = job_id_fresh (cbw_defaults.job_id);
+    if (id == NULL) {
+      control_fail (err, CONTROL_GENERIC_ERROR, "out of memory");
+      goto err;
+    }
+    free (spec.job_id);
+    spec.job_id = id;
+  }
   /* The id may be reused only by replacing our own finished job. */
   if (registry_find_object ("job", spec.job_id) &&
       !(cbw_current && cbw_current->job &&
@@ -155,12 +194,24 @@ start_after (void *state, void *opaque)
     nbdkit_error ("cbw: backup-start: the job could not start");
 }
 
+/* {"id": ID}: the job to wait for. */
+static json_object *
+start_result (void *state, void *opaque)
+{
+  struct backup *b = state;
+  json_object *o = json_object_new_object ();
+
+  json_object_object_add (o, "id", json_object_new_string (b->spec.job_id));
+  return o;
+}
+
 static const struct control_action backup_start_action = {
   .type = "backup-start",
   .prepare = start_prepare,
   .commit = start_commit,
   .abort = start_abort,
   .after = start_after,
+  .result = start_result,
 };
 
 int

@@ -202,8 +202,8 @@ static int
 p_job_id (struct backup_spec *s, const char *key, const char *value,
           struct control_error *err)
 {
-  if (*value == '\0' || strlen (value) > 128)
-    return FAIL ("%s: must be 1 to 128 characters", key);
+  if (control_check_name (key, value, 128, err) == -1)
+    return -1;
   return set_string (&s->job_id, key, value, false, err);
 }
 

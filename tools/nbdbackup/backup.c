@@ -16,9 +16,9 @@
  * is sent as given: like qemu-img's -b, it is relative to the
  * target's directory.
  *
- * --wait: wait for the job as `nbdbackup wait` does.  Without
- * --job-id the server names the job, so the ids of query-jobs before
- * and after backup-start are compared to find it.
+ * --wait: wait for the job as `nbdbackup wait` does, naming the job
+ * by the id that backup-start returns (the server picks a new one
+ * unless --job-id is given).
  */
 
 #include <config.h>
@@ -136,55 +136,26 @@ absolute_target (const char *target)
   return r;
 }
 
-/* Does the query-jobs array jobs have a job with this id? */
-static bool
-has_job (json_object *jobs, const char *id)
-{
-  size_t i, n = json_object_array_length (jobs);
-
-  for (i = 0; i < n; ++i)
-    if (strcmp (json_get_string (json_object_array_get_idx (jobs, i),
-                                 "id", ""), id) == 0)
-      return true;
-  return false;
-}
-
-/* After backup-start without a job id: the id of the job in query-jobs
- * that was not in before (an array, or NULL if it could not be
- * fetched).  Returns an exit status.
+/* The job id in backup-start's reply ({"id": ID}), copied to *ret.
+ * Returns an exit status.
  */
 static int
-find_new_job (struct control *ctl, json_object *before, char **ret)
+started_job_id (struct control *ctl, json_object *reply, char **ret)
 {
-  json_object *after;
-  size_t i, n;
-  int r;
+  const char *id = json_get_string (reply, "id", NULL);
 
-  r = control_command (ctl, "query-jobs", NULL, &after);
-  if (r != NBDBACKUP_EXIT_OK)
-    return r;
-  if (json_object_is_type (after, json_type_array)) {
-    n = json_object_array_length (after);
-    /* Newest last: look from the end. */
-    for (i = n; i-- > 0;) {
-      const char *id = json_get_string (json_object_array_get_idx (after, i),
-                                        "id", NULL);
-
-      if (id && (before == NULL || !has_job (before, id))) {
-        *ret = strdup (id);
-        json_object_put (after);
-        if (*ret == NULL) {
-          nbdkit_error ("strdup: %m");
-          return NBDBACKUP_EXIT_FAILED;
-        }
-        return NBDBACKUP_EXIT_OK;
-      }
-    }
+  if (id == NULL) {
+    nbdkit_error ("control socket %s: backup-start did not say which job "
+                  "it started (a server older than this tool?): give "
+                  "--job-id", control_path (ctl));
+    return NBDBACKUP_EXIT_FAILED;
   }
-  json_object_put (after);
-  nbdkit_error ("control socket %s: backup-start succeeded but no new job "
-                "appeared in query-jobs", control_path (ctl));
-  return NBDBACKUP_EXIT_FAILED;
+  *ret = strdup (id);
+  if (*ret == NULL) {
+    nbdkit_error ("strdup: %m");
+    return NBDBACKUP_EXIT_FAILED;
+  }
+  return NBDBACKUP_EXIT_OK;
 }
 
 int
@@ -237,7 +208,7 @@ backup_main (int argc, char *argv[])
   bool wait = false, json = false;
   int progress = -1, c, r;
   struct control *ctl = NULL;
-  json_object *args = NULL, *before = NULL;
+  json_object *args = NULL, *reply = NULL;
   CLEANUP_FREE char *abs_target = NULL;
   CLEANUP_FREE char *new_id = NULL;
 
@@ -393,31 +364,21 @@ backup_main (int argc, char *argv[])
     json_object_put (args);
     return NBDBACKUP_EXIT_FAILED;
   }
-  if (wait && job_id == NULL) {
-    r = control_command (ctl, "query-jobs", NULL, &before);
-    if (r != NBDBACKUP_EXIT_OK) {
-      json_object_put (args);
-      goto out;
-    }
-    if (!json_object_is_type (before, json_type_array)) {
-      json_object_put (before);
-      before = NULL;
-    }
-  }
-  r = control_command (ctl, "backup-start", args, NULL);
+  r = control_command (ctl, "backup-start", args, &reply);
   if (r != NBDBACKUP_EXIT_OK || !wait)
     goto out;
 
-  if (job_id == NULL) {
-    r = find_new_job (ctl, before, &new_id);
-    if (r != NBDBACKUP_EXIT_OK)
-      goto out;
-    job_id = new_id;
-  }
+  /* Wait on the id the server gave the job: ids are never reused, so
+   * this is tonight's job, not last night's.
+   */
+  r = started_job_id (ctl, reply, &new_id);
+  if (r != NBDBACKUP_EXIT_OK)
+    goto out;
+  job_id = new_id;
   r = job_wait (ctl, job_id, json, progress);
 
  out:
-  json_object_put (before);
+  json_object_put (reply);
   control_close (ctl);
   return r;
 }

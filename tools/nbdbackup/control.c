@@ -346,6 +346,13 @@ control_connect (const char *path)
     goto err;
   nbdkit_debug ("control: <- %s", line);
   o = json_tokener_parse (line);
+  /* A server with too many clients says so instead of greeting. */
+  if (o && json_object_object_get_ex (o, "error", &g) &&
+      json_get_string (g, "desc", NULL)) {
+    nbdkit_error ("control socket %s: the server refused the connection: "
+                  "%s", path, json_get_string (g, "desc", NULL));
+    goto err;
+  }
   if (o == NULL || !json_object_is_type (o, json_type_object) ||
       !json_object_object_get_ex (o, "nbdkit-backup", &g) ||
       !json_object_is_type (g, json_type_object)) {
