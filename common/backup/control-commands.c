@@ -7,6 +7,8 @@
  * the command table, one request line in and one reply line out,
  * and transactions.  The socket and its clients are control-server.c.
  *
+ * Lock order: see lock-order.h.
+ *
  * Commands run one at a time under exec_lock, as QMP does, so
  * handlers need no locking against each other (only against the data
  * path).  The table has its own lock, cmd_table_lock, taken alone and

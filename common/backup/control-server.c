@@ -19,6 +19,8 @@
  * lock.  A client that lets more than CONTROL_MAX_QUEUE bytes pile up
  * is disconnected.
  *
+ * Lock order: see lock-order.h.
+ *
  * Locks: server_lock (the client list, each client's greeted and done
  * flags, the socket state), then a client's out_lock (its queue),
  * never the other way round.  The greeting is queued, and the client

@@ -12,11 +12,11 @@
  * another thread unless that thread takes none of the locks held
  * (noted where it happens).
  *
- *  1. control exec_lock (control.c; was command_lock): serialises the
+ *  1. control exec_lock (control-commands.c; was command_lock): serialises the
  *     execution of control commands, held across a whole command,
  *     transactions included.
  *
- *  2. control cmd_table_lock (control.c; was commands_lock): protects
+ *  2. control cmd_table_lock (control-commands.c; was commands_lock): protects
  *     the command table.  A leaf: held only to look up or add a
  *     command (transaction_cmd looks up its actions under exec_lock).
  *
@@ -24,7 +24,7 @@
  *     every write, zero or trim, taken first thing by the outermost
  *     of our filters on that thread (cbw.c, fleece.c,
  *     dirtybitmap.c), before any other lock of ours.  Write side: a
- *     transaction (control.c's run_actions, under exec_lock), held
+ *     transaction (control-commands.c's run_actions, under exec_lock), held
  *     across the actions' prepare and commit.
  *
  *  4. the registry lock (registry.c).  registry_foreach_described
@@ -63,12 +63,19 @@
  *     nbdkit_error/nbdkit_debug) while held; copies, target writes
  *     and source reads run without it.
  *
- * 11. control server_lock (control.c: the client list), then a
- *     client's write_lock: an event is sent under both, a reply
- *     under the write_lock alone.  Taken with none of 3-10 held:
- *     events are emitted after the gate is open again (a
- *     transaction's after step) or by job threads holding nothing.
- *     A send is bounded by the client's send timeout.
+ * 11. control server_lock (control-server.c: the client list, each
+ *     client's greeted and done flags), then a client's out_lock (its
+ *     output queue).  Queuing a reply or an event is a copy under
+ *     these short locks; only the client's own thread writes its
+ *     non-blocking socket, with no lock held, so a client that stops
+ *     reading stalls nobody.  Taken with none of 3-10 held: events
+ *     are emitted after the gate is open again (a transaction's after
+ *     step) or by job threads holding nothing.
+ *
+ *     Leaves beside it, each taken with nothing below it held and
+ *     calling out to nothing: job-id.c's ids_lock (ids used so far),
+ *     exports.c's lock (export names served).  top-allocation.c has
+ *     no lock of its own: it is an object in the registry (4).
  *
  * 12. target and image locks, leaves: target-nbd.c's lock (which
  *     connection is busy); common/qcow2's reuse_lock (read side for

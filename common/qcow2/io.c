@@ -7,7 +7,8 @@
  *
  * Notes on the design:
  *
- * Locking.  img->lock protects the metadata (L1, caches, refcounts).
+ * Locking (lock order: see common/backup/lock-order.h, item 12).
+ * img->lock protects the metadata (L1, caches, refcounts).
  * Lookups copy L2 entries out under it; reads and writes of data in
  * clusters that are already allocated and owned (COPIED) then happen
  * without it.  Writes that must allocate or copy a cluster (first
