@@ -112,6 +112,22 @@ export_to_file () { nbdcopy "$1" "$2"; }
     [ ! -e "$d/x.qcow2" ]
 }
 
+@test "nbdbackup pull --incremental: HOLE|ZERO is written as zeros, not skipped" {
+    requires qemu-img qemu-io
+    # A qcow2 chain whose top zeroes a cluster the base holds data in:
+    # the qcow2 plugin reports it HOLE|ZERO.  Only plain HOLE means
+    # "unchanged, read the backing file".
+    qemu-img create -q -f qcow2 "$d/base.qcow2" 1M
+    qemu-io -f qcow2 -c "write -P 0x5a 0 1M" "$d/base.qcow2" >/dev/null
+    qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 "$d/top.qcow2"
+    qemu-io -f qcow2 -c "write -z 0 64k" -c "write -P 0x11 128k 64k" "$d/top.qcow2" >/dev/null
+    cp "$d/base.qcow2" "$d/prev.qcow2"
+    nbdkit -U - "$(plugin_path qcow2)" "$d/top.qcow2" \
+        --run 'nbdbackup pull --incremental --backing=prev.qcow2 "$uri" "'"$d"'/inc.qcow2"'
+    run -0 qemu-img check "$d/inc.qcow2"
+    run -0 qemu-img compare -f qcow2 -F qcow2 "$d/top.qcow2" "$d/inc.qcow2"
+}
+
 @test "nbdbackup pull: NBD target overwritten with data and zeros" {
     make_disk "$d/disk.img" 32M 16
     start_nbdkit src file "$d/disk.img"

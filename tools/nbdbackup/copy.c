@@ -49,7 +49,9 @@
  * dirty:NAME export of nbdkit-dirtybitmap-filter reports the ranges
  * unchanged since the previous backup as HOLE: they are neither read
  * nor written, so the overlay target reads them from its backing
- * file (the previous backup), and they count as "skipped".
+ * file (the previous backup), and they count as "skipped".  HOLE|ZERO
+ * is not skipped: it promises zeros, which the backing file may not
+ * hold (a qcow2 plugin export's zero clusters over backing data).
  *
  * Errors and signals.  The first error, a connection that dies, or
  * SIGINT/SIGTERM stops new work, and the requests in flight are
@@ -376,7 +378,8 @@ extent_cb (void *user_data, const char *metacontext, uint64_t offset,
       break;
     if (add_extent (c, pos, len, entries[i + 1] & LIBNBD_STATE_ZERO,
                     c->opts.skip_holes &&
-                    (entries[i + 1] & LIBNBD_STATE_HOLE)) == -1) {
+                    (entries[i + 1] & (LIBNBD_STATE_HOLE | LIBNBD_STATE_ZERO))
+                    == LIBNBD_STATE_HOLE) == -1) {
       *error = ENOMEM;
       return -1;
     }
