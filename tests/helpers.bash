@@ -71,9 +71,17 @@ stop_nbdkit () {
     printf -v "$pidvar" '%s' ""
 }
 
-# Stop every server this test started (call from teardown).
+# Stop every server this test started (call from teardown).  Servers
+# paused with pause_ctl are resumed first: nbdkit does not exit while
+# the pause filter holds a request.
 stop_all_nbdkit () {
     local pid sock
+    if [ -f "$BATS_TEST_TMPDIR/paused" ]; then
+        while read -r sock; do
+            "$pause_ctl_cmd" "$sock" r 2>/dev/null || :
+        done <"$BATS_TEST_TMPDIR/paused"
+        rm -f "$BATS_TEST_TMPDIR/paused"
+    fi
     [ -f "$BATS_TEST_TMPDIR/servers" ] || return 0
     while read -r pid sock; do
         kill "$pid" 2>/dev/null || :
@@ -136,8 +144,12 @@ wait_for_jobs_cmd="$abs_top_srcdir/tests/wait-for-jobs"
 pause_ctl_cmd="$abs_top_srcdir/tests/pause-ctl"
 
 # pause_ctl SOCKET p|r: pause or resume a server that runs
-# nbdkit-pause-filter (see tests/pause-ctl).
-pause_ctl () { "$pause_ctl_cmd" "$@"; }
+# nbdkit-pause-filter (see tests/pause-ctl).  stop_all_nbdkit resumes
+# every server paused here, whatever the test did.
+pause_ctl () {
+    [ "$2" != p ] || echo "$1" >>"$BATS_TEST_TMPDIR/paused"
+    "$pause_ctl_cmd" "$@"
+}
 
 # Control socket clients, as bash coprocesses over socat.
 #
