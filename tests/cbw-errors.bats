@@ -4,8 +4,8 @@
 #
 # Failing targets under each policy.  The target is a second nbdkit
 # on a Unix socket: behind the error filter (EIO, or ENOSPC for a
-# target that has filled up) or the delay filter (a slow target, with
-# cbw-copy-timeout).
+# target that has filled up) or paused by the pause filter (a target
+# too slow for cbw-copy-timeout).
 #
 #  - break-snapshot: every write succeeds, the disk equals pitwriter's
 #    model, and the job reports failure with a message.
