@@ -79,6 +79,7 @@ stop_all_nbdkit () {
     if [ -f "$BATS_TEST_TMPDIR/paused" ]; then
         while read -r sock; do
             "$pause_ctl_cmd" "$sock" r 2>/dev/null || :
+            rm -f "$sock"
         done <"$BATS_TEST_TMPDIR/paused"
         rm -f "$BATS_TEST_TMPDIR/paused"
     fi
