@@ -17,11 +17,25 @@ case "$what" in
 esac
 
 # The Debian packages the project needs to build, test and benchmark.
+# They are installed without their Recommends (which would bring in
+# gstreamer, mesa and much more through qemu-system-common), so every
+# package the build, the suite, the demo or bench/ uses directly is
+# named here, including those that only came as a recommendation:
+#   libc6-dev     (only recommended by gcc)
+#   perl          pod2man, podchecker
+#   nbdkit        the plugins and filters the suite uses (memory,
+#                 pattern, data, eval, sh, file, null; error, delay,
+#                 pause, noextents, offset, rate)
+#   libnbd-bin    nbdcopy, nbdinfo (nbdsh is not used)
+#   qemu-utils    qemu-img, qemu-io, qemu-nbd
+#   qemu-system-common  qemu-storage-daemon (bench/)
+#   bc            bench/
+#   libclang-rt-14-dev  clang's sanitizer and fuzzer runtimes
 packages=(
-    autoconf automake libtool pkg-config make gcc perl
+    autoconf automake libtool pkg-config make gcc libc6-dev perl
     nbdkit nbdkit-plugin-dev libnbd-dev libnbd-bin
     zlib1g-dev libzstd-dev libjson-c-dev
-    bats qemu-utils qemu-system-common socat jq
+    bats qemu-utils qemu-system-common socat jq bc
     clang libclang-rt-14-dev
 )
 
@@ -35,7 +49,8 @@ if [ ${#missing[@]} -gt 0 ]; then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo apt-get update -q
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q "${missing[@]}"
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q \
+        --no-install-recommends "${missing[@]}"
 fi
 
 jobs="$(nproc 2>/dev/null || echo 2)"

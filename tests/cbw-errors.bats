@@ -4,14 +4,20 @@
 #
 # Failing targets under each policy.  The target is a second nbdkit
 # on a Unix socket: behind the error filter (EIO, or ENOSPC for a
-# target that has filled up) or the delay filter (a slow target, with
-# cbw-copy-timeout).
+# target that has filled up) or paused by the pause filter (a target
+# too slow for cbw-copy-timeout).
 #
 #  - break-snapshot: every write succeeds, the disk equals pitwriter's
 #    model, and the job reports failure with a message.
 #  - fail-write: the writes whose copy-before-write fails get EIO and
 #    change nothing; the snapshot stays exact for every cluster that
 #    was copied; nothing acknowledged is lost.
+#
+# No test races the clock.  Where a fault must come in the middle of
+# a job, or a copy must be slow, the target runs nbdkit-pause-filter:
+# paused, it holds the job's (or a copy's) write for as long as the
+# test wants, and the test acts on events (a held request in the
+# target's log, the job's counters on the control socket).
 
 load helpers
 
@@ -26,8 +32,28 @@ teardown () { stop_all_nbdkit; }
 # cluster FILE N: checksum of 64K cluster N.
 cluster () { dd if="$1" bs=65536 skip="$2" count=1 status=none | md5sum; }
 
+# start_paused_target ARGS...: start the target server "tgt" with
+# ARGS below nbdkit-pause-filter, and pause it: nothing reaches the
+# target until the --run script runs $resume_target.  Sets $psock.
+start_paused_target () {
+    psock="$(new_socket)"
+    start_nbdkit tgt "$@" --filter=pause pause-control="$psock"
+    pause_ctl "$psock" p
+    resume_target="'$pause_ctl_cmd' '$psock' r"
+}
+
+# held_write: a --run command that waits until a write of the job is
+# held by the paused target (nbdkit -v logs each request as it
+# reaches each layer).
+held_write () {
+    printf '%q %q %q' "$wait_for_cmd" "a job write held by the paused target" \
+        "grep -Eq 'debug: pause: (pwrite|zero)' '$d/tgt.log'"
+}
+
 # break_snapshot_oracle ARGS...: pitwriter through cbw sync=full into
 # $tgt_uri with ARGS; every write must succeed and the job fail.
+# $before and $after are commands for the --run script around
+# pitwriter (default none).
 break_snapshot_oracle () {
     make_disk "$d/disk.img" 16M 3
     head -c 8M /dev/urandom | dd of="$d/disk.img" bs=1M seek=4 conv=notrunc status=none
@@ -35,8 +61,12 @@ break_snapshot_oracle () {
     run -0 nbdkit -U - --filter="$cbw" --filter=delay file "$d/disk.img" \
         delay-read=5ms cbw-target="$tgt_uri" cbw-status="$d/status.json" \
         cbw-on-error=break-snapshot "$@" \
-        --run "pitwriter --seed 11 --connections 4 --ops 200 --max-len 1M \
-                 --model '$d/model.img' \"\$uri\""
+        --run "set -x; ok=0
+               ${before:-:} || ok=1
+               pitwriter --seed 11 --connections 4 --ops 200 --max-len 1M \
+                 --model '$d/model.img' \"\$uri\" || ok=2
+               ${after:-:} || ok=3
+               exit \$ok"
     echo "$output"
     cat "$d/status.json"
     cmp "$d/disk.img" "$d/model.img"
@@ -52,19 +82,24 @@ break_snapshot_oracle () {
 
 @test "cbw-errors: full target (ENOSPC), break-snapshot: writes win, job fails" {
     # Writes fail with ENOSPC once the trigger file exists: the target
-    # fills up after the backup has begun.
-    start_nbdkit tgt --filter=error --filter=delay memory 16M \
-        delay-write=20ms error-pwrite=ENOSPC error-pwrite-rate=100% \
-        error-pwrite-file="$d/full"
-    ( sleep 0.3; touch "$d/full" ) 3>&- &
-    local filler=$!
+    # fills up after the backup has begun.  The job cannot finish
+    # first: the paused target holds its first write (already past the
+    # error filter, so it will land) until the trigger is on.
+    start_paused_target --filter=error memory 16M \
+        error-pwrite=ENOSPC error-pwrite-rate=100% error-pwrite-file="$d/full"
+    before="$(held_write) && touch '$d/full' || ok=1; $resume_target"
     break_snapshot_oracle
-    wait "$filler"
     grep -q '"error":"writing the target at offset [0-9]* failed: No space left on device"' "$d/status.json"
+    # The held write landed before the target filled up.
+    grep -q 'debug: memory: \(pwrite\|zero\)' "$d/tgt.log"
+    grep -q 'injecting ENOSPC error into pwrite' "$d/tgt.log"
 }
 
 @test "cbw-errors: slow target, break-snapshot: a timed-out copy breaks the snapshot" {
-    start_nbdkit tgt --filter=delay memory 16M delay-write=500ms
+    # The paused target holds every copy (and the job) until pitwriter
+    # is done: the first copy-before-write must time out.
+    start_paused_target memory 16M
+    after="$resume_target"
     break_snapshot_oracle cbw-copy-timeout=0.2
     grep -q '"error":"copy-before-write took longer than 0.2 s"' "$d/status.json"
     grep -q '"copy_timeouts":[1-9]' "$d/status.json"
@@ -128,20 +163,23 @@ break_snapshot_oracle () {
 }
 
 @test "cbw-errors: slow target, fail-write: timed-out writes get EIO, late copies still count" {
-    start_nbdkit tgt --filter=delay memory 4M delay-write=1
+    start_paused_target memory 4M
     head -c 4M /dev/urandom > "$d/disk.img"
     cp "$d/disk.img" "$d/orig.img"
+    ctlsock="$(new_socket)"
     run -0 nbdkit -U - --filter="$cbw" file "$d/disk.img" cbw-sync=none \
         cbw-target="$tgt_uri" cbw-on-error=fail-write cbw-copy-timeout=0.2 \
-        cbw-status="$d/status.json" --run "
+        cbw-status="$d/status.json" cbw-control="$ctlsock" --run "
         set -x
-        # The copy takes 1 s: the write times out and fails.
+        # The paused target holds the copy: the write times out and fails.
         qemu-io -f raw \"\$uri\" -c 'write -P 0x66 200000 4096' 2>&1 |
-            grep -q 'Input/output error' || exit 10
-        # The helper's late copy completes the cluster: later writes
-        # to it need no copy and succeed at once.
-        sleep 2.5
-        qemu-io -f raw \"\$uri\" -c 'write -P 0x77 200000 4096' || exit 11
+            grep -q 'Input/output error' || { $resume_target; exit 10; }
+        # Once the target is resumed, the helper's late copy completes
+        # the cluster: later writes to it need no copy and succeed.
+        $resume_target || exit 11
+        # (The job counts it once the cluster is COPIED.)
+        '$wait_for_jobs_cmd' '$ctlsock' '\"bytes-written\":65536,' || exit 12
+        qemu-io -f raw \"\$uri\" -c 'write -P 0x77 200000 4096' || exit 13
         nbdcopy \"$tgt_uri\" '$d/target.img'
     "
     echo "$output"

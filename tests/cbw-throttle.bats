@@ -35,12 +35,14 @@ teardown () { stop_all_nbdkit; }
     requires qemu-io
     head -c 8M /dev/urandom > "$d/disk.img"
     cp "$d/disk.img" "$d/orig.img"
-    # At 64K/s the job alone would take two minutes; the writer
-    # overwrites the whole disk, so copy-before-write copies every
-    # cluster (unthrottled) and the job then has nothing left.
-    run -0 timeout 60 nbdkit -U - --filter="$cbw" file "$d/disk.img" \
+    # At 1 byte/s the job copies its first 1M chunk and then could not
+    # copy another for twelve days, however slow the writer is to
+    # start; the writer overwrites the whole disk, so copy-before-write
+    # copies every other cluster (unthrottled) and the job then has
+    # nothing left.  (The time-out only guards against a hang.)
+    run -0 timeout 300 nbdkit -U - --filter="$cbw" file "$d/disk.img" \
         cbw-target="$d/backup.img" cbw-status="$d/status.json" \
-        cbw-speed=64K cbw-workers=1 --run '
+        cbw-speed=1 cbw-workers=1 --run '
         qemu-io -f raw "$uri" -c "write -P 0x5c 0 8M" >/dev/null'
     cat "$d/status.json"
     grep -q '"state":"completed"' "$d/status.json"
@@ -51,9 +53,15 @@ teardown () { stop_all_nbdkit; }
 
 @test "cbw-throttle: cancel wakes a throttled job at once" {
     head -c 8M /dev/urandom > "$d/disk.img"
-    run -0 timeout 30 nbdkit -U - --filter="$cbw" file "$d/disk.img" \
+    # At 1 byte/s the job would take months after its first chunks;
+    # once they are copied it is asleep in the throttle, and the
+    # cancel at exit must wake it (the time-out is far below the
+    # throttle's wait, and far above a busy machine's start-up).
+    ctlsock="$(new_socket)"
+    run -0 timeout 120 nbdkit -U - --filter="$cbw" file "$d/disk.img" \
         cbw-target="$d/backup.img" cbw-status="$d/status.json" \
-        cbw-speed=100K cbw-on-exit=cancel --run 'sleep 0.5'
+        cbw-speed=1 cbw-on-exit=cancel cbw-control="$ctlsock" --run "
+        '$wait_for_jobs_cmd' '$ctlsock' '\"current-progress\":[1-9]'"
     cat "$d/status.json"
     grep -q '"state":"cancelled"' "$d/status.json"
     [ ! -e "$d/backup.img" ]

@@ -204,10 +204,8 @@ covers () {
     mkfifo "$d/fifo"
     qemu-io -r -f raw "$(dirty_uri rec)" <"$d/fifo" >/dev/null & q=$!
     exec 7>"$d/fifo"
-    for i in $(seq 100); do
-        [[ "$(bitmaps C)" == *"rec 0 65536 false true"* ]] && break
-        sleep 0.1
-    done
+    wait_for "bitmap 'rec' busy" \
+        '[[ "$(bitmaps C)" == *"rec 0 65536 false true"* ]]'
     run -0 bitmaps C
     [[ "$output" == *"rec 0 65536 false true true false"* ]]
     run -0 qmp C block-dirty-bitmap-remove '{"name":"rec"}'
@@ -216,10 +214,8 @@ covers () {
     [ "$output" = "error: bitmap 'rec' is busy (a dirty export is open on it): it cannot be enabled" ]
     exec 7>&-
     wait $q
-    for i in $(seq 100); do
-        [[ "$(bitmaps C)" == *"rec 0 65536 false false"* ]] && break
-        sleep 0.1
-    done
+    wait_for "bitmap 'rec' no longer busy" \
+        '[[ "$(bitmaps C)" == *"rec 0 65536 false false"* ]]'
     run -0 qmp C block-dirty-bitmap-remove '{"name":"rec"}'
     [ "$output" = '{}' ]
     # After a crash the export refuses the inconsistent bitmap.

@@ -124,13 +124,14 @@ seed_b0 () {
 }
 
 # backup_session MODE OUTCOME: success, cancel or fail.  A slow job
-# (one worker at 1K/s) has copied at most its first cluster when the
-# session ends; copy-before-write copies what W1 overwrites.
+# (one worker at 1 byte/s: a day per cluster) has copied at most its
+# first run of clusters when the session ends, however slow the
+# machine; copy-before-write copies what W1 overwrites.
 backup_session () {
     local mode="$1" outcome="$2" extra=() trigger=":"
     case "$outcome" in
-        cancel) extra=(cbw-on-exit=cancel cbw-workers=1 cbw-speed=1K) ;;
-        fail)   extra=(cbw-workers=1 cbw-speed=1K)
+        cancel) extra=(cbw-on-exit=cancel cbw-workers=1 cbw-speed=1) ;;
+        fail)   extra=(cbw-workers=1 cbw-speed=1)
                 trigger="touch $d/trigger" ;;
     esac
     rm -f "$d/trigger"
@@ -414,11 +415,12 @@ check_mode () {
     same "$d/inc2.qcow2" qcow2 "$d/disk.img" raw
     run -0 qemu-img check "$d/inc2.qcow2"
     cmp "$d/disk.img" "$d/model.img"
-    # Busy while a backup holds it (a slow one: 1K/s, one worker, two
-    # clusters apart), and whole again when it is cancelled.
+    # Busy while a backup holds it (a slow one: 1 byte/s, one worker,
+    # two clusters apart, so it cannot end by itself), and whole again
+    # when it is cancelled.
     io "$srv_uri" "write -P 8 1M 4K" "write -P 8 5M 4K"
     rm -f "$events"
-    run -0 qmp C backup-start '{"target":"'"$d/inc3.qcow2"'","sync":"incremental","bitmap":"b0","backing":"inc2.qcow2","speed":1024,"workers":1}'
+    run -0 qmp C backup-start '{"target":"'"$d/inc3.qcow2"'","sync":"incremental","bitmap":"b0","backing":"inc2.qcow2","speed":1,"workers":1}'
     [ "$output" = '{"id":"cbw-4"}' ]
     io "$srv_uri" "write -P 9 0 4K"
     run -0 bitmaps C

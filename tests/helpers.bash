@@ -32,21 +32,26 @@ new_socket () {
 # its pidfile.  Sets ${NAME}_sock, ${NAME}_pid and ${NAME}_uri.
 start_nbdkit () {
     local name="$1"; shift
-    local sock pidfile log i
+    local sock pidfile log end
     sock="$(new_socket)"
     pidfile="$BATS_TEST_TMPDIR/$name.pid"
     log="$BATS_TEST_TMPDIR/$name.log"
     rm -f "$pidfile"
     nbdkit --exit-with-parent -f -v -U "$sock" -P "$pidfile" "$@" \
         >"$log" 2>&1 3>&- &
-    for i in $(seq 300); do
-        [ -s "$pidfile" ] && break
+    # Generous: a server on a machine busy with other work may be slow
+    # to start; the bound only guards against a hang.
+    end=$((SECONDS + 120))
+    until [ -s "$pidfile" ]; do
         if ! kill -0 $! 2>/dev/null; then
             echo "nbdkit exited at start:" >&2; cat "$log" >&2; return 1
         fi
+        if [ "$SECONDS" -ge "$end" ]; then
+            echo "nbdkit did not write its pidfile within 120 s" >&2
+            cat "$log" >&2; return 1
+        fi
         sleep 0.1
     done
-    [ -s "$pidfile" ] || { echo "nbdkit did not start" >&2; cat "$log" >&2; return 1; }
     printf -v "${name}_sock" '%s' "$sock"
     printf -v "${name}_pid" '%s' "$(cat "$pidfile")"
     printf -v "${name}_uri" '%s' "nbd+unix:///?socket=$sock"
@@ -56,22 +61,28 @@ start_nbdkit () {
 # stop_nbdkit NAME: SIGTERM the server we started and wait for it to
 # exit (its cleanup may finish a backup first).
 stop_nbdkit () {
-    local name="$1" pidvar="${1}_pid" sockvar="${1}_sock" i
+    local name="$1" pidvar="${1}_pid" sockvar="${1}_sock"
     local pid="${!pidvar}"
     [ -n "$pid" ] || return 0
     kill "$pid" 2>/dev/null || :
-    for i in $(seq 1200); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    ! kill -0 "$pid" 2>/dev/null
+    wait_for "nbdkit (pid $pid) exiting after SIGTERM" \
+        "! kill -0 $pid 2>/dev/null" 300
     rm -f "${!sockvar}"
     printf -v "$pidvar" '%s' ""
 }
 
-# Stop every server this test started (call from teardown).
+# Stop every server this test started (call from teardown).  Servers
+# paused with pause_ctl are resumed first: nbdkit does not exit while
+# the pause filter holds a request.
 stop_all_nbdkit () {
     local pid sock
+    if [ -f "$BATS_TEST_TMPDIR/paused" ]; then
+        while read -r sock; do
+            "$pause_ctl_cmd" "$sock" r 2>/dev/null || :
+            rm -f "$sock"
+        done <"$BATS_TEST_TMPDIR/paused"
+        rm -f "$BATS_TEST_TMPDIR/paused"
+    fi
     [ -f "$BATS_TEST_TMPDIR/servers" ] || return 0
     while read -r pid sock; do
         kill "$pid" 2>/dev/null || :
@@ -109,6 +120,37 @@ make_disk () {
 
 # wait_for_job STATUS-FILE: see tests/wait-for-job.
 wait_for_job () { "$abs_top_srcdir/tests/wait-for-job" "$@"; }
+
+# wait_for WHAT CONDITION [SECONDS]: evaluate the shell CONDITION (in
+# this shell, so it sees the test's variables) every 0.1 s until it
+# succeeds, for at most SECONDS (default 120); on time-out say what
+# was awaited and fail.  Tests wait for events, never for a fixed
+# time: the bound only guards against a hang.  (In a --run script,
+# use the tests/wait-for script instead.)
+wait_for () {
+    local what="$1" cond="$2" limit="${3:-120}" end
+    end=$((SECONDS + ${3:-120}))
+    until eval "$cond"; do
+        if [ "$SECONDS" -ge "$end" ]; then
+            echo "wait_for: no $what after $limit s (waiting for: $cond)" >&2
+            return 1
+        fi
+        sleep 0.1
+    done
+}
+
+# Absolute paths of the event helpers, for --run scripts.
+wait_for_cmd="$abs_top_srcdir/tests/wait-for"
+wait_for_jobs_cmd="$abs_top_srcdir/tests/wait-for-jobs"
+pause_ctl_cmd="$abs_top_srcdir/tests/pause-ctl"
+
+# pause_ctl SOCKET p|r: pause or resume a server that runs
+# nbdkit-pause-filter (see tests/pause-ctl).  stop_all_nbdkit resumes
+# every server paused here, whatever the test did.
+pause_ctl () {
+    [ "$2" != p ] || echo "$1" >>"$BATS_TEST_TMPDIR/paused"
+    "$pause_ctl_cmd" "$@"
+}
 
 # Control socket clients, as bash coprocesses over socat.
 #

@@ -261,15 +261,27 @@ export_to_file () { nbdcopy "$1" "$2"; }
     [[ "$output" == *"not a regular file"* ]]
 }
 
+# start_held_source: a source server "src" that holds every read
+# until the test resumes it: the copy cannot end before the test acts.
+# (No extents, so that the copy's first request is a read, issued once
+# TARGET.incomplete exists.)  held_reads waits until reads are held.
+start_held_source () {
+    psock="$(new_socket)"
+    start_nbdkit src --filter=noextents --filter=pause pattern 1G \
+        pause-control="$psock"
+    pause_ctl "$psock" p
+}
+held_reads () {
+    wait_for "reads of the copy held by the paused source" \
+        "grep -q 'debug: pause: pread' '$d/src.log'"
+}
+
 @test "nbdbackup pull: SIGINT stops the copy, leaves TARGET.incomplete" {
-    start_nbdkit src --filter=delay pattern 1G delay-read=100ms
+    start_held_source
     nbdbackup pull --json "$src_uri" "$d/out.img" >"$d/json" 2>"$d/err" &
     pid=$!
-    for _ in $(seq 100); do
-        [ -e "$d/out.img.incomplete" ] && break
-        sleep 0.05
-    done
-    sleep 0.3
+    held_reads
+    [ -e "$d/out.img.incomplete" ]
     kill -INT "$pid"
     status=0; wait "$pid" || status=$?
     cat "$d/err"
@@ -281,15 +293,19 @@ export_to_file () { nbdcopy "$1" "$2"; }
 }
 
 @test "nbdbackup pull: the source server dying mid-copy is an error" {
-    start_nbdkit src --filter=delay pattern 1G delay-read=100ms
+    start_held_source
     nbdbackup pull "$src_uri" "$d/out.img" 2>"$d/err" &
     pid=$!
-    sleep 0.5
-    kill "$src_pid"
+    held_reads
+    # Dies with reads in flight (SIGTERM would wait for them).
+    kill -9 "$src_pid"
     status=0; wait "$pid" || status=$?
     cat "$d/err"
     [ "$status" -eq 1 ]
+    # (closed or reset, as the kernel has it)
+    grep -q '^nbdbackup: source: ' "$d/err"
     [ ! -e "$d/out.img" ]
+    [ -e "$d/out.img.incomplete" ]
 }
 
 @test "nbdbackup pull: --progress draws a bar, cleared at the end" {

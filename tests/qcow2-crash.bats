@@ -22,14 +22,19 @@ crash_one () {
     head -c 8M /dev/urandom > a.raw
     # Flushed data in the first half (nbdcopy flushes before exiting).
     nbdkit -U - "$QCOW2_PLUGIN" file=t.qcow2 --run 'nbdcopy a.raw "$uri"'
-    # Writes confined to the second half, killed part way.
+    # Writes confined to the second half, killed part way: once they
+    # have begun to allocate clusters (the image grows), and long
+    # before the writer could run out of requests.
     truncate -s 8M model.raw
+    local size0
+    size0="$(stat -c %s t.qcow2)"
     start_nbdkit srv --filter=offset "$QCOW2_PLUGIN" file=t.qcow2 \
         offset=8M range=8M
-    pitwriter --quiet --seed 3 --ops 100000 --max-len 64K --model model.raw \
+    pitwriter --quiet --seed 3 --ops 100000000 --max-len 64K --model model.raw \
         "$srv_uri" >/dev/null 2>&1 &
     local writer=$!
-    sleep 1
+    wait_for "writes allocating clusters in t.qcow2" \
+        '[ "$(stat -c %s t.qcow2)" -gt "$size0" ]'
     kill -9 "$srv_pid"
     wait "$writer" || :
     run qemu-img check -r all t.qcow2

@@ -10,11 +10,11 @@
 #undef NDEBUG
 #include <assert.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "gate.h"
 #include "registry.h"
@@ -62,17 +62,21 @@ test_registry (void)
   assert (registry_instance () != NULL);
 }
 
-/* Gate: writers run in parallel; a closed gate has none inside. */
+/* Gate: writers run in parallel; a closed gate has none inside.
+ * Writers run until the closer is done, and the closer waits for a
+ * write to get through between two closes, so the two always
+ * interleave, whatever the scheduler does (no sleeps).
+ */
 static atomic_int inside;
 static atomic_int closed_flag;
 static atomic_int violations;
+static atomic_int passed;       /* writes through the gate so far */
+static atomic_int stop;
 
 static void *
 writer (void *arg)
 {
-  int i;
-
-  for (i = 0; i < 20000; ++i) {
+  while (!atomic_load (&stop)) {
     GATE_FOR_CURRENT_SCOPE ();
     gate_enter ();              /* nested entry from a second filter */
     atomic_fetch_add (&inside, 1);
@@ -80,6 +84,7 @@ writer (void *arg)
       atomic_fetch_add (&violations, 1);
     atomic_fetch_sub (&inside, 1);
     gate_leave ();
+    atomic_fetch_add (&passed, 1);
   }
   return NULL;
 }
@@ -93,14 +98,18 @@ test_gate (void)
   for (i = 0; i < 4; ++i)
     assert (pthread_create (&t[i], NULL, writer, NULL) == 0);
   for (i = 0; i < 200; ++i) {
+    int seen = atomic_load (&passed);
+
     gate_close ();
     atomic_store (&closed_flag, 1);
     assert (atomic_load (&inside) == 0);
     assert (gate_writes_in_flight () == 0);
     atomic_store (&closed_flag, 0);
     gate_open ();
-    usleep (100);
+    while (atomic_load (&passed) == seen)
+      sched_yield ();
   }
+  atomic_store (&stop, 1);
   for (i = 0; i < 4; ++i)
     pthread_join (t[i], NULL);
   assert (atomic_load (&violations) == 0);
