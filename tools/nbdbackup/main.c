@@ -47,7 +47,7 @@ static const struct subcommand subcommands[] = {
   { "pull", pull_main,
     "copy an NBD export to a raw file, a qcow2 image or an NBD URI" },
   { "status", status_main,
-    "print a server's version, filters, jobs and snapshots" },
+    "print a server's version, filters, jobs, snapshots, bitmaps" },
   { "snapshot", snapshot_main,
     "start or stop a point-in-time snapshot (fleece filter)" },
   { "backup", backup_main,
@@ -58,6 +58,8 @@ static const struct subcommand subcommands[] = {
     "cancel a backup job" },
   { "set-speed", set_speed_main,
     "change a backup job's speed limit" },
+  { "bitmap", bitmap_main,
+    "add, remove, clear, enable, disable, merge or list dirty bitmaps" },
   { "control", control_main,
     "send raw JSON requests to a control socket, print the replies" },
   { NULL, NULL, NULL }

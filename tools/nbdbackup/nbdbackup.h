@@ -45,6 +45,7 @@ extern int cancel_main (int argc, char *argv[]);
 extern int set_speed_main (int argc, char *argv[]);
 extern int wait_main (int argc, char *argv[]);
 extern int control_main (int argc, char *argv[]);
+extern int bitmap_main (int argc, char *argv[]);  /* dirty-bitmap.c */
 
 /* wait.c: jobs, shared with backup --wait and cancel. */
 struct control;
