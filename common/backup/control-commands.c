@@ -316,6 +316,7 @@ query_status_cmd (json_object *args, json_object **ret,
   json_object *o = json_object_new_object ();
   json_object *jobs = json_object_new_array ();
   json_object *snaps = json_object_new_array ();
+  json_object *bitmaps = json_object_new_array ();
 
   json_object_object_add (o, "version",
                           json_object_new_string (PACKAGE_VERSION));
@@ -325,8 +326,10 @@ query_status_cmd (json_object *args, json_object **ret,
                           json_object_new_int64 (gate_writes_in_flight ()));
   registry_foreach_described ("job", describe_into, jobs);
   registry_foreach_described ("snapshot", describe_into, snaps);
+  registry_foreach_described ("bitmap", describe_into, bitmaps);
   json_object_object_add (o, "jobs", jobs);
   json_object_object_add (o, "snapshots", snaps);
+  json_object_object_add (o, "bitmaps", bitmaps);
   *ret = o;
   return 0;
 }

@@ -6,7 +6,7 @@
 /* nbdbackup status SOCKET [--json]
  *
  * query-status, printed for people (version, filters, jobs,
- * snapshots) or, with --json, as the server's return value.  The
+ * snapshots, bitmaps) or, with --json, as the server's return value.  The
  * human form shows only the members it knows and skips missing ones,
  * so it keeps working when filters add members.
  */
@@ -32,7 +32,8 @@ status_usage (const char *cmd)
           "\n"
           "Print the state of the nbdkit server whose control socket is "
           "SOCKET:\n"
-          "its version and filters, every backup job and every snapshot.\n"
+          "its version and filters, every backup job, snapshot and dirty "
+          "bitmap.\n"
           "\n"
           "      --json                print the server's query-status "
           "reply as JSON\n"
@@ -107,6 +108,39 @@ print_snapshot (json_object *s)
     printf ("  error: %s\n", err);
 }
 
+static void
+print_bitmap (json_object *b)
+{
+  json_object *v;
+  bool recording = false, busy = false, inconsistent = false;
+  int64_t count = json_get_int64 (b, "count", -1);
+  int64_t gran = json_get_int64 (b, "granularity", -1);
+  char a[32];
+
+  if (json_object_object_get_ex (b, "recording", &v))
+    recording = json_object_get_boolean (v);
+  if (json_object_object_get_ex (b, "busy", &v))
+    busy = json_object_get_boolean (v);
+  if (json_object_object_get_ex (b, "inconsistent", &v))
+    inconsistent = json_object_get_boolean (v);
+
+  printf ("bitmap %s: %s", json_get_string (b, "name", "?"),
+          recording ? "recording" : "disabled");
+  if (count >= 0) {
+    format_size (a, sizeof a, count);
+    printf (", %s dirty", a);
+  }
+  if (gran >= 0) {
+    format_size (a, sizeof a, gran);
+    printf (", granularity %s", a);
+  }
+  if (busy)
+    printf (", busy");
+  if (inconsistent)
+    printf (", inconsistent");
+  putchar ('\n');
+}
+
 /* Print each element of array member key of o with fn, or "KEY:
  * none".
  */
@@ -150,6 +184,7 @@ print_status (json_object *o)
     printf ("writes in flight: %" PRIi64 "\n", wif);
   print_list (o, "jobs", print_job);
   print_list (o, "snapshots", print_snapshot);
+  print_list (o, "bitmaps", print_bitmap);
 }
 
 int
