@@ -223,3 +223,31 @@ a-much-longer-name      1048576  yes               1048576  no    no" ]
     [ "$(jq -c '[.bitmaps[] | [.name, .count, .granularity, .recording]]' <<<"$output")" = \
       '[["b0",102400,4096,true],["b1",0,65536,false]]' ]
 }
+
+@test "nbdbackup bitmap: a busy bitmap is listed so and refused" {
+    requires qemu-io
+    start_nbdkit srv --filter="$dirtybitmap" --filter="$(filter_path fleece)" \
+        file "$d/disk.img" fleece-snapshot=on-command fleece-store="$d" \
+        dirtybitmap-control="$ctlsock"
+    run -0 nbdbackup bitmap add "$ctlsock" b0
+    write_head 70000
+    run -0 nbdbackup control "$ctlsock" '{"execute":"transaction","arguments":{"actions":[
+        {"type":"block-dirty-bitmap-disable","data":{"name":"b0"}},
+        {"type":"snapshot-start"}]}}'
+    # Hold the dirty export open: the bitmap is busy until it closes.
+    mkfifo "$d/fifo"
+    qemu-io -r -f raw "nbd+unix:///dirty:b0?socket=$srv_sock" \
+        <"$d/fifo" >/dev/null & q=$!
+    exec 7>"$d/fifo"
+    wait_for "bitmap b0 busy" '[ "$(field b0 busy)" = true ]'
+    run -0 nbdbackup bitmap list "$ctlsock"
+    [ "${lines[1]}" = "b0          65536  no                 131072  yes   no" ]
+    run -0 nbdbackup status "$ctlsock"
+    [ "${lines[5]}" = "bitmap b0: disabled, 128.0 KiB dirty, granularity 64.0 KiB, busy" ]
+    run -3 nbdbackup bitmap remove "$ctlsock" b0
+    [ "$output" = "nbdbackup: block-dirty-bitmap-remove: bitmap 'b0' is busy (a dirty export is open on it): it cannot be removed (GenericError)" ]
+    exec 7>&-
+    wait $q
+    wait_for "bitmap b0 no longer busy" '[ "$(field b0 busy)" = false ]'
+    run -0 nbdbackup bitmap remove "$ctlsock" b0
+}
