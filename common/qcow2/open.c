@@ -90,9 +90,14 @@ qcow2_open_depth (const char *path, const struct qcow2_open_options *opts,
   /* Never blocks on a FIFO (a backing file named by an image could be
    * one); anything but a regular file or a block device is refused.
    */
-  img->fd = open_regular_file (depth == 0 ? "qcow2 image" : "backing file",
-                               path, img->readonly ? O_RDONLY : O_RDWR,
-                               OPEN_ALLOW_BLOCKDEV);
+  if (depth == 0 && opts->target_param)
+    img->fd = open_regular_file (opts->target_param, path,
+                                 img->readonly ? O_RDONLY : O_RDWR,
+                                 OPEN_NOFOLLOW);
+  else
+    img->fd = open_regular_file (depth == 0 ? "qcow2 image" : "backing file",
+                                 path, img->readonly ? O_RDONLY : O_RDWR,
+                                 OPEN_ALLOW_BLOCKDEV);
   if (img->fd == -1)
     goto err;
   if (fstat (img->fd, &st) == -1) {

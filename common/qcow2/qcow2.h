@@ -42,6 +42,13 @@ struct qcow2_open_options {
   const char *backing;
   const char *backing_format;           /* "raw", "qcow2" or NULL */
   unsigned max_depth;                   /* chain depth limit, 0 = 64 */
+  /* An existing target (set by the target library, never for images
+   * a user names to the plugin, where a symlink is normal): refuse a
+   * symlink or anything but a regular file at path, so that what was
+   * checked with lstat is what gets opened for writing.  Messages
+   * then name the image "TARGET_PARAM PATH".
+   */
+  const char *target_param;
 };
 
 /* Open a qcow2 image (and its backing chain).  NULL on error. */

@@ -172,7 +172,10 @@ backing_path (const char *path, const char *backing)
 static int
 open_existing (const char *param, struct qcow2_target *qt, uint64_t size)
 {
-  struct qcow2_open_options oo = { .policy = QCOW2_BACKING_ANY };
+  struct qcow2_open_options oo = {
+    .policy = QCOW2_BACKING_ANY,
+    .target_param = param,      /* no symlink: see target_existing */
+  };
   uint64_t isize;
 
   qt->img = qcow2_open (qt->t.name, &oo);

@@ -20,7 +20,9 @@
 #include <unistd.h>
 
 #include "nbdkit-stubs.h"
+#include "qcow2.h"
 #include "target.h"
+#include "target-internal.h"
 
 static char dir[] = "/tmp/test-target.XXXXXX";
 
@@ -155,6 +157,50 @@ test_life (enum target_format format, const char *name)
   free (p); free (inc); free (victim);
 }
 
+static char last_error[512];
+
+static void
+save_error (const char *msg)
+{
+  snprintf (last_error, sizeof last_error, "%s", msg);
+}
+
+/* An existing qcow2 target swapped for a symlink after target_check's
+ * lstat (the open itself is called here, as if the swap had happened
+ * in between) is refused, never followed.
+ */
+static void
+test_qcow2_symlink (void)
+{
+  char *victim = path ("victim.qcow2"), *link = path ("link.qcow2");
+  char *expect;
+  struct qcow2_create_options co = { .size = 1 << 20 };
+  struct target_options o = { .format = TARGET_QCOW2 };
+  struct stat st;
+
+  assert (qcow2_create (victim, &co) == 0);
+  assert (symlink (victim, link) == 0);
+  stub_error_hook = save_error;
+  assert (target_qcow2_open ("t", link, EXISTING_FILE, 1 << 20, &o) == NULL);
+  stub_error_hook = NULL;
+  assert (asprintf (&expect, "t %s: is a symbolic link, not a regular file",
+                    link) != -1);
+  assert (strcmp (last_error, expect) == 0);
+  /* Nothing renamed or created beside either name. */
+  assert (lstat (link, &st) == 0 && S_ISLNK (st.st_mode));
+  assert (lstat (victim, &st) == 0 && S_ISREG (st.st_mode));
+  free (expect);
+  assert (asprintf (&expect, "%s.incomplete", victim) != -1);
+  assert (lstat (expect, &st) == -1 && errno == ENOENT);
+  free (expect);
+  assert (asprintf (&expect, "%s.incomplete", link) != -1);
+  assert (lstat (expect, &st) == -1 && errno == ENOENT);
+  free (expect);
+
+  unlink (link); unlink (victim);
+  free (link); free (victim);
+}
+
 int
 main (void)
 {
@@ -163,6 +209,7 @@ main (void)
   test_checks ();
   test_life (TARGET_RAW, "b.img");
   test_life (TARGET_QCOW2, "b.qcow2");
+  test_qcow2_symlink ();
   assert (rmdir (dir) == 0);
   return 0;
 }
