@@ -89,25 +89,12 @@ dirty_backup_begin (const char *name, uint64_t size,
 {
   struct dirty_bitmap *b;
 
-  /* Refuse before marking the file in use: a refused backup changes
-   * nothing (a crash then would make every bitmap inconsistent).
+  /* Beginning changes no bit, so it does not mark the file in use:
+   * the saved bits stay right until dirty_backup_end takes some away
+   * (or a write adds some).  So a server whose start fails after this
+   * (nbdkit 1.32 then runs no .unload to save the file) leaves the
+   * file as it was, not every bitmap inconsistent.
    */
-  {
-    ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&dirty_lock);
-
-    b = dirty_find_locked (name);
-    if (b == NULL) {
-      dirty_not_found_locked (name, err);
-      return NULL;
-    }
-    if (backup_check_locked (b, err) == -1)
-      return NULL;
-  }
-  if (dirty_before_change () == -1) {
-    control_fail (err, CONTROL_GENERIC_ERROR,
-                  "cannot mark the bitmap file in use: %s", strerror (errno));
-    return NULL;
-  }
   {
     ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&dirty_lock);
 
@@ -144,10 +131,14 @@ dirty_backup_end (struct dirty_bitmap *b, bool success, enum dirty_mode mode,
 {
   struct bitmap *bm = &b->bits;
 
-  /* A backup only takes bits away: if the in-use flag cannot be set,
-   * the file's older bits are a superset and still safe, so go on.
+  /* Mark the file in use only if bits go away (writes recorded
+   * meanwhile marked it already).  A backup only takes bits away: if
+   * the in-use flag cannot be set, the file's older bits are a
+   * superset and still safe, so go on.
    */
-  dirty_before_change ();
+  if ((success && mode != DIRTY_MODE_NEVER) ||
+      (!success && mode == DIRTY_MODE_ALWAYS && copied))
+    dirty_before_change ();
 
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&dirty_lock);
   if (!b->inconsistent) {

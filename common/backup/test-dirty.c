@@ -252,8 +252,23 @@ test_hook_and_invalidation (void)
   hook_fails = true;
   errno = 0;
   assert (dirty_mark (0, 1) == -1 && errno == EROFS);
-  assert (dirty_backup_begin ("g4k", DISK, &err) == NULL);
-  hook_fails = false;
+  /* Beginning a backup changes no bit, nor does a failed one that
+   * keeps them: neither marks the file in use (so a server whose
+   * start fails keeps its sidecar as it was).  Taking bits away does.
+   */
+  {
+    struct dirty_bitmap *b;
+    unsigned calls = hook_calls;
+
+    assert ((b = dirty_backup_begin ("g4k", DISK, &err)) != NULL);
+    dirty_backup_end (b, false, DIRTY_MODE_NEVER, NULL, NULL);
+    assert (hook_calls == calls);
+    hook_fails = false;
+    assert ((b = dirty_backup_begin ("g4k", DISK, &err)) != NULL);
+    assert (hook_calls == calls);
+    dirty_backup_end (b, true, DIRTY_MODE_ON_SUCCESS, NULL, NULL);
+    assert (hook_calls == calls + 1);
+  }
   dirty_set_change_hook (NULL);
 
   /* A write past the end: nobody can say what changed any more. */
