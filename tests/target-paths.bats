@@ -114,10 +114,13 @@ cbw_run () {
     [[ "$output" == *"fleece-store: $d/store.link: is a symbolic link, not a regular file or directory"* ]]
     cmp "$d/victim" "$d/victim.orig"
 
-    # A file path is created 0600 (and removed at the end).
+    # A file path is created 0600 (and removed at the end).  With
+    # --run, nbdkit 1.32 starts the command before .after_fork makes
+    # the store: a first request waits for the server to be ready.
     run -0 timeout 60 nbdkit -U - --filter="$fleece" file "$d/disk.img" \
         fleece-store="$d/store.file" \
-        --run 'stat -c %a '"$d/store.file"' > '"$d/mode"
+        --run 'nbdinfo --size "$uri" >/dev/null &&
+               stat -c %a '"$d/store.file"' > '"$d/mode"
     [ "$(cat "$d/mode")" = 600 ]
 }
 
