@@ -5,7 +5,7 @@
 # nbdbackup's control subcommands against real servers: status,
 # snapshot start/stop (a pull of the snapshot equals the disk at the
 # start instant), the raw control passthrough, backup jobs of the cbw
-# filter (backup, wait, cancel, set-speed: the backup equals the disk
+# filter (push, wait, cancel, set-speed: the backup equals the disk
 # at the backup-start instant), and the exit statuses 1, 2, 3 and 4.
 
 load helpers
@@ -156,19 +156,19 @@ EOF
     [[ "$output" == "nbdbackup snapshot: expected 'start' or 'stop', got 'pause'"* ]]
     run -2 nbdbackup snapshot start
     [[ "$output" == "nbdbackup snapshot: missing SOCKET"* ]]
-    run -2 nbdbackup backup /tmp/x
-    [[ "$output" == "nbdbackup backup: missing --target"* ]]
-    run -2 nbdbackup backup /tmp/x --target=t --sync=sometimes
+    run -2 nbdbackup push /tmp/x
+    [[ "$output" == "nbdbackup push: missing --target"* ]]
+    run -2 nbdbackup push /tmp/x --target=t --sync=sometimes
     [[ "$output" == *"--sync: expected full, top, none or incremental, got 'sometimes'"* ]]
-    run -2 nbdbackup backup /tmp/x --target=t --backing-format=vmdk
+    run -2 nbdbackup push /tmp/x --target=t --backing-format=vmdk
     [[ "$output" == *"--backing-format: expected raw or qcow2, got 'vmdk'"* ]]
-    run -2 nbdbackup backup /tmp/x --target=t --speed=fast
+    run -2 nbdbackup push /tmp/x --target=t --speed=fast
     [[ "$output" == *"--speed: expected bytes per second"* ]]
-    run -2 nbdbackup backup /tmp/x --target=t --sync=incremental
+    run -2 nbdbackup push /tmp/x --target=t --sync=incremental
     [[ "$output" == *"--sync=incremental needs --bitmap"* ]]
-    run -2 nbdbackup backup /tmp/x --target=t --bitmap-mode=never
+    run -2 nbdbackup push /tmp/x --target=t --bitmap-mode=never
     [[ "$output" == *"--bitmap-mode needs --bitmap"* ]]
-    run -2 nbdbackup backup /tmp/x --target=t --json
+    run -2 nbdbackup push /tmp/x --target=t --json
     [[ "$output" == *"need --wait"* ]]
     run -2 nbdbackup set-speed /tmp/x job0
     [[ "$output" == "nbdbackup set-speed: missing RATE"* ]]
@@ -183,12 +183,12 @@ EOF
     run -2 nbdbackup control /tmp/x '[1,2]'
     [[ "$output" == *"not a JSON object: [1,2]"* ]]
     # Every subcommand has --help, and the top-level help lists them.
-    for sub in status snapshot backup wait cancel set-speed control; do
+    for sub in status snapshot push wait cancel set-speed control; do
         run -0 nbdbackup "$sub" --help
         [[ "$output" == "Usage: nbdbackup $sub "* ]]
     done
     run -0 nbdbackup --help
-    for sub in status snapshot backup wait cancel set-speed control; do
+    for sub in status snapshot push wait cancel set-speed control; do
         [[ "$output" == *"  $sub "* ]]
     done
 }
@@ -239,12 +239,12 @@ EOF
     [[ "$output" == *": failed, "*"  error: "*"No space left on device"* ]]
 }
 
-@test "nbdbackup backup: the backup is the disk at the backup-start instant" {
+@test "nbdbackup push: the backup is the disk at the backup-start instant" {
     requires qemu-io jq
     start_cbw
     cp "$d/disk.img" "$d/instant.img"
     # Slowly, so that the writes below land while the job runs.
-    run -0 nbdbackup backup "$ctlsock" --target="$d/backup.img" \
+    run -0 nbdbackup push "$ctlsock" --target="$d/backup.img" \
         --job-id=b1 --speed=1M
     [ -z "$output" ]
     qemu-io -f raw "$srv_uri" -c "write -P 0x22 0 32M" >/dev/null
@@ -268,12 +268,12 @@ EOF
     [[ "$output" == *"job b1: completed, "*" (100%)"* ]]
 }
 
-@test "nbdbackup backup --wait: a relative qcow2 target, the server names the job" {
+@test "nbdbackup push --wait: a relative qcow2 target, the server names the job" {
     requires qemu-img jq
     start_cbw
     cp "$d/disk.img" "$d/instant.img"
     cd "$d"
-    run -0 nbdbackup backup --target=rel.qcow2 --format=qcow2 --wait \
+    run -0 nbdbackup push --target=rel.qcow2 --format=qcow2 --wait \
         --json --no-progress "$ctlsock"
     [ "${#lines[@]}" -eq 1 ]
     [ "$(jq -r '.status' <<<"$output")" = completed ]
@@ -306,16 +306,16 @@ EOF
     exec {hold}>&-
 }
 
-@test "nbdbackup backup --wait: night after night on one server" {
+@test "nbdbackup push --wait: night after night on one server" {
     requires jq qemu-io
     start_cbw
     # A refused start uses up no id.
-    run -3 nbdbackup backup --target="$d/no/such/dir/x.img" --wait "$ctlsock"
+    run -3 nbdbackup push --target="$d/no/such/dir/x.img" --wait "$ctlsock"
     # Three nights: each waits on the job its own backup-start made
     # (the server never gives an id twice), not on last night's.
     for night in 1 2 3; do
         cp "$d/disk.img" "$d/instant$night.img"
-        run -0 nbdbackup backup --target="$d/night$night.img" --wait \
+        run -0 nbdbackup push --target="$d/night$night.img" --wait \
             --json --no-progress "$ctlsock"
         [ "$(jq -r '.status' <<<"$output")" = completed ]
         [ "$(jq -r '.target' <<<"$output")" = "$d/night$night.img" ]
@@ -331,7 +331,7 @@ EOF
     start_cbw
     # At 1 byte/s the job cannot end before the cancel, however slow
     # the machine.
-    run -0 nbdbackup backup "$ctlsock" --target="$d/c.img" --job-id=c1 \
+    run -0 nbdbackup push "$ctlsock" --target="$d/c.img" --job-id=c1 \
         --speed=1
     run -0 nbdbackup cancel "$ctlsock"
     [ -z "$output" ]
@@ -342,12 +342,12 @@ EOF
     [ ! -e "$d/c.img" ]
 }
 
-@test "nbdbackup backup --wait: a job that fails exits 4 with its error" {
+@test "nbdbackup push --wait: a job that fails exits 4 with its error" {
     requires jq
     start_cbw
     start_nbdkit tgt --filter=error memory 32M error=ENOSPC \
         error-pwrite-rate=1 error-zero-rate=1
-    run -4 nbdbackup backup "$ctlsock" --target="$tgt_uri" --job-id=f1 \
+    run -4 nbdbackup push "$ctlsock" --target="$tgt_uri" --job-id=f1 \
         --wait --no-progress
     [[ "$output" == *"nbdbackup: job f1 failed: "* ]]
     run -4 --separate-stderr nbdbackup wait --json "$ctlsock" f1
@@ -367,11 +367,11 @@ EOF
     run -3 nbdbackup set-speed "$ctlsock" nope 1M
     [[ "$output" == "nbdbackup: job-set-speed: "*"(DeviceNotFound)" ]]
     # A target the server cannot create.
-    run -3 nbdbackup backup "$ctlsock" --target="$d/no/such/dir/b.img"
+    run -3 nbdbackup push "$ctlsock" --target="$d/no/such/dir/b.img"
     [[ "$output" == "nbdbackup: backup-start: "*"(GenericError)" ]]
     # And on a server without the cbw filter, backup-start is unknown.
     flctl="$(new_socket)"
     start_nbdkit fl --filter="$fleece" memory 1M fleece-control="$flctl"
-    run -3 nbdbackup backup "$flctl" --target="$d/b.img"
+    run -3 nbdbackup push "$flctl" --target="$d/b.img"
     [[ "$output" == "nbdbackup: backup-start: "*"(CommandNotFound)" ]]
 }

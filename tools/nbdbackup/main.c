@@ -50,7 +50,7 @@ static const struct subcommand subcommands[] = {
     "print a server's version, filters, jobs, snapshots, bitmaps" },
   { "snapshot", snapshot_main,
     "start or stop a point-in-time snapshot (fleece filter)" },
-  { "backup", backup_main,
+  { "push", push_main,
     "start a backup job on the server (cbw filter)" },
   { "wait", wait_main,
     "wait for a backup job to end, with a progress bar" },

@@ -40,7 +40,7 @@ extern int pull_main (int argc, char *argv[]);
 /* The control subcommands, one per file (status.c, snapshot.c, ...). */
 extern int status_main (int argc, char *argv[]);
 extern int snapshot_main (int argc, char *argv[]);
-extern int backup_main (int argc, char *argv[]);
+extern int push_main (int argc, char *argv[]);
 extern int cancel_main (int argc, char *argv[]);
 extern int set_speed_main (int argc, char *argv[]);
 extern int wait_main (int argc, char *argv[]);

@@ -3,7 +3,7 @@
  * SPDX-License-Identifier: BSD-3-Clause
  */
 
-/* nbdbackup backup SOCKET --target=T [OPTIONS] [--wait]
+/* nbdbackup push SOCKET --target=T [OPTIONS] [--wait]
  *
  * backup-start on nbdkit-cbw-filter's control socket: a push backup
  * that the server runs.  Each option becomes the argument of the same
@@ -43,7 +43,7 @@
 #include "control.h"
 
 static void
-backup_usage (const char *cmd)
+push_usage (const char *cmd)
 {
   printf ("Usage: %s [OPTIONS] SOCKET --target=TARGET\n"
           "\n"
@@ -159,7 +159,7 @@ started_job_id (struct control *ctl, json_object *reply, char **ret)
 }
 
 int
-backup_main (int argc, char *argv[])
+push_main (int argc, char *argv[])
 {
   enum {
     OPT_CLUSTER_SIZE = 256, OPT_SPEED, OPT_WORKERS, OPT_ON_ERROR,
@@ -300,7 +300,7 @@ backup_main (int argc, char *argv[])
     case OPT_PROGRESS: progress = 1; break;
     case OPT_NO_PROGRESS: progress = 0; break;
     default:
-      r = common_option (c, cmd, backup_usage);
+      r = common_option (c, cmd, push_usage);
       if (r != -1)
         return r;
     }
