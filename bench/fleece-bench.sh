@@ -16,6 +16,9 @@
 # (b) through the fleece filter (snapshot at start, store in the bench
 #     directory) while `nbdbackup pull` copies the snapshot export into
 #     the slow target;
+# (b') the same with fleece-discard-source=true and `nbdbackup pull
+#     --discard-source`, which gives the store back behind the copy
+#     (bench/fleece-discard-bench.sh measures that at full speed);
 # (c) through the cbw filter (cbw-sync=full) pushing straight into the
 #     slow target.
 #
@@ -141,11 +144,13 @@ writer () {
         stop src
         return
         ;;
-    fleece)
+    fleece|fleece-discard)
         slow_target
         serve src --filter="$fleece" file "$src" fleece-store="$data" \
-            fleece-control="$socks/ctl"
+            fleece-control="$socks/ctl" \
+            fleece-discard-source=$([ "$setup" = fleece ] && echo false || echo true)
         "$nbdbackup" pull --json --progress \
+            $([ "$setup" = fleece ] || echo --discard-source) \
             "nbd+unix:///snapshot?socket=$src_sock" "$tgt_uri" \
             >"$data/pull.json" 2>"$data/pull.err" &
         pull_pid=$!
@@ -160,6 +165,7 @@ writer () {
         fi
         "$nbdbackup" status --json "$socks/ctl" >"$data/ctl.json"
         note="$note; store $(mib "$(field store-used "$data/ctl.json")") MiB"
+        note="$note (peak $(mib "$(field store-peak "$data/ctl.json")"))"
         t0=$(now)
         lift_rate
         wait "$pull_pid" || { echo "pull failed: $(cat "$data/pull.err")" >&2; exit 1; }
@@ -214,7 +220,7 @@ for wl in "rand 4K write QD16:--pattern rand --bs 4K --qd 16" \
     writer plain $args                   # warm-up
     restore
     base=""
-    for setup in plain fleece cbw; do
+    for setup in plain fleece fleece-discard cbw; do
         # shellcheck disable=SC2086
         writer "$setup" $args
         [ "$setup" != plain ] || restore
@@ -223,6 +229,7 @@ for wl in "rand 4K write QD16:--pattern rand --bs 4K --qd 16" \
         case "$setup" in
         plain)  label="file plugin, no backup" ;;
         fleece) label="fleece + nbdbackup pull" ;;
+        fleece-discard) label="fleece + pull --discard" ;;
         cbw)    label="cbw sync=full, push" ;;
         esac
         out '%-19s %-23s %9s %8s %9s %9s %6s  %s\n' "$name" "$label" \
