@@ -600,7 +600,8 @@ fleece_can_fua (nbdkit_next *next, void *handle)
 }
 
 /* With discard-source, tell readers the granularity a trim must have
- * to free anything: one cluster (partial clusters stay).
+ * to free anything: one cluster (partial clusters stay).  Where the
+ * plugin states no limits, reads keep the conventional 32M maximum.
  */
 static int
 fleece_block_size (nbdkit_next *next, void *handle, uint32_t *minimum,
@@ -612,12 +613,11 @@ fleece_block_size (nbdkit_next *next, void *handle, uint32_t *minimum,
     return 0;
   if (*minimum == 0) {
     *minimum = 1;
-    *maximum = 0xffffffff;
+    *preferred = 4096;
+    *maximum = 32 * 1024 * 1024;
   }
-  if (*preferred < cluster_size)
+  if (*preferred < cluster_size && *maximum >= cluster_size)
     *preferred = cluster_size;
-  if (*maximum < *preferred)
-    *maximum = 0xffffffff;
   return 0;
 }
 
