@@ -46,7 +46,9 @@
 # Environment: SIZE (disk size, default 2G), SECONDS_PER (writer
 # seconds, default 8), RATE (target rate in bits per second, default
 # 50M), REPEAT (measured snapshot reads of each kind, best kept,
-# default 2), TMPDIR (where the disks go, default /var/tmp).  Needs
+# default 2), WREPS (runs of each fleece setup in (2), order
+# alternating, medians printed when more than 1; default 1), TMPDIR
+# (where the disks go, default /var/tmp).  Needs
 # about 4 * SIZE of free space.
 here="$(cd "$(dirname "$0")" && pwd)"
 . "$here/lib.sh"
@@ -54,6 +56,7 @@ SIZE="${SIZE:-2G}"
 SECS="${SECONDS_PER:-8}"
 RATE="${RATE:-50M}"
 REPEAT="${REPEAT:-2}"
+WREPS="${WREPS:-1}"
 fleece="$abs_top_builddir/filters/fleece/.libs/nbdkit-fleece-filter.so"
 cbw="$abs_top_builddir/filters/cbw/.libs/nbdkit-cbw-filter.so"
 requires nbdkit nbdcopy cmp numfmt
@@ -207,12 +210,28 @@ writer () {
     restore
 }
 
+label () {
+    case "$1" in
+    plain)  echo "file plugin, no backup" ;;
+    fleece) echo "fleece + nbdbackup pull" ;;
+    fleece-discard) echo "fleece + pull --discard" ;;
+    cbw)    echo "cbw sync=full, push" ;;
+    esac
+}
+# median_range V...: "median (min-max)".
+median_range () {
+    printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 }
+        END { m = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2;
+              printf "%g (%g-%g)", m, v[1], v[NR] }'
+}
+
 out '\n(2) writers for %s s each on the %s disk, the backup target\n' "$SECS" "$SIZE"
 out '    limited to rate=%s (warm cache, a warm-up run of each workload\n' "$RATE"
 out '    first; ratio = MiB/s over the file plugin'"'"'s)\n\n'
 out '%-19s %-23s %9s %8s %9s %9s %6s  %s\n' workload setup "MiB/s" IOPS \
     "p50 us" "p99 us" ratio "backup when the writer ended"
 checks=()
+declare -A M
 for wl in "rand 4K write QD16:--pattern rand --bs 4K --qd 16" \
           "seq 1M write QD4:--pattern seq --bs 1M --qd 4"; do
     name="${wl%%:*}" args="${wl#*:}"
@@ -220,24 +239,35 @@ for wl in "rand 4K write QD16:--pattern rand --bs 4K --qd 16" \
     writer plain $args                   # warm-up
     restore
     base=""
-    for setup in plain fleece fleece-discard cbw; do
+    # The two fleece setups WREPS times, their order alternating.
+    setups=(plain)
+    for ((rep = 0; rep < WREPS; rep++)); do
+        if ((rep % 2)); then setups+=(fleece-discard fleece)
+        else setups+=(fleece fleece-discard); fi
+    done
+    setups+=(cbw)
+    M=()
+    for setup in "${setups[@]}"; do
         # shellcheck disable=SC2086
         writer "$setup" $args
         [ "$setup" != plain ] || restore
         m=$(field mib_per_s "$data/j")
         [ -n "$base" ] || base="$m"
-        case "$setup" in
-        plain)  label="file plugin, no backup" ;;
-        fleece) label="fleece + nbdbackup pull" ;;
-        fleece-discard) label="fleece + pull --discard" ;;
-        cbw)    label="cbw sync=full, push" ;;
-        esac
-        out '%-19s %-23s %9s %8s %9s %9s %6s  %s\n' "$name" "$label" \
+        M[$setup]+="$m "
+        out '%-19s %-23s %9s %8s %9s %9s %6s  %s\n' "$name" "$(label "$setup")" \
             "$m" "$(field iops "$data/j")" "$(field lat_us_p50 "$data/j")" \
             "$(field lat_us_p99 "$data/j")" "$(ratio "$m" "$base")" "$note"
-        [ -z "$check" ] || checks+=("${wl%%:*}, $label: $check")
+        [ -z "$check" ] || checks+=("${wl%%:*}, $(label "$setup"): $check")
         name=""
     done
+    if ((WREPS > 1)); then
+        for setup in fleece fleece-discard; do
+            # shellcheck disable=SC2086
+            out '%-19s %-23s %s MiB/s median (min-max) of %s, ratio %s\n' "" \
+                "$(label "$setup")" "$(median_range ${M[$setup]})" "$WREPS" \
+                "$(ratio "$(median_range ${M[$setup]} | cut -d' ' -f1)" "$base")"
+        done
+    fi
 done
 
 out '\ncorrectness (rate limit lifted after the writer, backup finished,\n'
