@@ -16,6 +16,9 @@
 # (b) through the fleece filter (snapshot at start, store in the bench
 #     directory) while `nbdbackup pull` copies the snapshot export into
 #     the slow target;
+# (b') the same with fleece-discard-source=true and `nbdbackup pull
+#     --discard-source`, which gives the store back behind the copy
+#     (bench/fleece-discard-bench.sh measures that at full speed);
 # (c) through the cbw filter (cbw-sync=full) pushing straight into the
 #     slow target.
 #
@@ -43,7 +46,9 @@
 # Environment: SIZE (disk size, default 2G), SECONDS_PER (writer
 # seconds, default 8), RATE (target rate in bits per second, default
 # 50M), REPEAT (measured snapshot reads of each kind, best kept,
-# default 2), TMPDIR (where the disks go, default /var/tmp).  Needs
+# default 2), WREPS (runs of each fleece setup in (2), order
+# alternating, medians printed when more than 1; default 1), TMPDIR
+# (where the disks go, default /var/tmp).  Needs
 # about 4 * SIZE of free space.
 here="$(cd "$(dirname "$0")" && pwd)"
 . "$here/lib.sh"
@@ -51,6 +56,7 @@ SIZE="${SIZE:-2G}"
 SECS="${SECONDS_PER:-8}"
 RATE="${RATE:-50M}"
 REPEAT="${REPEAT:-2}"
+WREPS="${WREPS:-1}"
 fleece="$abs_top_builddir/filters/fleece/.libs/nbdkit-fleece-filter.so"
 cbw="$abs_top_builddir/filters/cbw/.libs/nbdkit-cbw-filter.so"
 requires nbdkit nbdcopy cmp numfmt
@@ -141,11 +147,13 @@ writer () {
         stop src
         return
         ;;
-    fleece)
+    fleece|fleece-discard)
         slow_target
         serve src --filter="$fleece" file "$src" fleece-store="$data" \
-            fleece-control="$socks/ctl"
+            fleece-control="$socks/ctl" \
+            fleece-discard-source=$([ "$setup" = fleece ] && echo false || echo true)
         "$nbdbackup" pull --json --progress \
+            $([ "$setup" = fleece ] || echo --discard-source) \
             "nbd+unix:///snapshot?socket=$src_sock" "$tgt_uri" \
             >"$data/pull.json" 2>"$data/pull.err" &
         pull_pid=$!
@@ -160,6 +168,7 @@ writer () {
         fi
         "$nbdbackup" status --json "$socks/ctl" >"$data/ctl.json"
         note="$note; store $(mib "$(field store-used "$data/ctl.json")") MiB"
+        note="$note (peak $(mib "$(field store-peak "$data/ctl.json")"))"
         t0=$(now)
         lift_rate
         wait "$pull_pid" || { echo "pull failed: $(cat "$data/pull.err")" >&2; exit 1; }
@@ -201,12 +210,28 @@ writer () {
     restore
 }
 
+label () {
+    case "$1" in
+    plain)  echo "file plugin, no backup" ;;
+    fleece) echo "fleece + nbdbackup pull" ;;
+    fleece-discard) echo "fleece + pull --discard" ;;
+    cbw)    echo "cbw sync=full, push" ;;
+    esac
+}
+# median_range V...: "median (min-max)".
+median_range () {
+    printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 }
+        END { m = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2;
+              printf "%g (%g-%g)", m, v[1], v[NR] }'
+}
+
 out '\n(2) writers for %s s each on the %s disk, the backup target\n' "$SECS" "$SIZE"
 out '    limited to rate=%s (warm cache, a warm-up run of each workload\n' "$RATE"
 out '    first; ratio = MiB/s over the file plugin'"'"'s)\n\n'
 out '%-19s %-23s %9s %8s %9s %9s %6s  %s\n' workload setup "MiB/s" IOPS \
     "p50 us" "p99 us" ratio "backup when the writer ended"
 checks=()
+declare -A M
 for wl in "rand 4K write QD16:--pattern rand --bs 4K --qd 16" \
           "seq 1M write QD4:--pattern seq --bs 1M --qd 4"; do
     name="${wl%%:*}" args="${wl#*:}"
@@ -214,23 +239,35 @@ for wl in "rand 4K write QD16:--pattern rand --bs 4K --qd 16" \
     writer plain $args                   # warm-up
     restore
     base=""
-    for setup in plain fleece cbw; do
+    # The two fleece setups WREPS times, their order alternating.
+    setups=(plain)
+    for ((rep = 0; rep < WREPS; rep++)); do
+        if ((rep % 2)); then setups+=(fleece-discard fleece)
+        else setups+=(fleece fleece-discard); fi
+    done
+    setups+=(cbw)
+    M=()
+    for setup in "${setups[@]}"; do
         # shellcheck disable=SC2086
         writer "$setup" $args
         [ "$setup" != plain ] || restore
         m=$(field mib_per_s "$data/j")
         [ -n "$base" ] || base="$m"
-        case "$setup" in
-        plain)  label="file plugin, no backup" ;;
-        fleece) label="fleece + nbdbackup pull" ;;
-        cbw)    label="cbw sync=full, push" ;;
-        esac
-        out '%-19s %-23s %9s %8s %9s %9s %6s  %s\n' "$name" "$label" \
+        M[$setup]+="$m "
+        out '%-19s %-23s %9s %8s %9s %9s %6s  %s\n' "$name" "$(label "$setup")" \
             "$m" "$(field iops "$data/j")" "$(field lat_us_p50 "$data/j")" \
             "$(field lat_us_p99 "$data/j")" "$(ratio "$m" "$base")" "$note"
-        [ -z "$check" ] || checks+=("${wl%%:*}, $label: $check")
+        [ -z "$check" ] || checks+=("${wl%%:*}, $(label "$setup"): $check")
         name=""
     done
+    if ((WREPS > 1)); then
+        for setup in fleece fleece-discard; do
+            # shellcheck disable=SC2086
+            out '%-19s %-23s %s MiB/s median (min-max) of %s, ratio %s\n' "" \
+                "$(label "$setup")" "$(median_range ${M[$setup]})" "$WREPS" \
+                "$(ratio "$(median_range ${M[$setup]} | cut -d' ' -f1)" "$base")"
+        done
+    fi
 done
 
 out '\ncorrectness (rate limit lifted after the writer, backup finished,\n'

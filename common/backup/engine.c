@@ -53,6 +53,15 @@
  * counted in in_flight until finished, so the job can wait for all
  * of them (engine_quiesce) before it finishes or closes the target.
  *
+ * Discard (engine_discard, fleece's discard-source): a snapshot reader
+ * that is done with whole clusters drops them from the snapshot.  They
+ * become CLEAN, which for a reader means "not in the snapshot" (its
+ * reads of them fail), and a writer copies nothing for them.  A
+ * cluster being copied is waited for first; then the discard waits
+ * for every reader registered on those clusters (readers of the
+ * target register too, unlike what writers wait for), so that the
+ * caller can free the target's copy with nobody reading it.
+ *
  * The timed copy lives in engine-timed.c; engine-impl.h, private to
  * the two files, holds struct engine.  Everyone else goes through the
  * locked calls of engine.h.
@@ -599,13 +608,22 @@ snapshot_gone_locked (struct engine *e, int *err)
   return -1;
 }
 
-/* Lock held: is cluster c's data on the source (PENDING, COPYING)? */
-static inline bool
-on_source_locked (struct engine *e, uint64_t c)
-{
-  unsigned s = bitmap_get_blk (&e->state, c, CLUSTER_CLEAN);
+/* Where cluster c's point-in-time data is, for readers. */
+enum where { ON_SOURCE = 1, ON_TARGET = 0, GONE = 2 };
 
-  return s == CLUSTER_PENDING || s == CLUSTER_COPYING;
+/* Lock held. */
+static inline enum where
+where_locked (struct engine *e, uint64_t c)
+{
+  switch (bitmap_get_blk (&e->state, c, CLUSTER_CLEAN)) {
+  case CLUSTER_PENDING:
+  case CLUSTER_COPYING:
+    return ON_SOURCE;
+  case CLUSTER_COPIED:
+    return ON_TARGET;
+  default:
+    return GONE;              /* Not protected: nobody kept it. */
+  }
 }
 
 int
@@ -616,22 +634,23 @@ engine_reader_begin (struct engine *e, struct engine_reader *r,
   uint64_t c = offset >> e->cluster_bits;
   uint64_t c1 = ((end - 1) >> e->cluster_bits) + 1;
   uint64_t ce;
-  bool src;
+  enum where w;
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&e->lock);
 
   if (!atomic_load (&e->active) || e->broken)
     return snapshot_gone_locked (e, err);
-  src = on_source_locked (e, c);
-  for (ce = c + 1; ce < c1 && on_source_locked (e, ce) == src; ++ce)
+  w = where_locked (e, c);
+  for (ce = c + 1; ce < c1 && where_locked (e, ce) == w; ++ce)
     ;
   *stop = MIN (end, ce << e->cluster_bits);
-  if (!src)
-    return 0;
+  if (w == GONE)
+    return w;
   r->c0 = c;
   r->c1 = ce;
+  r->on_source = w == ON_SOURCE;
   r->next = e->readers;
   e->readers = r;
-  return 1;
+  return w;
 }
 
 int
@@ -669,8 +688,48 @@ engine_wait_readers (struct engine *e, uint64_t offset, uint64_t count)
   if (!atomic_load (&e->active) || e->broken)
     return;
   for (r = e->readers; r; r = r->next)
+    if (r->on_source && r->c0 < c1 && c0 < r->c1) {
+      pthread_cond_wait (&e->cond, &e->lock);
+      goto again;
+    }
+}
+
+bool
+engine_discard (struct engine *e, uint64_t offset, uint64_t count,
+                uint64_t *start, uint64_t *len)
+{
+  /* Only whole clusters: the rest of a partly covered one may still
+   * be read.  The last cluster may be short.
+   */
+  uint64_t c0 = (offset + e->cluster_size - 1) >> e->cluster_bits;
+  uint64_t c1 = offset + count >= e->size ? e->nr_clusters
+    : (offset + count) >> e->cluster_bits;
+  uint64_t kept, bytes;
+  struct engine_reader *r;
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&e->lock);
+
+  if (count == 0 || c0 >= c1)
+    return false;
+  /* A copy in flight still writes the target: let it end. */
+  while (bitmap_find (&e->state, c0, c1, CLUSTER_COPYING) < c1)
+    pthread_cond_wait (&e->cond, &e->lock);
+  kept = c1 - c0 - bitmap_count (&e->state, c0, c1, CLUSTER_CLEAN);
+  bytes = kept << e->cluster_bits;
+  if (c1 == e->nr_clusters &&
+      bitmap_get_blk (&e->state, c1 - 1, CLUSTER_CLEAN) != CLUSTER_CLEAN)
+    bytes -= (c1 << e->cluster_bits) - e->size;   /* A short last one. */
+  e->stats.bytes_discarded += bytes;
+  e->pending -= bitmap_count (&e->state, c0, c1, CLUSTER_PENDING);
+  bitmap_set_range (&e->state, c0, c1, CLUSTER_CLEAN);
+  pthread_cond_broadcast (&e->cond);
+  /* New readers find them gone; wait for those already reading. */
+ again:
+  for (r = e->readers; r; r = r->next)
     if (r->c0 < c1 && c0 < r->c1) {
       pthread_cond_wait (&e->cond, &e->lock);
       goto again;
     }
+  *start = c0 << e->cluster_bits;
+  *len = MIN (c1 << e->cluster_bits, e->size) - *start;
+  return true;
 }

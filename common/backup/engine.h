@@ -44,6 +44,7 @@ struct engine_stats {
   uint64_t writes_failed;       /* Writes failed with EIO (fail-write). */
   uint64_t copy_timeouts;       /* Copy-before-writes that timed out. */
   uint64_t write_waits;         /* Writes that waited for others' copies. */
+  uint64_t bytes_discarded;     /* Dropped from the snapshot (discard). */
 };
 
 /* The engine's state is private to engine.c and engine-timed.c
@@ -51,14 +52,16 @@ struct engine_stats {
  */
 struct engine;
 
-/* A reader of source clusters [c0, c1) (see snapshot.h): while
- * registered, writes to those clusters wait (after their
- * copy-before-write), so the reader sees point-in-time data.  Lives
- * on the reader's stack.
+/* A snapshot reader of clusters [c0, c1) (see snapshot.h).  While
+ * registered on the source, writes to those clusters wait (after
+ * their copy-before-write), so the reader sees point-in-time data;
+ * registered on the target, engine_discard waits for it before the
+ * caller frees the target's copy.  Lives on the reader's stack.
  */
 struct engine_reader {
   struct engine_reader *next;
   uint64_t c0, c1;
+  bool on_source;
 };
 
 /* A new engine for a disk of size bytes, copying to target (which the
@@ -168,10 +171,12 @@ extern bool engine_range_copied (struct engine *e, uint64_t offset,
 
 /* For snapshot readers (snapshot.c): look at the snapshot from offset
  * (below end).  Sets *stop to the end of the run of bytes whose
- * clusters are alike: all still on the source, or all on the target.
- * Returns 1 for the source, with r registered on the run (call
- * engine_reader_end after reading it); 0 for the target; -1 with *err
- * = EIO (reported) if the snapshot is broken or stopped.
+ * clusters are alike: all still on the source, all on the target, or
+ * all no longer in the snapshot (never protected, or discarded).
+ * Returns 1 for the source and 0 for the target, with r registered on
+ * the run (call engine_reader_end after reading it); 2 for clusters
+ * not in the snapshot (nothing registered, nothing reported); -1 with
+ * *err = EIO (reported) if the snapshot is broken or stopped.
  */
 extern int engine_reader_begin (struct engine *e, struct engine_reader *r,
                                 uint64_t offset, uint64_t end,
@@ -190,5 +195,18 @@ extern int engine_reader_end (struct engine *e, struct engine_reader *r,
  */
 extern void engine_wait_readers (struct engine *e, uint64_t offset,
                                  uint64_t count);
+
+/* A snapshot reader is done with [offset, offset+count) (NBD trim on
+ * fleece's snapshot export, QEMU's discard-source): drop every cluster
+ * wholly inside it (or reaching the disk's end) from the snapshot.
+ * They are no longer protected (later writes to them copy nothing)
+ * and later snapshot reads of them fail.  Waits for copies in flight
+ * and for snapshot readers registered on those clusters, so once it
+ * returns nobody uses the target's copy of [*start, *start+*len):
+ * the caller may free it.  Returns false (nothing to free) if no
+ * whole cluster is inside.
+ */
+extern bool engine_discard (struct engine *e, uint64_t offset,
+                            uint64_t count, uint64_t *start, uint64_t *len);
 
 #endif /* NBDKIT_BACKUP_ENGINE_H */

@@ -16,6 +16,11 @@
  * readers under its lock (engine_reader_begin/_end); this file only
  * walks the runs.
  *
+ * A run of clusters no longer in the snapshot (a reader discarded
+ * them: engine_discard) fails a read with EPERM; extents stop before
+ * it.  Readers of the store register too, so that a discard never
+ * frees store space under them.
+ *
  * If the snapshot breaks (the store failed or filled up) or stops
  * while a read is under way, writers no longer wait; so every source
  * read checks afterwards that the snapshot is still whole and fails
@@ -34,6 +39,18 @@
 #include "minmax.h"
 #include "snapshot.h"
 
+/* Report a read of clusters that a reader discarded. */
+static int
+discarded (struct engine *e, uint64_t offset, uint64_t stop, int *err)
+{
+  nbdkit_error ("%s: the snapshot's data at offset %" PRIu64 " (%" PRIu64
+                " bytes) was discarded by a reader (discard-source): "
+                "it can no longer be read", engine_name (e), offset,
+                stop - offset);
+  *err = EPERM;
+  return -1;
+}
+
 int
 engine_snapshot_pread (struct engine *e, nbdkit_next *next, void *buf,
                        uint32_t count, uint64_t offset, int *err)
@@ -49,6 +66,8 @@ engine_snapshot_pread (struct engine *e, nbdkit_next *next, void *buf,
     src = engine_reader_begin (e, &me, offset, end, &stop, err);
     if (src == -1)
       return -1;
+    if (src == 2)
+      return discarded (e, offset, stop, err);
     n = stop - offset;
     if (src) {
       r = next->pread (next, p, n, offset, 0, err);
@@ -62,10 +81,12 @@ engine_snapshot_pread (struct engine *e, nbdkit_next *next, void *buf,
     else {
       struct target *t = engine_target (e);
 
-      if (t->ops->pread (t, p, n, offset) == -1) {
+      r = t->ops->pread (t, p, n, offset);
+      if (r == -1)
         *err = errno ? errno : EIO;
+      engine_reader_end (e, &me, NULL);
+      if (r == -1)
         return -1;
-      }
     }
     p += n;
     offset += n;
@@ -74,8 +95,8 @@ engine_snapshot_pread (struct engine *e, nbdkit_next *next, void *buf,
 }
 
 /* Add the extents of copied clusters [offset, stop): zero and data as
- * the store says.  Their state cannot change any more, so no lock is
- * needed.
+ * the store says.  The caller is registered as their reader, so no
+ * discard changes them meanwhile.
  */
 static int
 add_stored_extents (struct engine *e, uint64_t offset, uint64_t stop,
@@ -115,7 +136,7 @@ engine_snapshot_extents (struct engine *e, nbdkit_next *next,
                          bool (*stored_zero) (void *, uint64_t, uint64_t),
                          void *opaque, int *err)
 {
-  uint64_t end = offset + count;
+  uint64_t start = offset, end = offset + count;
   bool req_one = flags & NBDKIT_FLAG_REQ_ONE;
 
   while (offset < end) {
@@ -126,6 +147,11 @@ engine_snapshot_extents (struct engine *e, nbdkit_next *next,
     src = engine_reader_begin (e, &me, offset, end, &stop, err);
     if (src == -1)
       return -1;
+    if (src == 2) {
+      if (offset == start)
+        return discarded (e, offset, stop, err);
+      break;                    /* Extents up to there. */
+    }
     n = stop - offset;
     if (src) {
       struct nbdkit_extents *x;
@@ -150,9 +176,17 @@ engine_snapshot_extents (struct engine *e, nbdkit_next *next,
       }
       nbdkit_extents_free (x);
     }
-    else if (add_stored_extents (e, offset, stop, extents, stored_zero,
-                                 opaque, err) == -1)
-      return -1;
+    else {
+      /* Registered while looking at the store's holes: a discard
+       * must not punch new ones meanwhile.
+       */
+      int r = add_stored_extents (e, offset, stop, extents, stored_zero,
+                                  opaque, err);
+
+      engine_reader_end (e, &me, NULL);
+      if (r == -1)
+        return -1;
+    }
     offset += n;
     if (req_one)
       break;

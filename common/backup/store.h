@@ -37,7 +37,15 @@ extern int target_store_check (const char *param, const char *where);
 extern bool target_store_is_hole (void *store, uint64_t offset,
                                   uint64_t count);
 
-/* Bytes of data the store holds now. */
+/* Bytes of data the store holds now, and the most it has held. */
 extern uint64_t target_store_used (struct target *t);
+extern uint64_t target_store_peak (struct target *t);
+
+/* Give back the space of [offset, offset+len), which nobody reads or
+ * writes any more (engine_discard said so): it no longer counts as
+ * used, and reads as zeros.
+ */
+extern void target_store_punch (struct target *t, uint64_t offset,
+                                 uint64_t len);
 
 #endif /* NBDKIT_BACKUP_STORE_H */

@@ -10,6 +10,13 @@
  * (known_zero), and a hole is how the store says "zeros" to extents.
  * Finishing the store (the snapshot ends) truncates it, giving the
  * space back at once, whoever still holds the file open.
+ *
+ * Discard (fleece-discard-source) punches holes where clusters left
+ * the snapshot: their space goes back to the file system at once and
+ * stops counting as used, so the cap limits what is held now.  The
+ * bytes freed are the data SEEK_DATA finds there, which is what was
+ * written (whole clusters, never rewritten).  Where punching is not
+ * supported the space stays taken, and counted, until the end.
  */
 
 #include <config.h>
@@ -29,6 +36,7 @@
 
 #include "cleanup.h"
 #include "files.h"
+#include "minmax.h"
 #include "store.h"
 
 struct store {
@@ -37,7 +45,29 @@ struct store {
   bool remove_path;             /* Created at a named path: unlink it. */
   uint64_t limit;
   atomic_uint_fast64_t used;
+  atomic_uint_fast64_t peak;    /* The most used has been. */
+  atomic_bool no_punch;         /* Punching failed: don't retry. */
 };
+
+/* Account count more bytes held. */
+static int
+add_used (struct store *s, uint64_t count)
+{
+  uint64_t now = atomic_fetch_add (&s->used, count) + count;
+  uint64_t peak = atomic_load (&s->peak);
+
+  if (s->limit && now > s->limit) {
+    atomic_fetch_sub (&s->used, count);
+    errno = ENOSPC;
+    nbdkit_error ("fleece store is full: it may hold %" PRIu64 " bytes",
+                  s->limit);
+    return -1;
+  }
+  while (now > peak &&
+         !atomic_compare_exchange_weak (&s->peak, &peak, now))
+    ;
+  return 0;
+}
 
 static int
 store_pwrite (struct target *t, const void *buf, uint32_t count,
@@ -46,18 +76,8 @@ store_pwrite (struct target *t, const void *buf, uint32_t count,
   struct store *s = (struct store *) t;
   const char *p = buf;
 
-  if (s->limit) {
-    uint64_t before = atomic_fetch_add (&s->used, count);
-    if (before + count > s->limit) {
-      atomic_fetch_sub (&s->used, count);
-      errno = ENOSPC;
-      nbdkit_error ("fleece store is full: it may hold %" PRIu64 " bytes",
-                    s->limit);
-      return -1;
-    }
-  }
-  else
-    atomic_fetch_add (&s->used, count);
+  if (add_used (s, count) == -1)
+    return -1;
 
   while (count > 0) {
     ssize_t r = pwrite (s->fd, p, count, offset);
@@ -162,6 +182,8 @@ target_store_open (const char *param, const char *where, uint64_t size,
   s->fd = -1;
   s->limit = limit;
   atomic_init (&s->used, 0);
+  atomic_init (&s->peak, 0);
+  atomic_init (&s->no_punch, false);
 
   if (stat (where, &st) == 0 && S_ISDIR (st.st_mode)) {
     s->fd = open (where, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
@@ -255,4 +277,54 @@ uint64_t
 target_store_used (struct target *t)
 {
   return atomic_load (&((struct store *) t)->used);
+}
+
+uint64_t
+target_store_peak (struct target *t)
+{
+  return atomic_load (&((struct store *) t)->peak);
+}
+
+/* Bytes of data in [offset, end) of the store's file. */
+static uint64_t
+data_bytes (struct store *s, uint64_t offset, uint64_t end)
+{
+  uint64_t n = 0;
+
+  while (offset < end) {
+    off_t d = lseek (s->fd, offset, SEEK_DATA), h;
+
+    if (d == -1 || (uint64_t) d >= end)
+      break;                    /* ENXIO: no data up to EOF. */
+    h = lseek (s->fd, d, SEEK_HOLE);
+    if (h == -1)
+      h = end;
+    n += MIN ((uint64_t) h, end) - d;
+    offset = h;
+  }
+  return n;
+}
+
+void
+target_store_punch (struct target *t, uint64_t offset, uint64_t len)
+{
+  struct store *s = (struct store *) t;
+  uint64_t n, used;
+
+  if (len == 0 || atomic_load (&s->no_punch))
+    return;
+  n = data_bytes (s, offset, offset + len);
+  if (n == 0)
+    return;
+  if (fallocate (s->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                 offset, len) == -1) {
+    nbdkit_debug ("fleece store: cannot punch holes (%m): discarded "
+                  "clusters keep their space until the snapshot ends");
+    atomic_store (&s->no_punch, true);
+    return;
+  }
+  used = atomic_load (&s->used);
+  while (!atomic_compare_exchange_weak (&s->used, &used,
+                                        used - MIN (n, used)))
+    ;
 }

@@ -741,6 +741,83 @@ test_readers_and_writers (void)
   engine_free (e);
 }
 
+/* Discard: whole clusters leave the snapshot (reads fail, writes copy
+ * nothing); a discard waits for a reader still reading them.
+ */
+static void *
+held_reader_10 (void *vp)
+{
+  struct reader *r = vp;
+  int err = 0;
+
+  block_source_reads = true;
+  r->result = engine_snapshot_pread (r->e, next, r->buf, CLUSTER,
+                                     10 * CLUSTER, &err);
+  return NULL;
+}
+
+static void *
+discarder (void *vp)
+{
+  uint64_t start, len;
+
+  assert (engine_discard (vp, 10 * CLUSTER, CLUSTER, &start, &len));
+  /* The held reader must be done before the store may be freed. */
+  pthread_mutex_lock (&source_lock);
+  assert (held_read_done);
+  pthread_mutex_unlock (&source_lock);
+  return NULL;
+}
+
+static void
+test_discard (void)
+{
+  struct engine *e = setup (CBW_BREAK_SNAPSHOT, 0);
+  static struct reader r;
+  static char buf[SIZE];
+  struct engine_stats st;
+  uint64_t start, len, pending;
+  bool broken;
+  pthread_t rt, dt;
+  int err = 0;
+
+  assert (guest_write (e, 3 * CLUSTER, 10, 'D') == 0);      /* Copied. */
+  assert (!engine_discard (e, 1, CLUSTER, &start, &len));   /* Partial. */
+  assert (engine_discard (e, CLUSTER / 2, 6 * CLUSTER - CLUSTER / 2,
+                          &start, &len));
+  assert (start == CLUSTER && len == 5 * CLUSTER);
+  assert (engine_snapshot_pread (e, next, buf, CLUSTER, 0, &err) == 0);
+  assert (memcmp (buf, oracle, CLUSTER) == 0);
+  assert (engine_snapshot_pread (e, next, buf, 2, 2 * CLUSTER - 1,
+                                 &err) == -1 && err == EPERM);
+  expect_error ("test: the snapshot's data at offset 8191 (2 bytes) was "
+                "discarded by a reader (discard-source): it can no longer "
+                "be read");
+  assert (guest_write (e, 4 * CLUSTER, 10, 'E') == 0);
+  assert (mt.writes[4] == 0);                     /* No copy. */
+  /* The last cluster, not a byte of it less. */
+  assert (!engine_discard (e, SIZE - 1, 1, &start, &len));
+  assert (engine_discard (e, SIZE - CLUSTER, CLUSTER, &start, &len));
+  assert (start == SIZE - CLUSTER && len == CLUSTER);
+
+  /* A reader held on cluster 10's source holds up its discard. */
+  r.e = e;
+  pthread_create (&rt, NULL, held_reader_10, &r);
+  gate_wait_arrived (&source_gate, 1);
+  pthread_create (&dt, NULL, discarder, e);
+  gate_open (&source_gate);
+  pthread_join (rt, NULL);
+  pthread_join (dt, NULL);
+  assert (r.result == 0 && memcmp (r.buf, oracle + 10 * CLUSTER,
+                                   CLUSTER) == 0);
+
+  /* 3 copied; 1, 2, 4, 5, 10 and 63 pending no more; 7 gone. */
+  st = stats (e, &pending, &broken);
+  assert (!broken && st.bytes_discarded == 7 * CLUSTER);
+  assert (pending == NR_CLUSTERS - 7);
+  engine_free (e);
+}
+
 /* The engine asks for extents only when use_extents is true, which
  * these tests never set; snapshot extents are not tested here.
  */
@@ -775,6 +852,7 @@ main (void)
   test_timeout_fail_write ();
   test_snapshot_readers ();
   test_readers_and_writers ();
+  test_discard ();
   printf ("test-engine: all passed\n");
   return 0;
 }

@@ -25,6 +25,16 @@
  * writer's request always goes on, snapshot readers get EIO from then
  * on.  The writer is never failed for the sake of the snapshot.
  *
+ * Discard-source (fleece-discard-source=true, QEMU 9.1's discard-source
+ * of snapshot-access): a reader done with a range says so with NBD
+ * trim on the snapshot export.  The whole clusters inside it leave the
+ * snapshot (engine_discard): writers stop protecting them, their store
+ * space is punched out, and reads of them fail with EPERM.  To accept
+ * trim, nbdkit must see the export as writable; writes and
+ * write-zeroes to it are refused with EPERM (as QEMU's snapshot-access
+ * refuses them), so the snapshot never changes.  Without the
+ * parameter the export is read-only, as before.
+ *
  * Export names: "" (the live disk) and the snapshot export; any other
  * name is refused (common/backup/exports.h says why) unless a filter
  * of the suite below serves it or fleece-exports=passthrough.
@@ -54,6 +64,7 @@
 #include "ispowerof2.h"
 #include "registry.h"
 #include "snapshot.h"
+#include "snapshot-export.h"
 #include "store.h"
 
 /* Lock order: see lock-order.h. */
@@ -68,6 +79,7 @@ static uint64_t store_limit;                    /* fleece-store-limit */
 static unsigned cluster_size = 65536;           /* fleece-cluster-size */
 static bool start_at_start = true;              /* fleece-snapshot */
 static bool passthrough;                        /* fleece-exports */
+static bool discard_source;                     /* fleece-discard-source */
 
 /* Opened in .after_fork, closed in .cleanup: to learn the size. */
 static nbdkit_next *size_next;
@@ -153,6 +165,13 @@ fleece_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
     }
     return 0;
   }
+  else if (strcmp (key, "fleece-discard-source") == 0) {
+    int r = nbdkit_parse_bool (value);
+    if (r == -1)
+      return -1;
+    discard_source = r;
+    return 0;
+  }
   else if (strcmp (key, "fleece-exports") == 0)
     return exports_parse_policy ("fleece-exports", value, &passthrough);
   else if (strcmp (key, "fleece-control") == 0)
@@ -191,6 +210,9 @@ fleece_config_complete (nbdkit_next_config_complete *next,
   "fleece-cluster-size=<N>   Copy granularity (default 64K).\n" \
   "fleece-snapshot=at-start|on-command\n" \
   "                          When the snapshot is taken (default at-start).\n" \
+  "fleece-discard-source=<BOOL>\n" \
+  "                          Snapshot readers may trim what they have read\n" \
+  "                          (default false).\n" \
   "fleece-exports=strict|passthrough\n" \
   "                          Refuse unknown export names (default strict).\n" \
   "fleece-control=<SOCKET>   The server's control socket."
@@ -277,9 +299,15 @@ describe_snapshot (void *unused)
                             json_object_new_int64 (st.bytes_copied));
     json_object_object_add (o, "store-used",
                             json_object_new_int64 (target_store_used (store)));
+    json_object_object_add (o, "store-peak",
+                            json_object_new_int64 (target_store_peak (store)));
+    json_object_object_add (o, "bytes-discarded",
+                            json_object_new_int64 (st.bytes_discarded));
     free (error);
   }
   json_object_object_add (o, "store-limit", json_object_new_int64 (store_limit));
+  json_object_object_add (o, "discard-source",
+                          json_object_new_boolean (discard_source));
   json_object_object_add (o, "snapshots-taken",
                           json_object_new_int64 (snapshots_taken));
   pthread_rwlock_unlock (&snap_lock);
@@ -429,6 +457,14 @@ fleece_cleanup (nbdkit_backend *backend)
   }
 }
 
+/* The snapshot export's description (snapshot-export.h). */
+static const char *
+snapshot_description (void)
+{
+  return discard_source ? SNAPSHOT_EXPORT_DESCRIPTION_DISCARD
+    : SNAPSHOT_EXPORT_DESCRIPTION;
+}
+
 /* May a request for exportname (not the snapshot export) go down? */
 static bool
 passes_down (const char *exportname)
@@ -473,8 +509,7 @@ fleece_list_exports (nbdkit_next_list_exports *next, nbdkit_backend *nxdata,
     return -1;
   if (check_export (export_name, &err) == -1)
     return 0;                   /* No snapshot: opening it would fail. */
-  return nbdkit_add_export (exports, export_name,
-                            "point-in-time snapshot (read-only)");
+  return nbdkit_add_export (exports, export_name, snapshot_description ());
 }
 
 static void *
@@ -526,10 +561,64 @@ fleece_close (void *handle)
 #define SNAPSHOT_OR(h, value, otherwise) \
   (((struct handle *) (h))->snapshot ? (value) : (otherwise))
 
+static const char *
+fleece_export_description (nbdkit_next *next, void *handle)
+{
+  return SNAPSHOT_OR (handle, snapshot_description (),
+                      next->export_description (next));
+}
+
+/* The snapshot export is writable only for trim (discard-source). */
 static int
 fleece_can_write (nbdkit_next *next, void *handle)
 {
-  return SNAPSHOT_OR (handle, 0, next->can_write (next));
+  return SNAPSHOT_OR (handle, discard_source, next->can_write (next));
+}
+
+static int
+fleece_can_trim (nbdkit_next *next, void *handle)
+{
+  return SNAPSHOT_OR (handle, discard_source, next->can_trim (next));
+}
+
+static int
+fleece_can_zero (nbdkit_next *next, void *handle)
+{
+  return SNAPSHOT_OR (handle, NBDKIT_ZERO_NONE, next->can_zero (next));
+}
+
+static int
+fleece_can_fast_zero (nbdkit_next *next, void *handle)
+{
+  return SNAPSHOT_OR (handle, 0, next->can_fast_zero (next));
+}
+
+static int
+fleece_can_fua (nbdkit_next *next, void *handle)
+{
+  return SNAPSHOT_OR (handle, NBDKIT_FUA_NONE, next->can_fua (next));
+}
+
+/* With discard-source, tell readers the granularity a trim must have
+ * to free anything: one cluster (partial clusters stay).  Where the
+ * plugin states no limits, reads keep the conventional 32M maximum.
+ */
+static int
+fleece_block_size (nbdkit_next *next, void *handle, uint32_t *minimum,
+                   uint32_t *preferred, uint32_t *maximum)
+{
+  if (next->block_size (next, minimum, preferred, maximum) == -1)
+    return -1;
+  if (!((struct handle *) handle)->snapshot || !discard_source)
+    return 0;
+  if (*minimum == 0) {
+    *minimum = 1;
+    *preferred = 4096;
+    *maximum = 32 * 1024 * 1024;
+  }
+  if (*preferred < cluster_size && *maximum >= cluster_size)
+    *preferred = cluster_size;
+  return 0;
 }
 
 static int
@@ -615,10 +704,43 @@ before_write (nbdkit_next *next, uint32_t count, uint64_t offset)
   return 0;
 }
 
+/* Writes reach a snapshot handle only with discard-source. */
+static int
+refuse_snapshot_write (const char *what, int *err)
+{
+  nbdkit_error ("fleece: export %s is a read-only snapshot: %s refused "
+                "(it accepts only trim, to discard what was read)",
+                export_name, what);
+  *err = EPERM;
+  return -1;
+}
+
+/* Trim of the snapshot export: the reader is done with the range. */
+static int
+snapshot_discard (uint32_t count, uint64_t offset, int *err)
+{
+  uint64_t start, len;
+
+  pthread_rwlock_rdlock (&snap_lock);
+  if (engine == NULL) {
+    pthread_rwlock_unlock (&snap_lock);
+    *err = EIO;
+    nbdkit_error ("fleece: the snapshot was stopped");
+    return -1;
+  }
+  if (engine_discard (engine, offset, count, &start, &len))
+    target_store_punch (store, start, len);
+  pthread_rwlock_unlock (&snap_lock);
+  return 0;
+}
+
 static int
 fleece_pwrite (nbdkit_next *next, void *handle, const void *buf,
                uint32_t count, uint64_t offset, uint32_t flags, int *err)
 {
+  if (((struct handle *) handle)->snapshot)
+    return refuse_snapshot_write ("write", err);
+
   GATE_FOR_CURRENT_SCOPE ();
   int r;
 
@@ -633,6 +755,9 @@ static int
 fleece_zero (nbdkit_next *next, void *handle, uint32_t count, uint64_t offset,
              uint32_t flags, int *err)
 {
+  if (((struct handle *) handle)->snapshot)
+    return refuse_snapshot_write ("write-zeroes", err);
+
   GATE_FOR_CURRENT_SCOPE ();
   int r;
 
@@ -647,6 +772,9 @@ static int
 fleece_trim (nbdkit_next *next, void *handle, uint32_t count, uint64_t offset,
              uint32_t flags, int *err)
 {
+  if (((struct handle *) handle)->snapshot)
+    return snapshot_discard (count, offset, err);
+
   GATE_FOR_CURRENT_SCOPE ();
   int r;
 
@@ -671,7 +799,13 @@ static struct nbdkit_filter filter = {
   .list_exports      = fleece_list_exports,
   .open              = fleece_open,
   .close             = fleece_close,
+  .export_description = fleece_export_description,
   .can_write         = fleece_can_write,
+  .can_trim          = fleece_can_trim,
+  .can_zero          = fleece_can_zero,
+  .can_fast_zero     = fleece_can_fast_zero,
+  .can_fua           = fleece_can_fua,
+  .block_size        = fleece_block_size,
   .can_extents       = fleece_can_extents,
   .can_cache         = fleece_can_cache,
   .can_multi_conn    = fleece_can_multi_conn,

@@ -53,6 +53,11 @@
  * is not skipped: it promises zeros, which the backing file may not
  * hold (a qcow2 plugin export's zero clusters over backing data).
  *
+ * --discard-source (discard.c): every range the target has (its
+ * writes acknowledged, or nothing to write) is reported done, and the
+ * loop trims the source behind the copy; the copy ends once the last
+ * trim has completed.
+ *
  * Errors and signals.  The first error, a connection that dies, or
  * SIGINT/SIGTERM stops new work, and the requests in flight are
  * waited for (a dead connection's are failed by libnbd at once) before
@@ -165,6 +170,14 @@ slot_release (struct slot *slot)
   c->busy--;
 }
 
+/* [offset, offset+len) is on the target. */
+static void
+range_done (struct copy *c, uint64_t offset, uint64_t len)
+{
+  if (c->opts.discard && discard_done (c->opts.discard, offset, len) == -1)
+    c->failed = true;
+}
+
 /* Drop one reference on a WRITING slot; the last one retires it. */
 static void
 slot_put (struct slot *slot)
@@ -182,6 +195,7 @@ slot_put (struct slot *slot)
   else {
     c->stats.copied += slot->bytes_data;
     c->stats.zero += slot->bytes_zero;
+    range_done (c, slot->offset, slot->len);
   }
   slot_release (slot);
 }
@@ -474,10 +488,12 @@ fill (struct copy *c)
       return r;
     if (skip) {
       c->stats.skipped += len;
+      range_done (c, offset, len);
       continue;
     }
     if (zero && c->tgt->known_zero) {
       c->stats.zero += len;
+      range_done (c, offset, len);
       continue;
     }
 
@@ -649,6 +665,8 @@ drain_given_up (struct copy *c)
 int
 copy_run (struct copy *c, struct copy_stats *stats)
 {
+  struct discard *d = c->opts.discard;
+
   progress_start (c->stats.total, c->opts.progress);
   for (;;) {
     /* A signal stops new work like an error does. */
@@ -665,8 +683,13 @@ copy_run (struct copy *c, struct copy_stats *stats)
       if (fill (c) == -1)
         c->failed = true;
     } while (c->nr_ready > 0);
+    if (d && !c->failed)
+      discard_kick (d);
 
-    if (c->busy == 0 && (c->failed || c->next >= c->src->size))
+    /* A trim in flight is a request in flight too. */
+    if (c->busy == 0 && !(d && discard_busy (d)) &&
+        (c->failed ||
+         (c->next >= c->src->size && (!d || discard_caught_up (d)))))
       break;
     if (c->failed && drain_given_up (c))
       break;                    /* abandon what is in flight */
@@ -683,6 +706,8 @@ copy_run (struct copy *c, struct copy_stats *stats)
  out:
   progress_end ();
 
+  if (d)
+    c->stats.discarded = discard_bytes (d);
   *stats = c->stats;
   if (c->failed)
     return -1;

@@ -13,6 +13,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "discard.h"
 #include "source.h"
 #include "target.h"
 
@@ -25,6 +26,10 @@ struct copy_options {
    * file (as qemu-img convert -B does).
    */
   bool skip_holes;
+  /* --discard-source: tell the source what the target has (NULL:
+   * don't).
+   */
+  struct discard *discard;
 };
 
 struct copy_stats {
@@ -32,6 +37,7 @@ struct copy_stats {
   uint64_t copied;              /* written to the target as data */
   uint64_t zero;                /* read as zeros, not written as data */
   uint64_t skipped;             /* holes left to the backing file */
+  uint64_t discarded;           /* trimmed on the source */
 };
 
 struct copy;

@@ -38,6 +38,7 @@
 #include "parse.h"
 #include "chain.h"
 #include "copy.h"
+#include "discard.h"
 #include "disconnect.h"
 #include "nbdbackup.h"
 #include "source.h"
@@ -66,6 +67,7 @@ struct pull {
   unsigned connections;
   struct copy_options copy;
   bool json;
+  bool discard_source;          /* --discard-source */
 };
 
 static void
@@ -105,6 +107,13 @@ pull_usage (const char *cmd)
           "qcow2\n"
           "                            overlay of --backing (the previous "
           "backup)\n"
+          "      --discard-source      trim SOURCE-URI behind the copy, "
+          "so that a\n"
+          "                            fleece snapshot gives back its "
+          "store space\n"
+          "                            (needs fleece-discard-source=true; "
+          "the\n"
+          "                            snapshot cannot be read again)\n"
           "\n"
           "Copying:\n"
           "  -C, --connections=N       connections to the source and to an "
@@ -148,7 +157,7 @@ parse_options (int argc, char *argv[], struct pull *p)
   enum {
     OPT_CLUSTER_SIZE = 256, OPT_FORCE, OPT_CHUNK, OPT_PROGRESS,
     OPT_NO_PROGRESS, OPT_JSON, OPT_INCREMENTAL, OPT_FORCE_BREAK_CHAIN,
-    OPT_CONTROL,
+    OPT_CONTROL, OPT_DISCARD_SOURCE,
   };
   static const char short_options[] = "b:C:F:f:hR:v";
   static const struct option long_options[] = {
@@ -158,6 +167,7 @@ parse_options (int argc, char *argv[], struct pull *p)
     { "cluster-size",   required_argument, NULL, OPT_CLUSTER_SIZE },
     { "connections",    required_argument, NULL, 'C' },
     { "control",        required_argument, NULL, OPT_CONTROL },
+    { "discard-source", no_argument,       NULL, OPT_DISCARD_SOURCE },
     { "force",          no_argument,       NULL, OPT_FORCE },
     { "force-break-chain", no_argument,    NULL, OPT_FORCE_BREAK_CHAIN },
     { "format",         required_argument, NULL, 'f' },
@@ -211,6 +221,9 @@ parse_options (int argc, char *argv[], struct pull *p)
       break;
     case OPT_INCREMENTAL:
       p->copy.skip_holes = true;
+      break;
+    case OPT_DISCARD_SOURCE:
+      p->discard_source = true;
       break;
     case 'C':
       if (!parse_unsigned (optarg, 1, MAX_CONNECTIONS, &p->connections))
@@ -363,6 +376,12 @@ do_pull (struct pull *p, struct copy_stats *stats)
     p->copy.chunk = chunk;
   }
 
+  if (p->discard_source) {
+    p->copy.discard = discard_new (&src);
+    if (p->copy.discard == NULL)
+      goto out;
+  }
+
   p->topts.connections = p->connections;
   tgt = target_open ("target", p->target, src.size, &p->topts);
   if (tgt == NULL)
@@ -398,6 +417,8 @@ do_pull (struct pull *p, struct copy_stats *stats)
     tgt->ops->close (tgt);
   source_close (&src);
   copy_free (c);
+  discard_free (p->copy.discard);
+  p->copy.discard = NULL;
   return r;
 }
 
@@ -437,6 +458,9 @@ print_summary (const struct pull *p, const struct copy_stats *st,
   if (p->copy.skip_holes)
     json_object_object_add (o, "bytes_unchanged",
                             json_object_new_int64 (st->skipped));
+  if (p->discard_source)
+    json_object_object_add (o, "bytes_discarded",
+                            json_object_new_int64 (st->discarded));
   json_object_object_add (o, "seconds", json_fixed (seconds, 3));
   json_object_object_add (o, "mib_per_second",
                           json_fixed (seconds > 0 ? done / MIB / seconds : 0,

@@ -48,6 +48,8 @@ connect_one (const char *uri)
    * zeroing them first.
    */
   nbd_set_pread_initialize (nbd, false);
+  /* The export's description too (pull --discard-source checks it). */
+  nbd_set_full_info (nbd, true);
   if (nbd_add_meta_context (nbd, LIBNBD_CONTEXT_BASE_ALLOCATION) == -1 ||
       nbd_connect_uri (nbd, uri) == -1) {
     nbdkit_error ("source %s: %s", uri, nbd_get_error ());
