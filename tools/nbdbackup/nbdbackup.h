@@ -27,6 +27,7 @@ enum {
   NBDBACKUP_EXIT_USAGE = 2,       /* bad option or missing argument */
   NBDBACKUP_EXIT_REFUSED = 3,     /* the server answered with an error */
   NBDBACKUP_EXIT_JOB_FAILED = 4,  /* the job waited for failed/cancelled */
+  NBDBACKUP_EXIT_BUSY = 5,        /* another command holds the repository */
 };
 
 /* A subcommand: argv[0] is "nbdbackup NAME" (so that getopt's own
