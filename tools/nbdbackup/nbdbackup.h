@@ -48,6 +48,10 @@ extern int wait_main (int argc, char *argv[]);
 extern int control_main (int argc, char *argv[]);
 extern int bitmap_main (int argc, char *argv[]);  /* dirty-bitmap.c */
 
+/* The repository subcommands (repo-*.c). */
+extern int init_main (int argc, char *argv[]);
+extern int list_main (int argc, char *argv[]);
+
 /* wait.c: jobs, shared with backup --wait and cancel. */
 struct control;
 
