@@ -590,6 +590,7 @@ run_backup (struct backup *b)
       e = NBDBACKUP_EXIT_FAILED;
   }
   if (e != NBDBACKUP_EXIT_OK && r->pending) {
+    control_cleanup_mode (b->c);
     if (repo_rollback (r, b->c) == NBDBACKUP_EXIT_OK)
       fprintf (stderr, "%s: the backup failed and was rolled back: the "
                "repository and the server's bitmaps are as they were\n",
