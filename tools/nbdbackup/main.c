@@ -50,6 +50,8 @@ static const struct subcommand subcommands[] = {
     "back up a disk into its repository (full, inc, diff or auto)" },
   { "list", list_main,
     "list the backups of a repository" },
+  { "estimate", estimate_main,
+    "estimate what the next backups of a repository would copy" },
   { "pull", pull_main,
     "copy an NBD export to a raw file, a qcow2 image or an NBD URI" },
   { "status", status_main,

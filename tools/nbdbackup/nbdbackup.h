@@ -52,6 +52,7 @@ extern int bitmap_main (int argc, char *argv[]);  /* dirty-bitmap.c */
 extern int init_main (int argc, char *argv[]);
 extern int list_main (int argc, char *argv[]);
 extern int backup_main (int argc, char *argv[]);
+extern int estimate_main (int argc, char *argv[]);
 
 /* wait.c: jobs, shared with backup --wait and cancel. */
 struct control;
