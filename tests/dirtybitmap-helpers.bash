@@ -14,6 +14,14 @@ bitmaps () {
     jq -r '.return[] | "\(.name) \(.count) \(.granularity) \(.recording) \(.busy) \(.persistent) \(.inconsistent)"' <<<"$r"
 }
 
+# reasons CLIENT: "name: inconsistent-reason" for each inconsistent
+# bitmap.
+reasons () {
+    local r
+    r="$(ctl "$1" '{"execute":"query-bitmaps"}')" || return 1
+    jq -r '.return[] | select(.inconsistent) | "\(.name): \(."inconsistent-reason")"' <<<"$r"
+}
+
 # ranges CLIENT NAME: the dirty ranges as "offset+length" words on
 # one line (empty when clean), or the error's description.
 ranges () {
