@@ -59,3 +59,11 @@ top_ranges () {
                                      else . + [{o: $x.start, l: $x.length}] end) |
                map("\(.o)+\(.l)") | join(" ")'
 }
+
+# untracked_write FILE: change the disk file while no server tracks it
+# (as an offline tool would): its bitmaps then load inconsistent, with
+# the reason untracked_reason FILE prints.
+untracked_write () { touch -d '+1 min' "$1"; }
+untracked_reason () {
+    echo "the disk file $1 was modified while no server tracked it (its mtime is not the one the last server left)"
+}

@@ -23,9 +23,9 @@
  * before it is done: the writes that may have reached the disk.
  *
  * SYNCSHIM_BOOT_ID names a file read in place of the kernel's boot id
- * (a restart "after the power came back").  If SYNCSHIM_FILE.fail-sync
- * exists, the next sync of the sidecar removes it and fails with EIO
- * (the storage failed).
+ * (a restart "after the power came back").  While SYNCSHIM_FILE.fail-sync
+ * exists, syncs of the sidecar fail with EIO (the storage failed): as
+ * many as its size in bytes (at least one), then it is removed.
  *
  * Deliberately simple: writes of the disk are all counted as possibly
  * durable (the check is that each has its bit), and the directory
@@ -129,8 +129,15 @@ sync_fd (int fd, int (*real) (int))
   if (f) {
     char fail[4200];
 
+    struct stat st;
+
     snprintf (fail, sizeof fail, "%s.fail-sync", f);
-    if (unlink (fail) == 0) {
+    if (stat (fail, &st) == 0) {
+      /* Its size counts the syncs that still fail. */
+      if (st.st_size <= 1)
+        unlink (fail);
+      else if (truncate (fail, st.st_size - 1) == -1)
+        abort ();
       errno = EIO;
       return -1;
     }
