@@ -318,6 +318,8 @@ format_parse (const uint8_t *buf, size_t len, struct format_header *h,
 static int
 append (struct format_buf *b, const void *data, size_t n)
 {
+  if (n == 0)
+    return 0;
   if (b->len + n > b->cap) {
     size_t cap = b->cap ? b->cap : 4096;
     uint8_t *p;
@@ -407,7 +409,8 @@ format_end (struct format_writer *w)
   p = w->p = calloc (1, w->len);
   if (p == NULL)
     return -1;
-  memcpy (p + HEADER_SIZE, w->dir.p, w->dir.len);
+  if (w->dir.len)
+    memcpy (p + HEADER_SIZE, w->dir.p, w->dir.len);
   if (w->bits.len)
     memcpy (p + bits_start, w->bits.p, w->bits.len);
   /* Bits offsets become offsets in the file. */
