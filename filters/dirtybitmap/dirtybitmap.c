@@ -18,7 +18,12 @@
  * transaction (which closes the gate) sees it wholly before or wholly
  * after, and a write that fails half way is still marked (a spurious
  * dirty bit costs a copy; a missing one corrupts a backup).  The
- * first change after start waits until the sidecar says "in use".
+ * first change after start waits until the sidecar says "in use" and
+ * is mapped: from then on dirty_mark sets each bit in the sidecar's
+ * shared mapping too, so the bitmaps survive the process dying
+ * (persist.c, persist-map.c).  In power mode, a write that set a new
+ * bit waits until the bit is durable (one fdatasync shared by the
+ * writers waiting) before it goes down.
  *
  * Dirty exports: "dirty:NAME" serves the data of the snapshot export
  * below (fleece's, by default "snapshot") read-only, with extents
