@@ -283,6 +283,11 @@ dirty_mirror_seq (void)
 bool
 dirty_take_rewrite_request (void)
 {
+  /* A load first: every write asks, and an exchange would make them
+   * all fight over the cache line.
+   */
+  if (!__atomic_load_n (&rewrite_wanted, __ATOMIC_ACQUIRE))
+    return false;
   return __atomic_exchange_n (&rewrite_wanted, false, __ATOMIC_ACQ_REL);
 }
 
