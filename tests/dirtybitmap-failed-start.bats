@@ -30,7 +30,7 @@ teardown () {
         --run 'head -c 64K /dev/zero | nbdcopy - "$uri"'
     cp "$d/bitmaps" "$d/bitmaps.before"
     # The sidecar is saved, not in use.
-    [ "$(od -An -tu4 -j12 -N4 "$d/bitmaps" | tr -d ' ')" = 0 ]
+    [ $(( $(od -An -tu4 -j12 -N4 "$d/bitmaps") & 1 )) = 0 ]
 
     # The plugin opens until cbw has made its target (so cbw's start,
     # which begins the backup of b0, succeeds), then refuses: fleece,

@@ -14,6 +14,14 @@ bitmaps () {
     jq -r '.return[] | "\(.name) \(.count) \(.granularity) \(.recording) \(.busy) \(.persistent) \(.inconsistent)"' <<<"$r"
 }
 
+# reasons CLIENT: "name: inconsistent-reason" for each inconsistent
+# bitmap.
+reasons () {
+    local r
+    r="$(ctl "$1" '{"execute":"query-bitmaps"}')" || return 1
+    jq -r '.return[] | select(.inconsistent) | "\(.name): \(."inconsistent-reason")"' <<<"$r"
+}
+
 # ranges CLIENT NAME: the dirty ranges as "offset+length" words on
 # one line (empty when clean), or the error's description.
 ranges () {
@@ -50,4 +58,12 @@ top_ranges () {
                                      then .[-1].l += $x.length
                                      else . + [{o: $x.start, l: $x.length}] end) |
                map("\(.o)+\(.l)") | join(" ")'
+}
+
+# untracked_write FILE: change the disk file while no server tracks it
+# (as an offline tool would): its bitmaps then load inconsistent, with
+# the reason untracked_reason FILE prints.
+untracked_write () { touch -d '+1 min' "$1"; }
+untracked_reason () {
+    echo "the disk file $1 was modified while no server tracked it (its mtime is not the one the last server left)"
 }

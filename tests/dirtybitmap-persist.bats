@@ -2,8 +2,9 @@
 # nbdkit-backup
 # Copyright (C) 2026 the nbdkit-backup authors.  BSD-3-Clause.
 #
-# Persistent bitmaps: kept bit for bit across a clean restart, never
-# trusted after kill -9, and a damaged sidecar file refused at start.
+# Persistent bitmaps: kept bit for bit across a clean restart and
+# across kill -9, not trusted when the disk changed behind the
+# server's back, and a damaged sidecar file refused at start.
 
 load helpers
 load dirtybitmap-helpers
@@ -25,8 +26,8 @@ start_db () {
     ctl_connect C "$ctlsock"
 }
 
-# The sidecar's flags word (1 = in use).
-file_flags () { od -An -tu4 -j12 -N4 "$d/bitmaps" | tr -d ' '; }
+# The sidecar's in-use flag (bit 0 of the flags word): 1 or 0.
+file_flags () { echo $(( $(od -An -tu4 -j12 -N4 "$d/bitmaps") & 1 )); }
 
 # Every bitmap's state and ranges, for comparing.
 snapshot_bitmaps () {
@@ -75,34 +76,67 @@ snapshot_bitmaps () {
     [ "$(snapshot_bitmaps)" = "$after" ]
 }
 
-@test "dirtybitmap: after kill -9 every bitmap is inconsistent and can only be removed" {
+@test "dirtybitmap: after kill -9 every bitmap is consistent and holds its writes" {
     start_db
     run -0 qmp C block-dirty-bitmap-add '{"name":"a"}'
     run -0 qmp C block-dirty-bitmap-add '{"name":"b","granularity":4096,"disabled":true}'
-    io "$srv_uri" "write -P 1 0 1M"
+    run -0 qmp C block-dirty-bitmap-add '{"name":"t","persistent":false}'
+    io "$srv_uri" "write -P 1 0 1M" "write -P 2 5M 4k" "write -z 9M 64k"
+    before="$(snapshot_bitmaps)"
     ctl_close C
     kill -9 "$srv_pid"
     wait "$srv_pid" 2>/dev/null || :
     [ "$(file_flags)" = 1 ]
 
     start_db
+    run -0 snapshot_bitmaps
+    # Every persistent bitmap as it was (the transient one is gone).
+    [ "$output" = "$(grep -v '^t' <<<"$before")" ]
+    run -0 ranges C a
+    [ "$output" = "0+1048576 5242880+65536 9437184+65536" ]
+}
+
+@test "dirtybitmap: a disk changed while no server ran makes the bitmaps inconsistent" {
+    start_db
+    run -0 qmp C block-dirty-bitmap-add '{"name":"a"}'
+    run -0 qmp C block-dirty-bitmap-add '{"name":"b","granularity":4096,"disabled":true}'
+    io "$srv_uri" "write -P 1 0 1M"
+    ctl_close C
+    stop_nbdkit srv
+    # Written behind the server's back (mtime changes).
+    printf x | dd of="$d/disk.img" bs=1 seek=7M conv=notrunc status=none
+    touch -d '+1 min' "$d/disk.img"
+
+    start_db
     run -0 bitmaps C
     [ "$output" = "a 0 65536 true false true true
 b 0 4096 false false true true" ]
+    why="the disk file $d/disk.img was modified while no server tracked it (its mtime is not the one the last server left)"
+    run -0 reasons C
+    [ "$output" = "a: $why
+b: $why" ]
     for op in clear enable disable; do
         run -0 qmp C block-dirty-bitmap-$op '{"name":"a"}'
-        [ "$output" = "error: bitmap 'a' is inconsistent (the server did not stop cleanly while it was in use): it cannot be ${op%e}ed, only removed" ]
+        [ "$output" = "error: bitmap 'a' is inconsistent ($why): it cannot be ${op%e}ed, only removed" ]
     done
     run -0 qmp C block-dirty-bitmap-add '{"name":"c"}'
     run -0 qmp C block-dirty-bitmap-merge '{"target":"c","bitmaps":["a"]}'
     [ "$output" = "error: block-dirty-bitmap-merge: bitmap 'a' is inconsistent: it cannot be merged from, only removed" ]
     run -0 qmp C block-dirty-bitmap-merge '{"target":"a","bitmaps":["c"]}'
-    [ "$output" = "error: bitmap 'a' is inconsistent (the server did not stop cleanly while it was in use): it cannot be merged into, only removed" ]
+    [ "$output" = "error: bitmap 'a' is inconsistent ($why): it cannot be merged into, only removed" ]
     run -0 ranges C b
-    [ "$output" = "error: query-dirty-ranges: bitmap 'b' is inconsistent (the server did not stop cleanly while it was in use): its ranges are unknown; a full backup is needed" ]
+    [ "$output" = "error: query-dirty-ranges: bitmap 'b' is inconsistent ($why): its ranges are unknown; a full backup is needed" ]
     # Writes go on; an inconsistent bitmap never gets bits again.
     io "$srv_uri" "write -P 2 0 64k"
-    # Still inconsistent after a clean restart, until removed.
+    # Still inconsistent (with its reason) after kill -9 and after a
+    # clean restart, until removed.
+    ctl_close C
+    kill -9 "$srv_pid"
+    wait "$srv_pid" 2>/dev/null || :
+    start_db
+    run -0 reasons C
+    [ "$output" = "a: $why
+b: $why" ]
     ctl_close C
     stop_nbdkit srv
     start_db
@@ -110,6 +144,9 @@ b 0 4096 false false true true" ]
     [ "$output" = "a 0 65536 true false true true
 b 0 4096 false false true true
 c 65536 65536 true false true false" ]
+    run -0 reasons C
+    [ "$output" = "a: $why
+b: $why" ]
     run -0 qmp C block-dirty-bitmap-remove '{"name":"a"}'
     [ "$output" = '{}' ]
     run -0 qmp C block-dirty-bitmap-remove '{"name":"b"}'
@@ -136,7 +173,7 @@ a 65536 65536 true false true false" ]
     wait "$srv_pid" 2>/dev/null || :
     start_db
     run -0 bitmaps C
-    [ "$output" = "b1 0 65536 true false true true" ]
+    [ "$output" = "b1 0 65536 true false true false" ]
     ctl_close C
     # Also when the removal is the first change after a clean start.
     stop_nbdkit srv
@@ -175,7 +212,7 @@ a 65536 65536 true false true false" ]
     wait "$srv_pid" 2>/dev/null || :
     start_db
     run -0 bitmaps C
-    [ "$output" = "a 0 65536 true false true true" ]
+    [ "$output" = "a 65536 65536 false false true false" ]
 }
 
 @test "dirtybitmap: a damaged sidecar file stops the server at start" {
@@ -196,6 +233,11 @@ a 65536 65536 true false true false" ]
     cp "$d/good" "$d/bitmaps"
     printf '\x01' | dd of="$d/bitmaps" bs=1 seek=$((size - 10)) conv=notrunc status=none
     try
+    [[ "$output" == *"dirtybitmap-file: $d/bitmaps: checksum mismatch in the bits: the file is corrupt; $hint"* ]]
+    # One in the metadata.
+    cp "$d/good" "$d/bitmaps"
+    printf '\x01' | dd of="$d/bitmaps" bs=1 seek=160 conv=notrunc status=none
+    try
     [[ "$output" == *"dirtybitmap-file: $d/bitmaps: checksum mismatch: the file is corrupt; $hint"* ]]
 
     # Truncated (a half-written copy).
@@ -213,9 +255,9 @@ a 65536 65536 true false true false" ]
 
     # A newer version.
     cp "$d/good" "$d/bitmaps"
-    printf '\x02' | dd of="$d/bitmaps" bs=1 seek=8 conv=notrunc status=none
+    printf '\x03' | dd of="$d/bitmaps" bs=1 seek=8 conv=notrunc status=none
     try
-    [[ "$output" == *"dirtybitmap-file: $d/bitmaps: version 2 is not supported (this filter reads version 1); $hint"* ]]
+    [[ "$output" == *"dirtybitmap-file: $d/bitmaps: version 3 is newer than this filter reads (versions 1 to 2): it was written by a newer nbdkit-backup; $hint"* ]]
 
     # Trailing garbage.
     cp "$d/good" "$d/bitmaps"
@@ -234,8 +276,22 @@ a 65536 65536 true false true false" ]
     ctl_close C
     stop_nbdkit srv
 
-    # And the good file still loads.
+    # The good file still loads, but it is not the file the last
+    # server wrote (that one started over, and might have written the
+    # disk): its bitmaps are not trusted.
     cp "$d/good" "$d/bitmaps"
+    start_db
+    run -0 bitmaps C
+    [ "$output" = "a 0 65536 true false true true
+b 0 65536 true false true true" ]
+    run -0 reasons C
+    [[ "$output" == "a: the bitmap file was replaced: its UUID is "*", but this server last wrote "* ]]
+    ctl_close C
+    stop_nbdkit srv
+    # Without the lock file's record (a new lock file), it loads as
+    # it was saved.
+    cp "$d/good" "$d/bitmaps"
+    rm "$d/bitmaps.lock"
     start_db
     run -0 bitmaps C
     [ "$output" = "a 65536 65536 true false true false
@@ -258,6 +314,24 @@ b 65536 65536 true false true false" ]
     start_db
     run -0 bitmaps C
     [ "$output" = "a 0 65536 true false true true" ]
+    run -0 reasons C
+    [ "$output" = "a: the disk file $d/disk.img changed size while no server tracked it (34603008 bytes; the last server left 33554432)" ]
+    ctl_close C
+    stop_nbdkit srv
+    # A plugin without a disk file (nothing to check): the size says.
+    rm "$d/bitmaps"
+    start_nbdkit srv --filter="$dirtybitmap" memory 32M \
+        dirtybitmap-control="$ctlsock" dirtybitmap-file="$d/bitmaps" \
+        dirtybitmap-add=a
+    ctl_connect C "$ctlsock"
+    io "$srv_uri" "write -P 1 0 64k"
+    ctl_close C
+    stop_nbdkit srv
+    start_nbdkit srv --filter="$dirtybitmap" memory 33M \
+        dirtybitmap-control="$ctlsock" dirtybitmap-file="$d/bitmaps"
+    ctl_connect C "$ctlsock"
+    run -0 reasons C
+    [ "$output" = "a: it was made for a disk of 33554432 bytes, but the disk has 34603008" ]
 }
 
 @test "dirtybitmap: the sidecar and its lock are private regular files" {

@@ -192,18 +192,38 @@ a-much-longer-name      1048576  yes               1048576  no    no" ]
     [ "$output" = "bitmaps: none" ]
 }
 
-@test "nbdbackup bitmap list: an inconsistent bitmap after kill -9" {
+@test "nbdbackup bitmap list: an inconsistent bitmap, and why" {
     start_db dirtybitmap-file="$d/bitmaps"
     run -0 nbdbackup bitmap add --granularity=4K "$ctlsock" b0
+    run -0 nbdbackup bitmap add "$ctlsock" b1
     write_head 4096
+    # A crash keeps the bitmaps ...
     kill -9 "$srv_pid"
     wait "$srv_pid" 2>/dev/null || :
     rm -f "$ctlsock"
     start_db dirtybitmap-file="$d/bitmaps"
     run -0 nbdbackup bitmap list "$ctlsock"
-    [ "${lines[1]}" = "b0           4096  yes                     0  no    yes" ]
+    [ "${lines[1]}" = "b0           4096  yes                  4096  no    no" ]
+    [ "${#lines[@]}" = 3 ]
+    # ... a disk changed while no server ran does not.
+    stop_nbdkit srv
+    untracked_write "$d/disk.img"
+    start_db dirtybitmap-file="$d/bitmaps"
+    why="$(untracked_reason "$d/disk.img")"
+    run -0 nbdbackup bitmap list "$ctlsock"
+    [ "$output" = "NAME  GRANULARITY  RECORDING           COUNT  BUSY  INCONSISTENT
+b0           4096  yes                     0  no    yes
+b1          65536  yes                     0  no    yes
+b0: inconsistent: $why
+b1: inconsistent: $why" ]
+    run -0 nbdbackup status "$ctlsock"
+    [ "${lines[5]}" = "bitmap b0: recording, 0 B dirty, granularity 4.0 KiB, inconsistent: $why" ]
+    run -0 nbdbackup bitmap list --json "$ctlsock"
+    [ "$(jq -r '.[0]."inconsistent-reason"' <<<"$output")" = "$why" ]
+    [[ "$(jq -r '.[0]."sidecar-uuid"' <<<"$output")" =~ ^[0-9a-f]{8}-([0-9a-f]{4}-){3}[0-9a-f]{12}$ ]]
+    [ "$(jq -r '.[0].generation' <<<"$output")" -ge 1 ]
     run -3 nbdbackup bitmap enable "$ctlsock" b0
-    [ "$output" = "nbdbackup: block-dirty-bitmap-enable: bitmap 'b0' is inconsistent (the server did not stop cleanly while it was in use): it cannot be enabled, only removed (GenericError)" ]
+    [ "$output" = "nbdbackup: block-dirty-bitmap-enable: bitmap 'b0' is inconsistent ($why): it cannot be enabled, only removed (GenericError)" ]
     run -0 nbdbackup bitmap remove "$ctlsock" b0
 }
 

@@ -55,12 +55,12 @@ backup_check_locked (struct dirty_bitmap *b, struct control_error *err)
 {
   if (b->inconsistent)
     return control_fail (err, CONTROL_GENERIC_ERROR,
-                         "bitmap '%s' is inconsistent (the server did not "
-                         "stop cleanly while it was in use), so it may have "
+                         "bitmap '%s' is inconsistent (%s), so it may have "
                          "missed writes: an incremental backup from it is "
                          "refused; a full backup is needed (then remove the "
                          "bitmap and add a new one with the full backup)",
-                         b->name);
+                         b->name,
+                         b->reason ? b->reason : "the reason is unknown");
   if (b->in_backup || b->readers > 0)
     return control_fail (err, CONTROL_GENERIC_ERROR,
                          "bitmap '%s' is busy (%s)", b->name,
@@ -160,6 +160,7 @@ dirty_backup_end (struct dirty_bitmap *b, bool success, enum dirty_mode mode,
   }
   bitmap_free (&b->successor);
   b->in_backup = false;
+  dirty_mirror_refresh_locked (b);
   nbdkit_debug ("dirtybitmap: bitmap %s released by a %s backup "
                 "(mode %s)", b->name, success ? "successful" : "failed",
                 dirty_mode_name (mode));
@@ -177,9 +178,9 @@ reader_check_locked (const char *name, struct dirty_bitmap **bp,
     return dirty_not_found_locked (name, err);
   if (b->inconsistent)
     return control_fail (err, CONTROL_GENERIC_ERROR,
-                         "bitmap '%s' is inconsistent (the server did not "
-                         "stop cleanly while it was in use): a full backup "
-                         "is needed", name);
+                         "bitmap '%s' is inconsistent (%s): a full backup "
+                         "is needed", name,
+                         b->reason ? b->reason : "the reason is unknown");
   if (b->recording)
     return control_fail (err, CONTROL_GENERIC_ERROR,
                          "bitmap '%s' is recording: disable it at the "

@@ -35,9 +35,10 @@ dirty_check_changeable (struct dirty_bitmap *b, const char *verb,
 
   if (b->inconsistent)
     return control_fail (err, CONTROL_GENERIC_ERROR,
-                         "bitmap '%s' is inconsistent (the server did not "
-                         "stop cleanly while it was in use): it cannot be "
-                         "%s, only removed", b->name, verb);
+                         "bitmap '%s' is inconsistent (%s): it cannot be "
+                         "%s, only removed", b->name,
+                         b->reason ? b->reason : "the reason is unknown",
+                         verb);
   if (b->in_backup || b->readers > 0)
     return control_fail (err, CONTROL_GENERIC_ERROR,
                          "bitmap '%s' is busy (%s): it cannot be %s",
@@ -88,6 +89,7 @@ dirty_restore (struct dirty_saved *s)
     s->b->bits = s->bits;
     s->b->recording = s->recording;
     s->bits = old;
+    dirty_mirror_refresh_locked (s->b);
   }
   dirty_saved_free (s);
 }
@@ -107,6 +109,7 @@ dirty_clear (struct dirty_bitmap *b)
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&dirty_lock);
 
   bitmap_set_range (&b->bits, 0, b->bits.nr_blocks, 0);
+  dirty_mirror_refresh_locked (b);
 }
 
 void
@@ -162,4 +165,5 @@ dirty_merge (struct dirty_bitmap *target, struct dirty_bitmap *const *sources,
     if (sources[i]->in_backup)
       dirty_merge_bits (&target->bits, &sources[i]->successor);
   }
+  dirty_mirror_refresh_locked (target);
 }

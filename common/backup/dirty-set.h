@@ -34,6 +34,13 @@ struct dirty_bitmap {
   unsigned readers;             /* Open dirty exports. */
   struct bitmap bits;           /* Empty when inconsistent. */
   struct bitmap successor;      /* New writes while in_backup. */
+  char *reason;                 /* Why inconsistent, or NULL. */
+  /* The bits in the sidecar file's shared mapping (persistent,
+   * consistent bitmaps once the file is in use), or NULL: always
+   * bits | successor or more.
+   */
+  uint8_t *mirror;
+  size_t mirror_len;
 };
 
 /* This lock protects the set: the list, every bitmap's fields marked
@@ -61,5 +68,15 @@ extern int dirty_copy_bits (struct bitmap *dst, const struct bitmap *src);
 
 /* dst |= src, granularities may differ.  dirty_lock held. */
 extern void dirty_merge_bits (struct bitmap *dst, const struct bitmap *src);
+
+/* Copy b's bits (and successor) into its mirror after bits were taken
+ * away or added by a command.  dirty_lock held.
+ */
+extern void dirty_mirror_refresh_locked (struct dirty_bitmap *b);
+
+/* Make b inconsistent for reason why (copied): drop its bits and its
+ * mirror.  dirty_lock held.
+ */
+extern void dirty_invalidate_locked (struct dirty_bitmap *b, const char *why);
 
 #endif /* NBDKIT_BACKUP_DIRTY_SET_H */

@@ -69,6 +69,15 @@ static size_t nr_expected;
  * the dirtybitmap filter before any client, cleared at unload.
  */
 static dirty_change_hook *change_hook;
+/* Set when a mirrored bitmap becomes inconsistent (atomic). */
+static bool rewrite_wanted;
+/* The number of the last change to a mirror: written under dirty_lock,
+ * read atomically.
+ */
+static uint64_t mirror_seq;
+/* The sidecar's identity (dirty_set_sidecar), protected by dirty_lock. */
+static char sidecar_uuid[40];
+static uint64_t sidecar_generation;
 
 const char *
 dirty_mode_name (enum dirty_mode m)
@@ -94,16 +103,24 @@ dirty_disk_size (void)
   return dirty_size;
 }
 
-/* Make b inconsistent: drop its bits.  Lock held. */
-static void
-invalidate_locked (struct dirty_bitmap *b, const char *why)
+void
+dirty_invalidate_locked (struct dirty_bitmap *b, const char *why)
 {
-  if (!b->inconsistent)
+  if (!b->inconsistent) {
     nbdkit_debug ("dirtybitmap: bitmap %s is now inconsistent: %s",
                   b->name, why);
+    free (b->reason);
+    b->reason = strdup (why);   /* NULL on failure: "unknown". */
+  }
   b->inconsistent = true;
   bitmap_free (&b->bits);
   bitmap_free (&b->successor);
+  if (b->mirror) {
+    /* The file still says consistent: it must be rewritten. */
+    b->mirror = NULL;
+    b->mirror_len = 0;
+    __atomic_store_n (&rewrite_wanted, true, __ATOMIC_RELEASE);
+  }
 }
 
 unsigned
@@ -114,9 +131,13 @@ dirty_set_disk_size (uint64_t size)
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&dirty_lock);
 
   if (dirty_size != 0 && dirty_size != size) {
+    char why[128];
+
+    snprintf (why, sizeof why, "it was made for a disk of %" PRIu64
+              " bytes, but the disk has %" PRIu64, dirty_size, size);
     for (b = bitmaps; b; b = b->next) {
       if (!b->inconsistent) {
-        invalidate_locked (b, "it was made for a disk of another size");
+        dirty_invalidate_locked (b, why);
         n++;
       }
     }
@@ -182,11 +203,42 @@ dirty_before_change (void)
   return hook ? hook () : 0;
 }
 
+/* Set granules [first, end) in a mirror; true if any was clear. */
+static bool
+mirror_set (uint8_t *m, uint64_t first, uint64_t end)
+{
+  bool changed = false;
+
+  while (first < end) {
+    unsigned bit = first & 7;
+    unsigned n = MIN (8 - bit, end - first);
+    uint8_t mask = ((1u << n) - 1) << bit;
+    uint8_t *p = &m[first >> 3];
+
+    if ((*p & mask) != mask) {
+      *p |= mask;
+      changed = true;
+    }
+    first += n;
+  }
+  return changed;
+}
+
 int
 dirty_mark (uint64_t offset, uint64_t count)
 {
-  struct dirty_bitmap *b;
+  uint64_t seq;
 
+  return dirty_mark_seq (offset, count, &seq);
+}
+
+int
+dirty_mark_seq (uint64_t offset, uint64_t count, uint64_t *seq)
+{
+  struct dirty_bitmap *b;
+  bool changed = false;
+
+  *seq = 0;
   if (count == 0)
     return 0;
   if (dirty_before_change () == -1)
@@ -198,8 +250,8 @@ dirty_mark (uint64_t offset, uint64_t count)
    */
   if (offset + count > dirty_size || offset + count < offset) {
     for (b = bitmaps; b; b = b->next)
-      invalidate_locked (b, "a write went past the end of the disk "
-                         "it tracks");
+      dirty_invalidate_locked (b, "a write went past the end of the disk "
+                               "it tracks");
     return 0;
   }
   for (b = bitmaps; b; b = b->next) {
@@ -212,8 +264,80 @@ dirty_mark (uint64_t offset, uint64_t count)
     first = offset >> bm->blkbits;
     end = ((offset + count - 1) >> bm->blkbits) + 1;
     bitmap_set_range (bm, first, end, 1);
+    if (b->mirror && mirror_set (b->mirror, first, end))
+      changed = true;
+  }
+  if (changed) {
+    *seq = mirror_seq + 1;
+    __atomic_store_n (&mirror_seq, *seq, __ATOMIC_RELEASE);
   }
   return 0;
+}
+
+uint64_t
+dirty_mirror_seq (void)
+{
+  return __atomic_load_n (&mirror_seq, __ATOMIC_ACQUIRE);
+}
+
+bool
+dirty_take_rewrite_request (void)
+{
+  /* A load first: every write asks, and an exchange would make them
+   * all fight over the cache line.
+   */
+  if (!__atomic_load_n (&rewrite_wanted, __ATOMIC_ACQUIRE))
+    return false;
+  return __atomic_exchange_n (&rewrite_wanted, false, __ATOMIC_ACQ_REL);
+}
+
+void
+dirty_mirror_refresh_locked (struct dirty_bitmap *b)
+{
+  size_t n, i;
+
+  if (b->mirror == NULL)
+    return;
+  n = MIN (b->mirror_len, b->bits.size);
+  memcpy (b->mirror, b->bits.bitmap, n);
+  if (b->in_backup)
+    for (i = 0; i < MIN (n, b->successor.size); ++i)
+      b->mirror[i] |= b->successor.bitmap[i];
+  /* A change the caller makes durable counts as a change. */
+  __atomic_store_n (&mirror_seq, mirror_seq + 1, __ATOMIC_RELEASE);
+}
+
+void
+dirty_install_mirrors (uint8_t *(*lookup) (const char *name, size_t *len,
+                                           void *opaque),
+                       void *opaque)
+{
+  struct dirty_bitmap *b;
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&dirty_lock);
+
+  for (b = bitmaps; b; b = b->next) {
+    size_t len = 0;
+    uint8_t *m = NULL;
+
+    if (lookup && b->persistent && !b->inconsistent && !b->removing)
+      m = lookup (b->name, &len, opaque);
+    if (m && len < b->bits.size) {
+      nbdkit_debug ("dirtybitmap: bitmap %s: no room in the file", b->name);
+      m = NULL;
+    }
+    b->mirror = m;
+    b->mirror_len = m ? len : 0;
+    dirty_mirror_refresh_locked (b);
+  }
+}
+
+void
+dirty_set_sidecar (const char *uuid, uint64_t generation)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&dirty_lock);
+
+  snprintf (sidecar_uuid, sizeof sidecar_uuid, "%s", uuid ? uuid : "");
+  sidecar_generation = generation;
 }
 
 struct dirty_bitmap *
@@ -281,6 +405,8 @@ dirty_get_info (struct dirty_bitmap *b, struct dirty_info *info)
   info->busy = b->in_backup || b->readers > 0;
   info->in_backup = b->in_backup;
   info->readers = b->readers;
+  info->reason = b->inconsistent ?
+    (b->reason ? b->reason : "the reason is unknown") : NULL;
 }
 
 /* For query-bitmaps (QMP's BlockDirtyInfo, with "inconsistent"
@@ -304,6 +430,19 @@ describe (void *obj)
                           json_object_new_boolean (i.persistent));
   json_object_object_add (o, "inconsistent",
                           json_object_new_boolean (i.inconsistent));
+  if (i.inconsistent)
+    json_object_object_add (o, "inconsistent-reason",
+                            json_object_new_string (i.reason));
+  if (i.persistent) {
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&dirty_lock);
+
+    if (sidecar_uuid[0]) {
+      json_object_object_add (o, "sidecar-uuid",
+                              json_object_new_string (sidecar_uuid));
+      json_object_object_add (o, "generation",
+                              json_object_new_int64 (sidecar_generation));
+    }
+  }
   return o;
 }
 
@@ -314,6 +453,7 @@ free_bitmap (struct dirty_bitmap *b)
     return;
   bitmap_free (&b->bits);
   bitmap_free (&b->successor);
+  free (b->reason);
   free (b->name);
   free (b);
 }
@@ -343,6 +483,13 @@ dirty_add (const struct dirty_new *n, struct control_error *err)
   b->persistent = n->persistent;
   b->recording = n->recording;
   b->inconsistent = n->inconsistent;
+  if (n->inconsistent && n->reason &&
+      (b->reason = strdup (n->reason)) == NULL) {
+    free (b->name);
+    free (b);
+    control_fail (err, CONTROL_GENERIC_ERROR, "out of memory");
+    return NULL;
+  }
   bitmap_init (&b->bits, n->granularity, 1);
   bitmap_init (&b->successor, n->granularity, 1);
 
@@ -388,10 +535,11 @@ dirty_add (const struct dirty_new *n, struct control_error *err)
     return NULL;
   }
   nbdkit_debug ("dirtybitmap: bitmap %s added: granularity %" PRIu32
-                "%s%s%s", b->name, b->granularity,
+                "%s%s%s%s", b->name, b->granularity,
                 b->recording ? ", recording" : ", disabled",
                 b->persistent ? ", persistent" : "",
-                b->inconsistent ? ", inconsistent" : "");
+                b->inconsistent ? ", inconsistent: " : "",
+                b->inconsistent && b->reason ? b->reason : "");
   return b;
 }
 
@@ -472,6 +620,8 @@ dirty_foreach_record (int (*fn) (const struct dirty_record *r, void *opaque),
       .recording = b->recording,
       .persistent = b->persistent,
       .inconsistent = b->inconsistent,
+      .reason = b->inconsistent ?
+        (b->reason ? b->reason : "the reason is unknown") : NULL,
     };
     struct bitmap merged;
     int ret;
@@ -501,13 +651,14 @@ dirty_foreach_record (int (*fn) (const struct dirty_record *r, void *opaque),
 }
 
 void
-dirty_invalidate_all (const char *why)
+dirty_invalidate_persistent (const char *why)
 {
   struct dirty_bitmap *b;
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&dirty_lock);
 
   for (b = bitmaps; b; b = b->next)
-    invalidate_locked (b, why);
+    if (b->persistent)
+      dirty_invalidate_locked (b, why);
 }
 
 void
@@ -525,6 +676,7 @@ dirty_free_all (void)
   }
   pthread_mutex_lock (&dirty_lock);
   dirty_size = 0;
+  sidecar_uuid[0] = '\0';
   expected = NULL;
   nr_expected = 0;
   pthread_mutex_unlock (&dirty_lock);

@@ -12,8 +12,14 @@
  * A bitmap has a granularity (a power of two), one bit per granule of
  * the disk, and flags: recording (enabled), persistent (saved in the
  * sidecar file), inconsistent (may have missed writes: it holds no
- * bits and can only be removed) and busy (in use by a backup or an
- * export: it cannot be changed).
+ * bits, only the reason why, and can only be removed) and busy (in
+ * use by a backup or an export: it cannot be changed).
+ *
+ * A persistent bitmap may have a mirror: its bits in the sidecar
+ * file's shared mapping, which the dirtybitmap filter installs
+ * (dirty_install_mirrors).  Every bit is set in the mirror, under the
+ * set's lock, before dirty_mark returns: so the file holds every
+ * write that went down even if the process dies.
  *
  * Every change to a bitmap's bits or flags happens either with the
  * write gate closed (control commands) or while the bitmap is busy,
@@ -76,6 +82,38 @@ extern int dirty_before_change (void);
  */
 extern int dirty_mark (uint64_t offset, uint64_t count);
 
+/* The same, and *seq is set to a number > 0 if a bit that was clear
+ * in a mirror was set (the caller who wants it durable before the
+ * write goes down waits until a sync covering seq is done; see
+ * dirty_mirror_seq), else to 0.
+ */
+extern int dirty_mark_seq (uint64_t offset, uint64_t count, uint64_t *seq);
+
+/* The number of the last mirror change: a sync that starts after
+ * reading it covers every change up to it.
+ */
+extern uint64_t dirty_mirror_seq (void);
+
+/* Install the mirrors, under the set's lock: for each persistent,
+ * consistent bitmap, lookup (name) gives its place in the mapping
+ * (NULL if none: no mirror), and the bitmap's bits are copied there.
+ * Every other bitmap loses its mirror.  NULL lookup drops them all.
+ */
+extern void dirty_install_mirrors (uint8_t *(*lookup) (const char *name,
+                                                       size_t *len,
+                                                       void *opaque),
+                                   void *opaque);
+
+/* True (once) if a bitmap with a mirror became inconsistent since the
+ * last call: the sidecar file must be rewritten to say so.
+ */
+extern bool dirty_take_rewrite_request (void);
+
+/* The sidecar file's identity, shown by query-bitmaps for persistent
+ * bitmaps ("sidecar-uuid", "generation").  NULL uuid: none.
+ */
+extern void dirty_set_sidecar (const char *uuid, uint64_t generation);
+
 /* The bitmap called name, or NULL. */
 extern struct dirty_bitmap *dirty_find (const char *name);
 
@@ -92,6 +130,7 @@ struct dirty_new {
   bool recording;
   bool persistent;
   bool inconsistent;
+  const char *reason;           /* Why inconsistent (NULL: unknown). */
   const uint8_t *data;
   size_t data_len;
 };
@@ -149,6 +188,8 @@ struct dirty_info {
   bool busy;
   bool in_backup;               /* Busy with an incremental backup. */
   unsigned readers;             /* Dirty exports open on it. */
+  const char *reason;           /* Why inconsistent (valid as long as
+                                   the bitmap), or NULL. */
 };
 extern void dirty_get_info (struct dirty_bitmap *b, struct dirty_info *info);
 
@@ -221,6 +262,7 @@ struct dirty_record {
   bool recording;
   bool persistent;
   bool inconsistent;
+  const char *reason;           /* Why inconsistent, or NULL. */
   uint64_t nr_granules;
   const uint8_t *bits;
   size_t bits_len;
@@ -229,8 +271,10 @@ extern int dirty_foreach_record (int (*fn) (const struct dirty_record *r,
                                             void *opaque),
                                  void *opaque);
 
-/* Mark every bitmap inconsistent (writes were lost to them). */
-extern void dirty_invalidate_all (const char *why);
+/* Mark every persistent bitmap inconsistent (the file that keeps
+ * them failed), with the reason why (copied).
+ */
+extern void dirty_invalidate_persistent (const char *why);
 
 /* Free every bitmap and forget the disk size (at unload). */
 extern void dirty_free_all (void);

@@ -51,7 +51,12 @@
  *     serialises writing the file.  The change hook
  *     (persist_mark_in_use) runs with it, before dirty_lock is
  *     taken; persist_save takes dirty_lock inside it to read the
- *     bitmaps.
+ *     bitmaps.  Installing a new mapping (persist-map.c) claims the
+ *     right to sync under sync_lock, a leaf taken only briefly (never
+ *     across I/O or another lock): then takes dirty_lock to move the
+ *     mirrors.  A power-mode writer waits on sync_lock's condition
+ *     variable for another writer's fdatasync, holding only the
+ *     gate's read side (3), which the syncing writer never needs.
  *
  *  9. dirty_lock (dirty.c, dirty-ops.c, dirty-backup.c; private to
  *     them): the set of dirty bitmaps.  No I/O while held.  The one

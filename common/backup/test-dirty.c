@@ -293,6 +293,81 @@ test_hook_and_invalidation (void)
   assert (dirty_count_bitmaps () == 0);
 }
 
+/* The mirror of a persistent bitmap (its bits in the sidecar's
+ * mapping, here a plain buffer).
+ */
+static uint8_t mirror_buf[(DISK / 4096 + 7) / 8];
+
+static uint8_t *
+lookup_mirror (const char *name, size_t *len, void *opaque)
+{
+  if (strcmp (name, "p") != 0)
+    return NULL;
+  *len = sizeof mirror_buf;
+  return mirror_buf;
+}
+
+static void
+test_mirrors (void)
+{
+  struct control_error err = { 0 };
+  struct dirty_new pn = {
+    .name = "p", .granularity = 4096, .recording = true, .persistent = true,
+  };
+  struct dirty_bitmap *p, *t, *b;
+  struct dirty_info i;
+  uint64_t seq, seq2;
+
+  dirty_set_disk_size (DISK);
+  assert ((p = dirty_add (&pn, &err)) != NULL);
+  t = add ("t", 4096, true);
+  assert (dirty_mark (0, 4096) == 0);
+  /* Installing copies the bits in; only persistent bitmaps get one. */
+  memset (mirror_buf, 0xee, sizeof mirror_buf);
+  dirty_install_mirrors (lookup_mirror, NULL);
+  assert (mirror_buf[0] == 0x01 && mirror_buf[1] == 0);
+  assert (mirror_buf[sizeof mirror_buf - 1] == 0);
+
+  /* A new bit: a sequence number; the same granule again: none. */
+  assert (dirty_mark_seq (8192, 4096, &seq) == 0 && seq > 0);
+  assert (mirror_buf[0] == 0x05 && seq <= dirty_mirror_seq ());
+  assert (dirty_mark_seq (8192, 100, &seq2) == 0 && seq2 == 0);
+  assert (dirty_mark_seq (DISK - 1, 1, &seq2) == 0 && seq2 > seq);
+  assert (mirror_buf[sizeof mirror_buf - 1] == 0x01);
+  /* A long range sets whole bytes: 4K .. 100K is granules 1-24. */
+  assert (dirty_mark_seq (4096, 96 * K, &seq) == 0 && seq > seq2);
+  assert (mirror_buf[0] == 0xff && mirror_buf[1] == 0xff &&
+          mirror_buf[2] == 0xff && mirror_buf[3] == 0x01);
+
+  /* During a backup new writes go to the mirror too; the end copies
+   * what stays (here only the new writes).
+   */
+  assert ((b = dirty_backup_begin ("p", DISK, &err)) != NULL);
+  assert (dirty_mark_seq (M, 1, &seq) == 0 && seq > 0);
+  assert (mirror_buf[M / 4096 / 8] == 0x01 && mirror_buf[0] == 0xff);
+  dirty_backup_end (b, true, DIRTY_MODE_ON_SUCCESS, NULL, NULL);
+  assert (mirror_buf[0] == 0 && mirror_buf[M / 4096 / 8] == 0x01);
+  assert (mirror_buf[sizeof mirror_buf - 1] == 0);
+  dirty_clear (p);
+  assert (mirror_buf[M / 4096 / 8] == 0);
+
+  /* Inconsistent: no mirror any more, and the file must say so. */
+  assert (!dirty_take_rewrite_request ());
+  assert (dirty_mark (DISK - 1, 2) == 0);
+  dirty_get_info (p, &i);
+  assert (i.inconsistent &&
+          strcmp (i.reason, "a write went past the end of the disk it "
+                  "tracks") == 0);
+  assert (dirty_take_rewrite_request ());
+  assert (!dirty_take_rewrite_request ());
+  memset (mirror_buf, 0, sizeof mirror_buf);
+  assert (dirty_mark_seq (0, 4096, &seq) == 0 && seq == 0);
+  assert (mirror_buf[0] == 0);
+  dirty_get_info (t, &i);
+  assert (i.inconsistent);
+  dirty_free_all ();
+}
+
 int
 main (void)
 {
@@ -300,6 +375,7 @@ main (void)
   test_merge_and_save ();
   test_modes ();
   test_hook_and_invalidation ();
+  test_mirrors ();
   printf ("test-dirty: ok\n");
   return 0;
 }

@@ -130,6 +130,13 @@ fsync_parent_dir (const char *path)
 int
 replace_file_atomically (const char *path, const void *data, size_t len)
 {
+  return replace_file_atomically_keep (path, data, len, NULL);
+}
+
+int
+replace_file_atomically_keep (const char *path, const void *data, size_t len,
+                              int *fd_ret)
+{
   CLEANUP_FREE char *tmp = NULL;
   CLEANUP_CLOSE int fd = -1;
   const char *p = data;
@@ -168,7 +175,13 @@ replace_file_atomically (const char *path, const void *data, size_t len)
     goto err;
   if (rename (tmp, path) == -1)
     goto err;
-  return fsync_parent_dir (path);
+  if (fsync_parent_dir (path) == -1)
+    return -1;
+  if (fd_ret) {
+    *fd_ret = fd;
+    fd = -1;
+  }
+  return 0;
 
  err:
   saved = errno;

@@ -21,6 +21,13 @@
 extern int replace_file_atomically (const char *path,
                                     const void *data, size_t len);
 
+/* The same, but the new file stays open: *fd is set to a read-write
+ * descriptor of exactly the file that was renamed over path (for
+ * mapping it).  0, or -1 with errno set.
+ */
+extern int replace_file_atomically_keep (const char *path, const void *data,
+                                         size_t len, int *fd);
+
 /* What kind of file st_mode says: "a regular file", "a directory",
  * "a symbolic link", "a FIFO", "a socket", "a block device", "a
  * character device", for messages.

@@ -168,9 +168,31 @@ static void
 saved_abort (void *state, void *opaque)
 {
   struct undo *u = state;
+  struct dirty_info info;
 
   dirty_restore (u->saved);
+  dirty_get_info (u->b, &info);
+  if (info.persistent && persist_update_in_use () == -1)
+    nbdkit_error ("dirtybitmap: undoing a change to bitmap %s: cannot "
+                  "update the bitmap file: %m", dirty_name (u->b));
   free (u);
+}
+
+/* After a change to bitmap b's bits or flags: a persistent bitmap's
+ * flags and bits are rewritten in the file before the command
+ * returns, so a crash finds them as they are now.  0 or -1.
+ */
+static int
+after_change (const char *cmd, struct dirty_bitmap *b,
+              struct control_error *err)
+{
+  struct dirty_info info;
+
+  dirty_get_info (b, &info);
+  if (info.persistent && persist_update_in_use () == -1)
+    return control_fail (err, CONTROL_GENERIC_ERROR,
+                         "%s: cannot update the bitmap file: %m", cmd);
+  return 0;
 }
 
 /* block-dirty-bitmap-add {name, granularity?, persistent?, disabled?} */
@@ -346,10 +368,15 @@ simple_prepare (json_object *args, void **state, struct control_error *err,
     free (u);
     return control_fail (err, CONTROL_GENERIC_ERROR, "out of memory");
   }
+  u->b = b;
   switch (op) {
   case OP_CLEAR:   dirty_clear (b); break;
   case OP_ENABLE:  dirty_set_recording (b, true); break;
   case OP_DISABLE: dirty_set_recording (b, false); break;
+  }
+  if (after_change (cmd, b, err) == -1) {
+    saved_abort (u, NULL);
+    return -1;
   }
   *state = u;
   return 0;
@@ -425,8 +452,13 @@ merge_prepare (json_object *args, void **state, struct control_error *err,
     free (u);
     return control_fail (err, CONTROL_GENERIC_ERROR, "out of memory");
   }
+  u->b = target;
   dirty_merge (target, sources, n);
   free (sources);
+  if (after_change (cmd, target, err) == -1) {
+    saved_abort (u, NULL);
+    return -1;
+  }
   *state = u;
   return 0;
 }
@@ -466,9 +498,9 @@ ranges_cmd (json_object *args, json_object **ret, struct control_error *err,
   dirty_get_info (b, &info);
   if (info.inconsistent)
     return control_fail (err, CONTROL_GENERIC_ERROR,
-                         "%s: bitmap '%s' is inconsistent (the server did "
-                         "not stop cleanly while it was in use): its ranges "
-                         "are unknown; a full backup is needed", cmd, name);
+                         "%s: bitmap '%s' is inconsistent (%s): its ranges "
+                         "are unknown; a full backup is needed", cmd, name,
+                         info.reason);
   end = length > size - (offset < size ? offset : size)
     ? size : offset + length;
 

@@ -18,7 +18,12 @@
  * transaction (which closes the gate) sees it wholly before or wholly
  * after, and a write that fails half way is still marked (a spurious
  * dirty bit costs a copy; a missing one corrupts a backup).  The
- * first change after start waits until the sidecar says "in use".
+ * first change after start waits until the sidecar says "in use" and
+ * is mapped: from then on dirty_mark sets each bit in the sidecar's
+ * shared mapping too, so the bitmaps survive the process dying
+ * (persist.c, persist-map.c).  In power mode, a write that set a new
+ * bit waits until the bit is durable (one fdatasync shared by the
+ * writers waiting) before it goes down.
  *
  * Dirty exports: "dirty:NAME" serves the data of the snapshot export
  * below (fleece's, by default "snapshot") read-only, with extents
@@ -68,6 +73,12 @@ static const char *snapshot_export = "snapshot"; /* dirtybitmap-snapshot-export 
 static const char **add_names;                  /* dirtybitmap-add */
 static size_t nr_add_names;
 static bool passthrough;                        /* dirtybitmap-exports */
+static bool power;                              /* dirtybitmap-durability */
+/* The plugin's file=, if given once: checked for changes made while
+ * no server tracked it.
+ */
+static char *disk_file;
+static unsigned nr_disk_files;
 
 /* True once the bitmaps are loaded: only then are they saved. */
 static bool loaded;
@@ -95,6 +106,7 @@ dirtybitmap_unload (void)
   exports_unclaim ("dirtybitmap");
   registry_remove_filter ("dirtybitmap");
   free (file_path);
+  free (disk_file);
   free (add_names);
 }
 
@@ -149,7 +161,39 @@ dirtybitmap_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
   }
   else if (strcmp (key, "dirtybitmap-exports") == 0)
     return exports_parse_policy ("dirtybitmap-exports", value, &passthrough);
+  else if (strcmp (key, "dirtybitmap-durability") == 0) {
+    if (strcmp (value, "process") == 0)
+      power = false;
+    else if (strcmp (value, "power") == 0)
+      power = true;
+    else {
+      nbdkit_error ("dirtybitmap-durability: '%s' must be 'process' or "
+                    "'power'", value);
+      return -1;
+    }
+    return 0;
+  }
+  else if (strcmp (key, "file") == 0) {
+    /* The plugin's (file, qcow2 ...) disk: note it, pass it on. */
+    free (disk_file);
+    disk_file = nbdkit_absolute_path (value);
+    if (disk_file == NULL)
+      return -1;
+    nr_disk_files++;
+  }
   return next (nxdata, key, value);
+}
+
+static int
+dirtybitmap_config_complete (nbdkit_next_config_complete *next,
+                             nbdkit_backend *nxdata)
+{
+  if (power && file_path == NULL) {
+    nbdkit_error ("dirtybitmap-durability=power needs dirtybitmap-file "
+                  "(without a file no bitmap outlives the server)");
+    return -1;
+  }
+  return next (nxdata);
 }
 
 #define dirtybitmap_config_help \
@@ -162,7 +206,9 @@ dirtybitmap_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
   "dirtybitmap-snapshot-export=<NAME>\n" \
   "                          Export whose data dirty:* serve (snapshot).\n" \
   "dirtybitmap-exports=strict|passthrough\n" \
-  "                          Refuse unknown export names (default strict)."
+  "                          Refuse unknown export names (default strict).\n" \
+  "dirtybitmap-durability=process|power\n" \
+  "                          What the bitmap file survives (process)."
 
 /* Is the export that dirty exports read available?  0, or -1 with
  * err filled.
@@ -207,7 +253,8 @@ dirtybitmap_get_ready (int thread_model)
       exports_register_command () == -1)
     return -1;
   if (file_path) {
-    if (persist_load (file_path) == -1)
+    if (persist_load (file_path, nr_disk_files == 1 ? disk_file : NULL,
+                      power) == -1)
       return -1;
     dirty_set_change_hook (persist_mark_in_use);
   }
@@ -483,14 +530,24 @@ dirtybitmap_extents (nbdkit_next *next, void *handle, uint32_t count,
   return -1;
 }
 
-/* Record a change before it goes down.  0, or -1 with *err set. */
+/* Record a change before it goes down (in power mode, durably).  0,
+ * or -1 with *err set.
+ */
 static int
 mark (uint64_t offset, uint32_t count, int *err)
 {
-  if (dirty_mark (offset, count) == -1) {
+  uint64_t seq;
+
+  if (dirty_mark_seq (offset, count, &seq) == -1) {
     *err = errno ? errno : EIO;
     nbdkit_error ("dirtybitmap: cannot mark %s in use, so this write "
                   "could not be tracked safely: %m", file_path);
+    return -1;
+  }
+  if (persist_after_mark (seq) == -1) {
+    *err = EIO;
+    nbdkit_error ("dirtybitmap: %s cannot say that the bitmaps missed "
+                  "this write, so it was refused: %m", file_path);
     return -1;
   }
   return 0;
@@ -536,6 +593,7 @@ static struct nbdkit_filter filter = {
   .load              = dirtybitmap_load,
   .unload            = dirtybitmap_unload,
   .config            = dirtybitmap_config,
+  .config_complete   = dirtybitmap_config_complete,
   .config_help       = dirtybitmap_config_help,
   .get_ready         = dirtybitmap_get_ready,
   .after_fork        = dirtybitmap_after_fork,

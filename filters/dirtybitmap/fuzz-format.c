@@ -51,8 +51,13 @@ check (const struct format_record *r, void *opaque)
   memcpy (name, r->name, r->name_len);
   name[r->name_len] = '\0';
   c->n++;
+  /* (A version 1 file's reasons are the parser's own strings.) */
+  if (r->reason_len > FORMAT_MAX_REASON ||
+      (r->reason_len > 0 && r->reason == NULL))
+    abort ();
   if (c->w && format_add (c->w, name, r->granularity, r->recording,
-                          r->inconsistent, r->data, r->data_len) == -1)
+                          r->inconsistent, NULL, r->data,
+                          r->data_len) == -1)
     abort ();
   return 0;
 }
@@ -81,8 +86,23 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
     abort ();
   memcpy (fixed, data, size);
   memcpy (fixed + 16, &fs, 8);
-  crc = htole32 (crc32 (0, fixed, size - 4));
-  memcpy (fixed + size - 4, &crc, 4);
+  if (size >= 4096 && fixed[8] == 2) {
+    /* Version 2: bits on the first page boundary, both checksums. */
+    static const uint8_t zero[8];
+    uint32_t start = htole32 (4096);
+
+    memcpy (fixed + 44, &start, 4);
+    crc = htole32 (crc32 (0, fixed + 4096, size - 4096));
+    memcpy (fixed + 40, &crc, 4);
+    crc = crc32 (0, fixed, 36);
+    crc = crc32 (crc, zero, 8);
+    crc = htole32 (crc32 (crc, fixed + 44, 4096 - 44));
+    memcpy (fixed + 36, &crc, 4);
+  }
+  else {
+    crc = htole32 (crc32 (0, fixed, size - 4));
+    memcpy (fixed + size - 4, &crc, 4);
+  }
   try_one (fixed, size);
   free (fixed);
   return 0;
@@ -92,27 +112,26 @@ static void
 try_one (const uint8_t *data, size_t size)
 {
   char problem[256];
-  bool in_use;
-  uint64_t disk;
+  struct format_header h;
   struct format_writer w;
   struct ctx c = { .base = data, .size = size };
   unsigned again = 0;
 
-  if (format_parse (data, size, &in_use, &disk, check, &c,
+  if (format_parse (data, size, &h, check, &c,
                     problem, sizeof problem) == -1) {
     if (problem[0] == '\0')
       abort ();
     return;
   }
   /* Accepted: it must round-trip. */
-  if (format_begin (&w, in_use, disk) == -1)
+  if (format_begin (&w, &h) == -1)
     abort ();
   c.w = &w;
   c.n = 0;
-  if (format_parse (data, size, &in_use, &disk, check, &c,
+  if (format_parse (data, size, &h, check, &c,
                     problem, sizeof problem) == -1 ||
       format_end (&w) == -1 ||
-      format_parse (w.p, w.len, &in_use, &disk, count, &again,
+      format_parse (w.p, w.len, &h, count, &again,
                     problem, sizeof problem) == -1 ||
       again != c.n)
     abort ();

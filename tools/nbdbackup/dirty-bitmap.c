@@ -238,6 +238,14 @@ print_bitmap_table (json_object *list)
             get_bool (b, "busy") ? "yes" : "no",
             get_bool (b, "inconsistent") ? "yes" : "no");
   }
+  /* Why, under the table: a reason is a sentence. */
+  for (i = 0; i < n; ++i) {
+    json_object *b = json_object_array_get_idx (list, i);
+
+    if (get_bool (b, "inconsistent"))
+      printf ("%s: inconsistent: %s\n", json_get_string (b, "name", "?"),
+              json_get_string (b, "inconsistent-reason", "reason unknown"));
+  }
 }
 
 static int

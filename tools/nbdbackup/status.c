@@ -137,7 +137,8 @@ print_bitmap (json_object *b)
   if (busy)
     printf (", busy");
   if (inconsistent)
-    printf (", inconsistent");
+    printf (", inconsistent: %s",
+            json_get_string (b, "inconsistent-reason", "reason unknown"));
   putchar ('\n');
 }
 
