@@ -3,9 +3,10 @@
 # Copyright (C) 2026 the nbdkit-backup authors.  BSD-3-Clause.
 #
 # nbdbackup backup when things go wrong: the server killed between two
-# backups (its bitmaps load inconsistent: the next auto is a full one
-# and says why), nbdbackup killed (-9) or stopped (SIGTERM) in the
-# middle of a copy (the repository and the bitmaps come back so that
+# backups (its bitmaps survive: the next auto is an exact inc), the
+# disk changed while no server ran (the bitmaps load inconsistent: the
+# next auto is a full one and says why), nbdbackup killed (-9) or
+# stopped (SIGTERM) in the middle of a copy (the repository and the bitmaps come back so that
 # the next backup is exact and no change is lost from tracking), and a
 # repository busy with a backup.  A copy is held in the middle by
 # nbdkit-pause-filter: the backup is provably mid-copy once its dirty
@@ -40,11 +41,12 @@ start_paused_backup () {
     [ -f "$repo/$pending_id.qcow2.incomplete" ]
 }
 
-@test "repo crash: server killed between backups: next auto is full and says why" {
+@test "repo crash: server killed between backups: its bitmaps survive, the next auto is an exact inc" {
     make_disk "$d/disk.img" 32M 5
     start_disk
     init_repo
     run -0 nbdbackup backup "$repo"
+    full1="$(last_id)"
     read -r inc diff < <(tracked)
     write_some 1 20
     kill -9 "$srv_pid"
@@ -52,17 +54,42 @@ start_paused_backup () {
     start_disk
     write_some 2 20
     snap_disk o2.raw
+    # The sidecar is mapped: both bitmaps load consistent after kill -9.
+    run -0 our_bitmaps
+    [ "$output" = "$(printf '%s true false\n%s true false\n' "$diff" "$inc" | sort)" ]
+    run -0 nbdbackup backup "$repo"
+    [[ "${lines[0]}" == "nbdbackup backup: level inc: "*" changed since $full1" ]]
+    [ "$(entry "$(last_id)" level)" = inc ]
+    check_backup "$(last_id)" "$d/o2.raw"
+    check_tracking
+}
+
+@test "repo crash: a disk changed while no server ran: the next auto is full and says why" {
+    make_disk "$d/disk.img" 32M 5
+    start_disk
+    init_repo
+    run -0 nbdbackup backup "$repo"
+    read -r inc diff < <(tracked)
+    write_some 1 20
+    stop_nbdkit srv
+    # Written behind every server's back (the mtime changes).
+    printf x | dd of="$d/disk.img" bs=1 seek=7M conv=notrunc status=none
+    touch -d '+1 min' "$d/disk.img"
+    start_disk
+    write_some 2 20
+    snap_disk o2.raw
     run -0 our_bitmaps
     [ "$output" = "$(printf '%s true true\n%s true true\n' "$diff" "$inc" | sort)" ]
+    why="the disk file $d/disk.img was modified while no server tracked it (its mtime is not the one the last server left)"
     run -3 nbdbackup backup --level=inc "$repo"
-    [[ "$output" == "nbdbackup backup: cannot take an inc backup: bitmap '$inc' is inconsistent ("* ]]
+    [ "$output" = "nbdbackup backup: cannot take an inc backup: bitmap '$inc' is inconsistent ($why)" ]
     run -3 nbdbackup backup --level=diff "$repo"
-    [[ "$output" == "nbdbackup backup: cannot take a diff backup: bitmap '$diff' is inconsistent ("* ]]
+    [ "$output" = "nbdbackup backup: cannot take a diff backup: bitmap '$diff' is inconsistent ($why)" ]
     run -0 nbdbackup backup "$repo"
-    [[ "${lines[0]}" == "nbdbackup backup: level full: bitmap '$inc' is inconsistent ("* ]]
+    [ "${lines[0]}" = "nbdbackup backup: level full: bitmap '$inc' is inconsistent ($why)" ]
     full2="$(last_id)"
     [ "$(entry "$full2" level)" = full ]
-    [[ "$(entry "$full2" reason)" == "bitmap '$inc' is inconsistent ("* ]]
+    [ "$(entry "$full2" reason)" = "bitmap '$inc' is inconsistent ($why)" ]
     check_backup "$full2" "$d/o2.raw"
     # The inconsistent bitmaps are gone, the new ones track.
     check_tracking
