@@ -23,8 +23,8 @@ teardown () { stop_all_nbdkit; }
     cmp "$d/disk.img" "$d/orig.img"
     # Zero clusters are not written as data: no more allocated than the
     # source (the source's all-zero but allocated run stays a hole).
-    src=$(allocated_bytes "$d/disk.img"); tgt=$(allocated_bytes "$d/backup.img")
-    echo "source allocated $src, target allocated $tgt"
+    src=$(data_bytes "$d/disk.img"); tgt=$(data_bytes "$d/backup.img")
+    echo "source data $src, target data $tgt"
     [ "$tgt" -le "$src" ]
     [ "$tgt" -gt 0 ]
     [ ! -e "$d/backup.img.incomplete" ]
@@ -51,7 +51,7 @@ teardown () { stop_all_nbdkit; }
     run -0 nbdkit -U - --filter="$cbw" file "$d/disk.img" \
         cbw-target="$d/backup.img" --run true
     cmp "$d/backup.img" "$d/disk.img"
-    [ "$(allocated_bytes "$d/backup.img")" -le "$(allocated_bytes "$d/disk.img")" ]
+    [ "$(data_bytes "$d/backup.img")" -le "$(data_bytes "$d/disk.img")" ]
 }
 
 @test "cbw-full: cluster sizes 4K and 1M, one worker and many" {

@@ -39,7 +39,7 @@ cluster_of () { dd if="$1" bs=65536 skip="$2" count=1 status=none | od -An -tx1 
         fi
     done
     # Nothing else allocated: exactly 7 clusters of data.
-    [ "$(allocated_bytes "$d/backup.img")" -eq $((7 * 65536)) ]
+    [ "$(data_bytes "$d/backup.img")" -eq $((7 * 65536)) ]
     grep -q '"state":"completed"' "$d/status.json"
     grep -q '"bytes_written":458752' "$d/status.json"
     grep -q '"bytes_before_writes":458752' "$d/status.json"
@@ -57,6 +57,6 @@ cluster_of () { dd if="$1" bs=65536 skip="$2" count=1 status=none | od -An -tx1 
         done
         wait'
     [ "$(cluster_of "$d/backup.img" 0)" = "$(cluster_of "$d/orig.img" 0)" ]
-    [ "$(allocated_bytes "$d/backup.img")" -eq 65536 ]
+    [ "$(data_bytes "$d/backup.img")" -eq 65536 ]
     grep -q '"bytes_written":65536' "$d/status.json"
 }

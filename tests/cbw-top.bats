@@ -95,7 +95,7 @@ make_chain () {
             sed 's/.*"bytes_total":\([0-9]*\).*/\1/' "$d/status.json")
     [ "$total" -lt $((16 * 1048576)) ]
     # Whole clusters around the allocated extents, no more.
-    [ "$(allocated_bytes "$d/backup.img")" -le "$total" ]
+    [ "$(data_bytes "$d/backup.img")" -le "$total" ]
 }
 
 @test "cbw-top: clusters outside the top are never copied before writes" {

@@ -53,14 +53,14 @@ snap_field () {
     # 768K of old data into the store.
     qemu-io -f raw "$srv_uri" -c "write -P 1 0 768k" >/dev/null
     [ "$(snap_field store-used)" = 786432 ]
-    [ "$(allocated_bytes "$d/store")" -ge 786432 ]
+    [ "$(data_bytes "$d/store")" -ge 786432 ]
 
     # Discard 64K..512K+100: clusters 1 to 7 go; 0 and 8 are partly
     # covered and stay.
     qemu-io -f raw "$snap" -c "discard 64k 458852" >/dev/null
     [ "$(snap_field bytes-discarded)" = 458752 ]
     [ "$(snap_field store-used)" = 327680 ]
-    [ "$(allocated_bytes "$d/store")" -le 327680 ]
+    [ "$(data_bytes "$d/store")" -le 327680 ]
     [ "$(snap_field store-peak)" = 786432 ]
 
     # Discarded clusters are read no more; the others still are.
@@ -141,7 +141,7 @@ snap_field () {
         # Everything left the snapshot: the store holds nothing.
         [ "$(snap_field bytes-discarded)" = "$size" ]
         [ "$(snap_field store-used)" = 0 ]
-        [ "$(allocated_bytes "$d/store")" = 0 ]
+        [ "$(data_bytes "$d/store")" = 0 ]
         [ "$(snap_field store-peak)" -gt 0 ]
         [ "$(snap_field broken)" = false ]
         stop_nbdkit srv

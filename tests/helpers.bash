@@ -100,6 +100,16 @@ server_log () { cat "$BATS_TEST_TMPDIR/$1.log"; }
 # Allocated bytes of a file.
 allocated_bytes () { echo $(( $(stat -c %b "$1") * $(stat -c %B "$1") )); }
 
+# data_bytes FILE: bytes of FILE that are data (SEEK_DATA/SEEK_HOLE,
+# as qemu-img map sees them), not counting the filesystem's own
+# metadata blocks: allocated_bytes includes an extent tree block
+# whenever the filesystem splits the file's extents, which depends on
+# what else the machine is writing.
+data_bytes () {
+    qemu-img map -U -f raw --output=json "$1" |
+        jq '[.[] | select(.data) | .length] | add // 0'
+}
+
 # make_disk FILE SIZE SEED: a sparse test disk of SIZE bytes with
 # random data in scattered 192 KiB runs at unaligned offsets, holes
 # elsewhere, and an all-zero but allocated run.

@@ -37,8 +37,8 @@ export_to_file () { nbdcopy "$1" "$2"; }
     # Quiet on success when stderr is not a terminal.
     [ -z "$output" ]
     cmp "$d/disk.img" "$out"
-    src=$(allocated_bytes "$d/disk.img"); tgt=$(allocated_bytes "$out")
-    echo "source allocated $src, target allocated $tgt"
+    src=$(data_bytes "$d/disk.img"); tgt=$(data_bytes "$out")
+    echo "source data $src, target data $tgt"
     [ "$tgt" -le "$src" ]
     [ "$tgt" -gt 0 ]
     [ ! -e "$out.incomplete" ]
@@ -50,7 +50,7 @@ export_to_file () { nbdcopy "$1" "$2"; }
     nbdcopy "$d/disk.img" "$mem_uri"
     run -0 nbdbackup pull -C 3 -R 4 --chunk 64K "$mem_uri" "$d/mem.img"
     cmp "$d/disk.img" "$d/mem.img"
-    [ "$(allocated_bytes "$d/mem.img")" -le "$(allocated_bytes "$d/disk.img")" ]
+    [ "$(data_bytes "$d/mem.img")" -le "$(data_bytes "$d/disk.img")" ]
 
     start_nbdkit pat pattern 8M
     nbdcopy "$pat_uri" "$d/pattern-ref.img"
@@ -63,7 +63,7 @@ export_to_file () { nbdcopy "$1" "$2"; }
     start_nbdkit src --filter=noextents file "$d/disk.img"
     run -0 nbdbackup pull "$src_uri" "$d/out.img"
     cmp "$d/disk.img" "$d/out.img"
-    [ "$(allocated_bytes "$d/out.img")" -le "$(allocated_bytes "$d/disk.img")" ]
+    [ "$(data_bytes "$d/out.img")" -le "$(data_bytes "$d/disk.img")" ]
 }
 
 @test "nbdbackup pull: qcow2 target passes qemu-img check and compare" {
