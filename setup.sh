@@ -30,11 +30,12 @@ esac
 #   qemu-utils    qemu-img, qemu-io, qemu-nbd
 #   qemu-system-common  qemu-storage-daemon (bench/)
 #   bc            bench/
+#   libssl-dev    libcrypto: SHA-256 digests of nbdbackup's repository
 #   libclang-rt-14-dev  clang's sanitizer and fuzzer runtimes
 packages=(
     autoconf automake libtool pkg-config make gcc libc6-dev perl
     nbdkit nbdkit-plugin-dev libnbd-dev libnbd-bin
-    zlib1g-dev libzstd-dev libjson-c-dev
+    zlib1g-dev libzstd-dev libjson-c-dev libssl-dev
     bats qemu-utils qemu-system-common socat jq bc
     clang libclang-rt-14-dev
 )

@@ -53,6 +53,19 @@
  * is not skipped: it promises zeros, which the backing file may not
  * hold (a qcow2 plugin export's zero clusters over backing data).
  *
+ * Digests (the repository's backup, verify and restore).  With a
+ * digest option, work is cut into whole digest chunks instead: a
+ * chunk is skipped or zero only if its extents all say so, else it is
+ * read whole (a chunk that is part hole, part dirty is read whole:
+ * the dirty export reads the snapshot's data everywhere).  Zero chunks
+ * are hashed as the precomputed zero digest; a chunk read is hashed
+ * when its read completes, in the loop (SHA-256 with the CPU's SHA
+ * instructions costs less than a copy of the bytes: see bench/), and
+ * the hash also tells whether it reads as zeros.  On a target that
+ * is not known_zero (an overlay), a zero chunk is written as zeros
+ * unless the parent's list says it is zero there already.  Without a
+ * target (verify) nothing is written.
+ *
  * Errors and signals.  The first error, a connection that dies, or
  * SIGINT/SIGTERM stops new work, and the requests in flight are
  * waited for (a dead connection's are failed by libnbd at once) before
@@ -84,6 +97,7 @@
 #include "minmax.h"
 #include "nbdkit-stubs.h"
 #include "copy.h"
+#include "digest.h"
 #include "nbdbackup.h"
 #include "progress.h"
 
@@ -118,7 +132,11 @@ struct slot {
   bool reported;                /* err has already been reported */
   uint64_t bytes_data;          /* counted in stats on success */
   uint64_t bytes_zero;
+  bool *zero_chunk;             /* digest mode: chunk i of buf is zero */
 };
+
+/* What a piece of work is. */
+enum piece_kind { PIECE_DATA, PIECE_ZERO, PIECE_SKIP };
 
 struct extent {
   uint64_t offset;
@@ -135,6 +153,7 @@ struct copy {
   struct slot *slots;
   unsigned nr_slots;
   unsigned nr_handles;          /* source + target connections */
+  uint32_t dchunk;              /* digest chunk size, 0: no digests */
 
   /* Run state, all in the one thread. */
   unsigned *free_slots;         /* stack of free slot indexes */
@@ -250,6 +269,140 @@ issue_zero (struct slot *slot, uint32_t len, uint64_t offset)
     target_done (slot, 0);
 }
 
+/* Digests.  The chunk numbers of [offset, offset+len) (whole chunks). */
+static inline uint64_t
+chunk_of (const struct copy *c, uint64_t offset)
+{
+  return offset / c->dchunk;
+}
+
+/* Chunk i's digest is d: record it, check it.  0 to go on, -1 to
+ * stop (a mismatch, reported).
+ */
+static int
+digest_done (struct copy *c, uint64_t i, const unsigned char *d)
+{
+  const struct copy_options *o = &c->opts;
+
+  if (o->record)
+    memcpy (o->record->d[i], d, DIGEST_LEN);
+  if (o->expect && memcmp (o->expect->d[i], d, DIGEST_LEN) != 0) {
+    uint64_t offset = i * c->dchunk;
+    uint32_t len = digests_chunk_len (o->expect, i);
+
+    c->stats.mismatches++;
+    if (o->mismatch)
+      return o->mismatch (o->mismatch_opaque, offset, len);
+    nbdkit_error ("chunk at offset %" PRIu64 ": digest mismatch", offset);
+    return -1;
+  }
+  return 0;
+}
+
+/* A zero piece: every chunk has the zero digest. */
+static int
+digest_zero_piece (struct copy *c, uint64_t offset, uint64_t len)
+{
+  const struct digests *any = c->opts.record ? c->opts.record :
+    c->opts.expect ? c->opts.expect : c->opts.parent;
+  uint64_t i, end = chunk_of (c, offset + len - 1);
+
+  for (i = chunk_of (c, offset); i <= end; ++i)
+    if (digest_done (c, i, digests_zero_of (any, i)) == -1)
+      return -1;
+  return 0;
+}
+
+/* Hash every chunk of a slot that was read, noting which are zero. */
+static int
+digest_slot (struct slot *slot)
+{
+  struct copy *c = slot->c;
+  const struct digests *any = c->opts.record ? c->opts.record :
+    c->opts.expect ? c->opts.expect : c->opts.parent;
+  unsigned char d[DIGEST_LEN];
+  uint32_t pos, n;
+  uint64_t i;
+
+  for (pos = 0; pos < slot->len; pos += n) {
+    i = chunk_of (c, slot->offset + pos);
+    n = digests_chunk_len (any, i);
+    if (digest_buf (slot->buf + pos, n, d) == -1)
+      return -1;
+    slot->zero_chunk[pos / c->dchunk] =
+      memcmp (d, digests_zero_of (any, i), DIGEST_LEN) == 0;
+    if (digest_done (c, i, d) == -1)
+      return -1;
+  }
+  return 0;
+}
+
+/* A chunk that reads as zero need not be written where the parent
+ * (the overlay's backing file) is zero too.
+ */
+static bool
+parent_zero (const struct copy *c, uint64_t offset)
+{
+  return c->opts.parent && digests_is_zero (c->opts.parent,
+                                            chunk_of (c, offset));
+}
+
+/* Issue zero requests for [offset, offset+len), in pieces the target
+ * takes (max_zero may be below the length).
+ */
+static void
+issue_zeros (struct slot *slot, uint64_t offset, uint64_t len)
+{
+  uint64_t pos, next;
+
+  for (pos = 0; pos < len; pos += next) {
+    next = MIN (len - pos, (uint64_t) slot->c->tgt->max_zero);
+    issue_zero (slot, next, offset + pos);
+  }
+}
+
+enum chunk_action { DO_WRITE, DO_ZERO, DO_NOTHING };
+
+/* Digest mode, a target that is not known_zero: what chunk at pos
+ * of the slot needs.  Data is written; zeros are written as zeros
+ * unless the parent is zero there.
+ */
+static enum chunk_action
+chunk_action (const struct slot *slot, uint32_t pos)
+{
+  if (!slot->zero_chunk[pos / slot->c->dchunk])
+    return DO_WRITE;
+  if (parent_zero (slot->c, slot->offset + pos))
+    return DO_NOTHING;
+  return DO_ZERO;
+}
+
+/* Write the slot chunk by chunk, each run of chunks that need the
+ * same in one request.
+ */
+static void
+write_chunks (struct slot *slot)
+{
+  struct copy *c = slot->c;
+  uint32_t pos = 0, start;
+  enum chunk_action run;
+
+  while (pos < slot->len) {
+    start = pos;
+    run = chunk_action (slot, pos);
+    do
+      pos += MIN (c->dchunk, slot->len - pos);
+    while (pos < slot->len && chunk_action (slot, pos) == run);
+    if (run == DO_WRITE)
+      issue_write (slot, slot->buf + start, pos - start,
+                   slot->offset + start);
+    else if (run == DO_ZERO)
+      issue_zeros (slot, slot->offset + start, pos - start);
+    else
+      slot->bytes_zero += pos - start;
+  }
+}
+
 /* The slot's read has completed: write what it read. */
 static void
 write_slot (struct slot *slot)
@@ -261,6 +414,32 @@ write_slot (struct slot *slot)
 
   slot->state = SLOT_WRITING;
   slot->pending = 1;
+
+  if (c->dchunk) {
+    if (digest_slot (slot) == -1) {
+      c->failed = true;
+      slot->reported = true;
+      slot->err = EIO;
+      slot_put (slot);
+      return;
+    }
+    if (c->tgt == NULL) {       /* verify: nothing to write */
+      for (pos = 0; pos < len; pos += c->dchunk) {
+        next = MIN (len - pos, c->dchunk);
+        if (slot->zero_chunk[pos / c->dchunk])
+          slot->bytes_zero += next;
+        else
+          slot->bytes_data += next;
+      }
+      slot_put (slot);
+      return;
+    }
+    if (!c->tgt->known_zero) {
+      write_chunks (slot);
+      slot_put (slot);
+      return;
+    }
+  }
 
   if (!c->tgt->known_zero) {
     if (is_zero (buf, len)) {
@@ -423,6 +602,48 @@ refresh_extents (struct copy *c)
   return 0;
 }
 
+/* Digest mode: what the chunk [off, end) is, from the extents (ext_i
+ * is moved to the first one that reaches off).  Only a chunk that is
+ * all hole is skipped and only one that is all zero is zero; a part
+ * past the extents known is read.
+ */
+static enum piece_kind
+classify_chunk (struct copy *c, uint64_t off, uint64_t end)
+{
+  bool all_zero = end <= c->ext_end, all_skip = end <= c->ext_end;
+  size_t i;
+
+  while (c->ext_i < c->nr_ext &&
+         c->ext[c->ext_i].offset + c->ext[c->ext_i].length <= off)
+    c->ext_i++;
+  for (i = c->ext_i; i < c->nr_ext && c->ext[i].offset < end; ++i) {
+    all_zero &= c->ext[i].zero;
+    all_skip &= c->ext[i].skip;
+  }
+  return all_skip ? PIECE_SKIP : all_zero ? PIECE_ZERO : PIECE_DATA;
+}
+
+/* Digest mode: the next piece is a run of whole chunks of one kind,
+ * at most opts.chunk bytes (and not crossing a multiple of it) unless
+ * it is skipped, and not past the extents known.
+ */
+static void
+next_chunks (struct copy *c, uint64_t *end, bool *zero, bool *skip)
+{
+  uint64_t size = c->src->size, limit;
+  enum piece_kind kind;
+
+  *end = MIN (size, c->next + c->dchunk);
+  kind = classify_chunk (c, c->next, *end);
+  limit = kind == PIECE_SKIP ? c->ext_end :
+    MIN (c->ext_end, (c->next | (c->opts.chunk - 1)) + 1);
+  while (*end < limit && *end + c->dchunk <= c->ext_end &&
+         classify_chunk (c, *end, MIN (size, *end + c->dchunk)) == kind)
+    *end = MIN (size, *end + c->dchunk);
+  *zero = kind == PIECE_ZERO;
+  *skip = kind == PIECE_SKIP;
+}
+
 /* The next piece of work at c->next, which it advances.  1 = got
  * one, 0 = the whole source is handed out, -1 = error.  *skip: a
  * hole to leave alone (skip_holes).
@@ -438,6 +659,13 @@ next_piece (struct copy *c, uint64_t *offset, uint64_t *len, bool *zero,
     return 0;
   if (c->next >= c->ext_end && refresh_extents (c) == -1)
     return -1;
+  if (c->dchunk) {
+    next_chunks (c, &end, zero, skip);
+    *offset = c->next;
+    *len = end - c->next;
+    c->next = end;
+    return 1;
+  }
   while (c->ext[c->ext_i].offset + c->ext[c->ext_i].length <= c->next)
     c->ext_i++;
   e = &c->ext[c->ext_i];
@@ -476,7 +704,9 @@ fill (struct copy *c)
       c->stats.skipped += len;
       continue;
     }
-    if (zero && c->tgt->known_zero) {
+    if (zero && c->dchunk && digest_zero_piece (c, offset, len) == -1)
+      return -1;
+    if (zero && (c->tgt == NULL || c->tgt->known_zero)) {
       c->stats.zero += len;
       continue;
     }
@@ -492,7 +722,13 @@ fill (struct copy *c)
     if (zero) {
       slot->state = SLOT_WRITING;
       slot->pending = 1;
-      issue_zero (slot, len, offset);
+      if (c->dchunk) {          /* zero what the parent does not */
+        memset (slot->zero_chunk, 1,
+                c->opts.chunk / c->dchunk * sizeof *slot->zero_chunk);
+        write_chunks (slot);
+      }
+      else
+        issue_zero (slot, len, offset);
       slot_put (slot);
     }
     else {
@@ -578,6 +814,45 @@ poll_once (struct copy *c)
   return r;
 }
 
+/* The digest options agree with the source and each other; set
+ * dchunk and make opts.chunk a multiple of it.  0 or -1 (reported).
+ */
+static int
+digest_setup (struct copy *c)
+{
+  const struct digests *lists[] = {
+    c->opts.record, c->opts.expect, c->opts.parent
+  };
+  size_t i;
+
+  for (i = 0; i < sizeof lists / sizeof lists[0]; ++i) {
+    if (lists[i] == NULL)
+      continue;
+    if (lists[i]->size != c->src->size ||
+        (c->dchunk && lists[i]->chunk != c->dchunk)) {
+      nbdkit_error ("digest list of %" PRIu64 " bytes in chunks of %"
+                    PRIu32 " does not fit the source (%" PRIu64 " bytes)",
+                    lists[i]->size, lists[i]->chunk, c->src->size);
+      return -1;
+    }
+    c->dchunk = lists[i]->chunk;
+  }
+  if (c->tgt == NULL && c->dchunk == 0) {
+    nbdkit_error ("internal error: a copy without a target and digests");
+    return -1;
+  }
+  if (c->dchunk && c->opts.chunk < c->dchunk) {
+    if (c->dchunk > c->src->max_request) {
+      nbdkit_error ("source %s: the server reads at most %" PRIu64 " bytes "
+                    "at a time, less than a digest chunk (%" PRIu32 ")",
+                    c->src->uri, c->src->max_request, c->dchunk);
+      return -1;
+    }
+    c->opts.chunk = c->dchunk;
+  }
+  return 0;
+}
+
 struct copy *
 copy_new (struct source *src, struct target *tgt,
           const struct copy_options *opts)
@@ -593,7 +868,9 @@ copy_new (struct source *src, struct target *tgt,
   c->opts = *opts;
   c->stats.total = src->size;
   c->nr_slots = opts->requests * src->nr_nbd;
-  c->nr_handles = src->nr_nbd + tgt->nr_nbd;
+  c->nr_handles = src->nr_nbd + (tgt ? tgt->nr_nbd : 0);
+  if (digest_setup (c) == -1)
+    goto err;
   c->slots = calloc (c->nr_slots, sizeof *c->slots);
   c->free_slots = calloc (c->nr_slots, sizeof *c->free_slots);
   c->ready = calloc (c->nr_slots, sizeof *c->ready);
@@ -608,8 +885,12 @@ copy_new (struct source *src, struct target *tgt,
     slot->c = c;
     slot->index = i;
     slot->lane = i % src->nr_nbd;
-    slot->buf = malloc (opts->chunk);
+    slot->buf = malloc (c->opts.chunk);
     if (slot->buf == NULL)
+      goto nomem;
+    if (c->dchunk &&
+        (slot->zero_chunk = calloc (c->opts.chunk / c->dchunk,
+                                    sizeof *slot->zero_chunk)) == NULL)
       goto nomem;
     /* Popped in order 0, 1, 2...: consecutive pieces go to different
      * connections.
@@ -621,6 +902,7 @@ copy_new (struct source *src, struct target *tgt,
 
  nomem:
   nbdkit_error ("malloc: %m");
+ err:
   copy_free (c);
   return NULL;
 }
@@ -684,7 +966,7 @@ copy_run (struct copy *c, struct copy_stats *stats)
   progress_end ();
 
   *stats = c->stats;
-  if (c->failed)
+  if (c->failed || c->stats.mismatches > 0)
     return -1;
   if (c->stats.copied + c->stats.zero + c->stats.skipped != c->stats.total) {
     nbdkit_error ("internal error: copied %" PRIu64 " + zero %" PRIu64
@@ -704,8 +986,10 @@ copy_free (struct copy *c)
   if (c == NULL)
     return;
   if (c->slots)
-    for (i = 0; i < c->nr_slots; ++i)
+    for (i = 0; i < c->nr_slots; ++i) {
       free (c->slots[i].buf);
+      free (c->slots[i].zero_chunk);
+    }
   free (c->slots);
   free (c->free_slots);
   free (c->ready);

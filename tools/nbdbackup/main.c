@@ -44,6 +44,10 @@ struct subcommand {
 };
 
 static const struct subcommand subcommands[] = {
+  { "init", init_main,
+    "make a backup repository for one disk" },
+  { "list", list_main,
+    "list the backups of a repository" },
   { "pull", pull_main,
     "copy an NBD export to a raw file, a qcow2 image or an NBD URI" },
   { "status", status_main,
@@ -116,6 +120,7 @@ usage (FILE *fp)
            "  3  the server refused the command (control subcommands)\n"
            "  4  the job waited for failed or was cancelled (control "
            "subcommands)\n"
+           "  5  the repository is busy: another command holds its lock\n"
            "  128+N  killed by signal N (the target is left incomplete)\n"
            "\n"
            "See nbdbackup(1).\n");

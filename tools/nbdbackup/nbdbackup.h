@@ -27,6 +27,7 @@ enum {
   NBDBACKUP_EXIT_USAGE = 2,       /* bad option or missing argument */
   NBDBACKUP_EXIT_REFUSED = 3,     /* the server answered with an error */
   NBDBACKUP_EXIT_JOB_FAILED = 4,  /* the job waited for failed/cancelled */
+  NBDBACKUP_EXIT_BUSY = 5,        /* another command holds the repository */
 };
 
 /* A subcommand: argv[0] is "nbdbackup NAME" (so that getopt's own
@@ -46,6 +47,10 @@ extern int set_speed_main (int argc, char *argv[]);
 extern int wait_main (int argc, char *argv[]);
 extern int control_main (int argc, char *argv[]);
 extern int bitmap_main (int argc, char *argv[]);  /* dirty-bitmap.c */
+
+/* The repository subcommands (repo-*.c). */
+extern int init_main (int argc, char *argv[]);
+extern int list_main (int argc, char *argv[]);
 
 /* wait.c: jobs, shared with backup --wait and cancel. */
 struct control;
