@@ -48,6 +48,8 @@ static const struct subcommand subcommands[] = {
     "make a backup repository for one disk" },
   { "list", list_main,
     "list the backups of a repository" },
+  { "restore", restore_main,
+    "write a backup of a repository to a file or an NBD URI" },
   { "pull", pull_main,
     "copy an NBD export to a raw file, a qcow2 image or an NBD URI" },
   { "status", status_main,

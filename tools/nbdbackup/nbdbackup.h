@@ -52,6 +52,11 @@ extern int bitmap_main (int argc, char *argv[]);  /* dirty-bitmap.c */
 extern int init_main (int argc, char *argv[]);
 extern int list_main (int argc, char *argv[]);
 
+/* The commands that read a point in time (restore.c, verify.c,
+ * mount.c; served by serve.c, checked by point.c).
+ */
+extern int restore_main (int argc, char *argv[]);
+
 /* wait.c: jobs, shared with backup --wait and cancel. */
 struct control;
 
