@@ -49,11 +49,8 @@ check_file (const struct repo *r, const struct repo_entry *e,
   if (path == NULL)
     return -1;
   fd = open_regular_file ("backup", path, O_RDONLY, OPEN_NOFOLLOW);
-  if (fd == -1) {
-    nbdkit_error ("backup %s: cannot be read: %s is not its regular file",
-                  e->id, e->file);
+  if (fd == -1)
     goto out;
-  }
   isq = qcow2_probe_fd (fd, path, &backing);
   if (isq == -1)
     goto out;
@@ -177,10 +174,8 @@ point_open (struct repo *r, const struct repo_entry *e, struct point *p)
 int
 point_load_digests (const struct point *p, struct digests *d)
 {
-  if (digests_load (p->digests_file, d, p->entry->digest) == -1) {
-    nbdkit_error ("backup %s: its digest list cannot be used", p->id);
+  if (digests_load (p->digests_file, d, p->entry->digest) == -1)
     return -1;
-  }
   if (d->size != p->size) {
     nbdkit_error ("backup %s: digest list %s is for %" PRIu64 " bytes, "
                   "the catalog says %" PRIu64, p->id, p->digests_file,
