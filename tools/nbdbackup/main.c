@@ -48,6 +48,8 @@ static const struct subcommand subcommands[] = {
     "make a backup repository for one disk" },
   { "list", list_main,
     "list the backups of a repository" },
+  { "verify", verify_main,
+    "check the backups of a repository against their digests" },
   { "restore", restore_main,
     "write a backup of a repository to a file or an NBD URI" },
   { "pull", pull_main,

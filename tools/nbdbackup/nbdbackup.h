@@ -56,6 +56,7 @@ extern int list_main (int argc, char *argv[]);
  * mount.c; served by serve.c, checked by point.c).
  */
 extern int restore_main (int argc, char *argv[]);
+extern int verify_main (int argc, char *argv[]);
 
 /* wait.c: jobs, shared with backup --wait and cancel. */
 struct control;
