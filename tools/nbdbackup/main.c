@@ -52,6 +52,8 @@ static const struct subcommand subcommands[] = {
     "check the backups of a repository against their digests" },
   { "restore", restore_main,
     "write a backup of a repository to a file or an NBD URI" },
+  { "mount", mount_main,
+    "serve a backup of a repository over NBD" },
   { "pull", pull_main,
     "copy an NBD export to a raw file, a qcow2 image or an NBD URI" },
   { "status", status_main,
