@@ -33,11 +33,14 @@ new_socket () {
 
 # start_nbdkit NAME ARGS...: start nbdkit in the background on the
 # socket in $NAME_sock, log in $BATS_TEST_TMPDIR/NAME.log, wait for
-# its pidfile.  Sets ${NAME}_sock, ${NAME}_pid and ${NAME}_uri.
+# its pidfile.  Sets ${NAME}_sock, ${NAME}_pid and ${NAME}_uri.  The
+# socket is a new one, or $start_sock if set (a server restarted where
+# its clients know it; a file left there by a killed one is removed).
 start_nbdkit () {
     local name="$1"; shift
     local sock pidfile log end
-    sock="$(new_socket)"
+    sock="${start_sock:-$(new_socket)}"
+    [ -z "${start_sock:-}" ] || rm -f "$sock"
     pidfile="$BATS_TEST_TMPDIR/$name.pid"
     log="$BATS_TEST_TMPDIR/$name.log"
     rm -f "$pidfile"

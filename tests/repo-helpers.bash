@@ -13,25 +13,29 @@ repo_setup () {
     requires nbdbackup qemu-img qemu-io nbdcopy jq
     d="$BATS_TEST_TMPDIR"
     ctlsock="$(new_socket)"
+    srvsock="$(new_socket)"
     repo="$d/repo"
 }
 
 repo_teardown () {
     stop_all_nbdkit
-    rm -f "$ctlsock" "${pausesock:-}"
+    rm -f "$ctlsock" "$srvsock" "${pausesock:-}"
 }
 
-# start_disk [EXTRA-ARGS...]: serve $d/disk.img as srv (see above).
-# With pause=1 in the environment, nbdkit-pause-filter sits on top,
-# controlled on $pausesock.
+# start_disk [EXTRA-ARGS...]: serve $d/disk.img as srv (see above),
+# always on the socket $srvsock (the catalog names it), so a restart
+# comes back where the repository expects it.  With pause=1 in the
+# environment, nbdkit-pause-filter sits on top, controlled on
+# $pausesock.
 start_disk () {
     local pre=()
     if [ "${pause:-0}" = 1 ]; then
-        pausesock="$(new_socket)"
+        pausesock="${pausesock:-$(new_socket)}"
+        rm -f "$pausesock"
         pre=(--filter=pause)
         set -- "$@" pause-control="$pausesock"
     fi
-    start_nbdkit srv -t 1 "${pre[@]}" --filter="$dirtybitmap" \
+    start_sock="$srvsock" start_nbdkit srv -t 1 "${pre[@]}" --filter="$dirtybitmap" \
         --filter="$fleece" file "$d/disk.img" \
         fleece-snapshot=on-command fleece-store="$d" \
         dirtybitmap-control="$ctlsock" dirtybitmap-file="$d/bitmaps" "$@"
@@ -99,4 +103,27 @@ check_backup () {
            fold -w 64; echo)
     [ "$(sha256sum <"$repo/$id.digests" | awk '{print $1}')" = \
       "$(entry "$id" digest)" ]
+}
+
+# our_bitmaps: the server's bitmaps of the repository, as "name
+# recording inconsistent" lines, sorted.
+our_bitmaps () {
+    local prefix
+    prefix="$(jq -r '."bitmap-prefix"' "$repo/catalog.json")"
+    nbdbackup bitmap list --json "$ctlsock" |
+        jq -r --arg p "$prefix" '.[] | select(.name | startswith($p)) |
+                                 "\(.name) \(.recording) \(.inconsistent)"' |
+        sort
+}
+
+# tracked: the catalog's tracked bitmaps as "inc-name diff-name".
+tracked () { jq -r '"\(.tracking.inc) \(.tracking.diff)"' "$repo/catalog.json"; }
+
+# check_tracking: the server has exactly the two bitmaps the catalog
+# tracks, both recording and consistent.
+check_tracking () {
+    local inc diff
+    read -r inc diff < <(tracked)
+    run -0 our_bitmaps
+    [ "$output" = "$(printf '%s true false\n%s true false\n' "$inc" "$diff" | sort)" ]
 }

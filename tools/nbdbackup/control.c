@@ -63,6 +63,7 @@ struct control {
   int fd;
   json_object *greeting;        /* the "nbdkit-backup" member */
   int64_t next_id;
+  bool cleanup;                 /* only a second signal interrupts */
 
   /* Bytes received and not yet cut into lines. */
   char *buf;
@@ -73,6 +74,12 @@ struct control {
   json_object *events[MAX_EVENTS];
   size_t ev_first, ev_count;
 };
+
+void
+control_cleanup_mode (struct control *c)
+{
+  c->cleanup = true;
+}
 
 const char *
 control_path (const struct control *c)
@@ -107,7 +114,7 @@ ms_left (double deadline)
 static bool
 check_interrupted (const struct control *c)
 {
-  if (interrupted_by == 0)
+  if (interrupted_by == 0 || (c->cleanup && signal_count < 2))
     return false;
   nbdkit_error ("control socket %s: interrupted by signal %d",
                 c->path, (int) interrupted_by);

@@ -35,6 +35,13 @@ extern struct control *control_connect (const char *path);
 /* Close the connection and free everything. */
 extern void control_close (struct control *c);
 
+/* From now on the first SIGINT or SIGTERM no longer interrupts the
+ * commands on c, only a second one does: for the commands that undo
+ * what a command stopped by a signal had done (nbdbackup backup's
+ * rollback).
+ */
+extern void control_cleanup_mode (struct control *c);
+
 /* The socket's path, as given. */
 extern const char *control_path (const struct control *c);
 

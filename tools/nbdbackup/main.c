@@ -46,6 +46,8 @@ struct subcommand {
 static const struct subcommand subcommands[] = {
   { "init", init_main,
     "make a backup repository for one disk" },
+  { "backup", backup_main,
+    "back up a disk into its repository (full, inc, diff or auto)" },
   { "list", list_main,
     "list the backups of a repository" },
   { "verify", verify_main,
