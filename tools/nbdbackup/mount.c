@@ -38,6 +38,7 @@
 #include "files.h"
 #include "nbdkit-stubs.h"
 #include "qcow2.h"
+#include "rounding.h"
 #include "nbdbackup.h"
 #include "point.h"
 #include "repo.h"
@@ -206,7 +207,7 @@ static int
 make_overlay (const struct point *p, const char *path)
 {
   struct qcow2_create_options o = {
-    .size = p->size,
+    .size = ROUND_UP (p->size, 512), /* as the backup's own image */
     .backing = p->abs_file,
     .backing_format = "qcow2",
   };
@@ -355,6 +356,7 @@ do_mount (const struct mount *m)
       .file = m->writable ? overlay : p.file,
       .backing = m->writable ? p.abs_file : NULL,
       .writable = m->writable,
+      .size = p.size,
       .socket = m->socket,
       .dir = dir,
     });

@@ -117,7 +117,8 @@ point_read (const struct point *p, struct point_read *pr,
   dir = private_dir_new ();
   if (dir == NULL)
     return -1;
-  s = serve_start (&(struct serve_options) { .file = p->file, .dir = dir });
+  s = serve_start (&(struct serve_options) {
+      .file = p->file, .size = p->size, .dir = dir });
   if (s == NULL)
     goto out;
   if (source_open (&src, serve_uri (s), pr->connections) == -1)

@@ -13,7 +13,7 @@
  * a FIFO, a device is refused without blocking), must be a qcow2
  * image that the suite's qcow2 library opens and checks (header,
  * tables, refcounts as far as opening goes) on its own, with the
- * recorded size, and must name as backing file exactly its parent's
+ * recorded size (rounded up to 512 bytes, as qcow2 sizes are), and must name as backing file exactly its parent's
  * file name (relative, same directory; a full names none).  Serving
  * then follows the same names under the plugin's same-dir policy, so
  * what was checked is what is served.
@@ -32,6 +32,7 @@
 #include "files.h"
 #include "nbdkit-stubs.h"
 #include "qcow2.h"
+#include "rounding.h"
 #include "point.h"
 #include "repo.h"
 
@@ -78,7 +79,10 @@ check_file (const struct repo *r, const struct repo_entry *e,
     nbdkit_error ("backup %s: %s is not a valid qcow2 image", e->id, path);
     goto out;
   }
-  if (qcow2_get_size (img) != e->size) {
+  /* A qcow2 image's size is a multiple of 512: a disk of another size
+   * is stored rounded up, and only its own bytes are read back.
+   */
+  if (qcow2_get_size (img) != ROUND_UP (e->size, 512)) {
     nbdkit_error ("backup %s: %s has size %" PRIu64 ", the catalog says %"
                   PRIu64, e->id, path, qcow2_get_size (img), e->size);
     goto out;

@@ -17,6 +17,9 @@
  *          PLUGIN file=IMAGE readonly=true backing-policy=same-dir
  *          [backing=FILE backing-format=qcow2]
  *
+ * (with --filter=truncate truncate=SIZE when the disk's size is not a
+ * multiple of 512: a qcow2 image's size is rounded up to one, and
+ * what is served must be the disk, not the padding).
  * -f keeps nbdkit in the process we forked, so the pid in the pidfile
  * must be our child's; it is checked, and the server is stopped by
  * that pid only, never by name.  nbdkit writes the pidfile once it
@@ -240,11 +243,13 @@ static void
 exec_nbdkit (const struct serve_options *o, struct server *s, int logfd)
 {
   const char *argv[20];
-  char *file_arg = NULL, *backing_arg = NULL;
+  char *file_arg = NULL, *backing_arg = NULL, *truncate_arg = NULL;
   int i = 0, nullfd;
 
   if (asprintf (&file_arg, "file=%s", o->file) == -1 ||
-      (o->backing && asprintf (&backing_arg, "backing=%s", o->backing) == -1))
+      (o->backing && asprintf (&backing_arg, "backing=%s", o->backing) == -1) ||
+      (o->size % 512 &&
+       asprintf (&truncate_arg, "truncate=%" PRIu64, o->size) == -1))
     _exit (127);
   argv[i++] = nbdkit_program ();
   argv[i++] = "-f";
@@ -255,6 +260,8 @@ exec_nbdkit (const struct serve_options *o, struct server *s, int logfd)
   argv[i++] = s->pidfile;
   if (!o->writable)
     argv[i++] = "-r";
+  if (truncate_arg)
+    argv[i++] = "--filter=truncate";
   argv[i++] = plugin_path ();
   argv[i++] = file_arg;
   argv[i++] = o->writable ? "readonly=false" : "readonly=true";
@@ -263,6 +270,8 @@ exec_nbdkit (const struct serve_options *o, struct server *s, int logfd)
     argv[i++] = backing_arg;
     argv[i++] = "backing-format=qcow2";
   }
+  if (truncate_arg)
+    argv[i++] = truncate_arg;
   argv[i] = NULL;
 
   nullfd = open ("/dev/null", O_RDWR);

@@ -11,6 +11,7 @@
 #define NBDBACKUP_SERVE_H
 
 #include <stdbool.h>
+#include <stdint.h>
 #include <sys/types.h>
 
 /* A private directory (mode 0700) in $TMPDIR or /tmp, for a server's
@@ -32,6 +33,11 @@ struct serve_options {
    */
   const char *backing;
   bool writable;                /* else readonly, in nbdkit and the plugin */
+  /* The disk's size, if the image's is rounded up from it (qcow2 sizes
+   * are multiples of 512): the padding is cut off with nbdkit's
+   * truncate filter.  0: the image's size.
+   */
+  uint64_t size;
   /* The socket to listen on, or NULL for one in dir. */
   const char *socket;
   /* A private directory (private_dir_new) for the pidfile, the log
