@@ -56,6 +56,8 @@ static const struct subcommand subcommands[] = {
     "write a backup of a repository to a file or an NBD URI" },
   { "mount", mount_main,
     "serve a backup of a repository over NBD" },
+  { "prune", prune_main,
+    "keep the newest backups of a repository, remove the others" },
   { "pull", pull_main,
     "copy an NBD export to a raw file, a qcow2 image or an NBD URI" },
   { "status", status_main,

@@ -59,6 +59,7 @@ extern int backup_main (int argc, char *argv[]);
 extern int restore_main (int argc, char *argv[]);
 extern int verify_main (int argc, char *argv[]);
 extern int mount_main (int argc, char *argv[]);
+extern int prune_main (int argc, char *argv[]);
 
 /* wait.c: jobs, shared with backup --wait and cancel. */
 struct control;
