@@ -157,3 +157,32 @@ teardown () { repo_teardown; }
     [ "${lines[0]}" = "nbdbackup backup: level full: bitmap '$inc' is missing on the server" ]
     check_tracking
 }
+
+@test "repo estimate: what the next inc, diff and full would copy" {
+    truncate -s 16M "$d/disk.img"
+    dd if=/dev/urandom of="$d/disk.img" bs=64K count=4 seek=32 conv=notrunc status=none
+    start_disk
+    init_repo
+    run -0 nbdbackup estimate "$repo"
+    [ "${lines[0]}" = "next inc   not possible: the repository has no backup yet" ]
+    [ "${lines[1]}" = "next diff  not possible: the repository has no backup yet" ]
+    [ "${lines[2]}" = "next full  256.0 KiB to copy (the data of the 16.0 MiB disk)" ]
+    [ "${lines[3]}" = "next auto  full" ]
+    run -0 nbdbackup backup "$repo"
+    full="$(last_id)"
+    # 64K of data and 64K of zeros dirty.
+    io "$live" "write -P 1 1M 64K" "write -z 8M 64K"
+    run -0 nbdbackup estimate "$repo"
+    [ "${lines[0]}" = "next inc   64.0 KiB to copy (128.0 KiB changed since $full)" ]
+    [ "${lines[1]}" = "next diff  64.0 KiB to copy (128.0 KiB changed since the full backup $full)" ]
+    [ "${lines[3]}" = "next auto  inc" ]
+    run -0 nbdbackup estimate --json "$repo"
+    [ "$(jq -c '[.disk_size, .bytes_data, .next_auto, .inc.possible, .inc.bytes_dirty, .inc.bytes_to_copy, .inc.since, .diff.since]' <<<"$output")" = \
+      "[16777216,327680,\"inc\",true,131072,65536,\"$full\",\"$full\"]" ]
+    run -0 nbdbackup backup "$repo"
+    [ "$(entry "$(last_id)" bytes-copied)" = 65536 ]
+    run -2 nbdbackup estimate
+    [[ "$output" == "nbdbackup estimate: missing REPO"* ]]
+    run -2 nbdbackup estimate "$repo" x
+    [[ "$output" == "nbdbackup estimate: unexpected argument 'x' after REPO"* ]]
+}

@@ -50,6 +50,8 @@ static const struct subcommand subcommands[] = {
     "back up a disk into its repository (full, inc, diff or auto)" },
   { "list", list_main,
     "list the backups of a repository" },
+  { "estimate", estimate_main,
+    "estimate what the next backups of a repository would copy" },
   { "verify", verify_main,
     "check the backups of a repository against their digests" },
   { "restore", restore_main,

@@ -52,6 +52,7 @@ extern int bitmap_main (int argc, char *argv[]);  /* dirty-bitmap.c */
 extern int init_main (int argc, char *argv[]);
 extern int list_main (int argc, char *argv[]);
 extern int backup_main (int argc, char *argv[]);
+extern int estimate_main (int argc, char *argv[]);
 
 /* The commands that read a point in time (restore.c, verify.c,
  * mount.c; served by serve.c, checked by point.c).

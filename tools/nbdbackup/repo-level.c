@@ -47,9 +47,8 @@ bitmap_problem (const struct server_bitmaps *bm, const char *name,
   return r == -1 ? -1 : 0;
 }
 
-/* Why an inc (diff: a diff) cannot be taken, or NULL. */
-static int
-level_problem (const struct repo *r, const struct server_bitmaps *bm,
+int
+repo_level_problem (const struct repo *r, const struct server_bitmaps *bm,
                uint64_t disk_size, bool diff, char **why)
 {
   const struct repo_entry *base = diff ? repo_last_full (r) : repo_last (r);
@@ -82,7 +81,7 @@ repo_choose_level (const struct repo *r, const struct server_bitmaps *bm,
     ch->reason = strdup ("requested with --level=full");
     goto out;
   }
-  if (level_problem (r, bm, disk_size, diff, &why) == -1)
+  if (repo_level_problem (r, bm, disk_size, diff, &why) == -1)
     goto nomem;
   if (why) {
     if (requested != LEVEL_AUTO) {

@@ -8,6 +8,7 @@
 #ifndef NBDBACKUP_REPO_LEVEL_H
 #define NBDBACKUP_REPO_LEVEL_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "repo.h"
@@ -33,5 +34,12 @@ extern int repo_choose_level (const struct repo *r,
                               const struct server_bitmaps *bm,
                               uint64_t disk_size, int requested,
                               struct level_choice *ch);
+
+/* Why an inc (diff: a diff) backup cannot be taken now: *why
+ * (malloc'd), or NULL if it can.  0, or -1 out of memory (reported).
+ */
+extern int repo_level_problem (const struct repo *r,
+                               const struct server_bitmaps *bm,
+                               uint64_t disk_size, bool diff, char **why);
 
 #endif /* NBDBACKUP_REPO_LEVEL_H */
