@@ -60,6 +60,22 @@ stop_mount () {
     flock -n -x "$repo/lock" true
 }
 
+@test "mount: Ctrl-C (SIGINT to its process group) ends it cleanly" {
+    local st=0
+    setsid nbdbackup mount --pidfile="$d/mount.pid" "$repo" "$msock" \
+        2>"$d/mount.err" 3>&- &
+    mpid=$!
+    wait_for "nbdbackup mount serving" "[ -s '$d/mount.pid' ]"
+    # As a terminal does: the whole foreground process group.
+    kill -INT -- "-$mpid"
+    wait "$mpid" || st=$?
+    mpid=""
+    cat "$d/mount.err"
+    [ "$st" = 0 ]
+    [ "$(grep -c . "$d/mount.err")" = 1 ]     # only "serving ..."
+    [ ! -e "$msock" ] && [ -z "$(ls -A "$TMPDIR")" ]
+}
+
 @test "mount: --run with \$uri, its exit status, an older point" {
     run -7 nbdbackup mount --id="$id1" \
         --run 'nbdcopy "$uri" "'"$d/m1.img"'" && test -S "$unixsocket" && exit 7' \

@@ -274,6 +274,10 @@ exec_nbdkit (const struct serve_options *o, struct server *s, int logfd)
     argv[i++] = truncate_arg;
   argv[i] = NULL;
 
+  /* Its own process group: a Ctrl-C on the terminal reaches only
+   * nbdbackup, which stops its clients first and then the server.
+   */
+  setpgid (0, 0);
   nullfd = open ("/dev/null", O_RDWR);
   if (nullfd == -1 || dup2 (nullfd, 0) == -1 || dup2 (nullfd, 1) == -1 ||
       dup2 (logfd, 2) == -1)
@@ -389,7 +393,8 @@ serve_stop (struct server *s)
     return 0;
   if (s->pid == 0)
     r = -1;                     /* it had exited: reported then */
-  else if (!serve_exited (s)) {
+  else {
+    /* (Harmless if it has just exited and is not reaped yet.) */
     kill (s->pid, SIGTERM);
     end = monotonic_seconds () + STOP_SECONDS;
     while (waitpid (s->pid, &s->status, WNOHANG) == 0) {
@@ -403,14 +408,14 @@ serve_stop (struct server *s)
       poll (NULL, 0, 10);
     }
     s->pid = 0;
-    if (!WIFEXITED (s->status) || WEXITSTATUS (s->status) != 0) {
+    /* A clean end: an exit status of 0, or SIGTERM's default action. */
+    if (!(WIFEXITED (s->status) && WEXITSTATUS (s->status) == 0) &&
+        !(WIFSIGNALED (s->status) && WTERMSIG (s->status) == SIGTERM)) {
       serve_report_log (s);
       report_status (s);
       r = -1;
     }
   }
-  else
-    r = -1;
   server_free (s);
   return r;
 }
