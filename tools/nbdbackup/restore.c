@@ -329,7 +329,8 @@ restore_main (int argc, char *argv[])
   if (point_read (&p, &pr, &rs.copy, &stats) == 0)
     ret = NBDBACKUP_EXIT_OK;
   else if (pr.mismatches > 0 && rs.topts.format != TARGET_NBD)
-    nbdkit_error ("target %s: left incomplete", rs.target);
+    nbdkit_error ("target %s: not restored; %s.incomplete is left as it "
+                  "is", rs.target, rs.target);
 
  out:
   if (rs.json &&
