@@ -78,6 +78,7 @@ teardown () {
     flip_byte "$d/repo/$id1.qcow2" $((host + 100))
     run -1 nbdbackup restore --id="$id2" "$d/repo" "$d/out.img"
     [[ "$output" == *"backup $id2: offset 1048576: data differs from the recorded digest"* ]]
+    [[ "$output" == *"target $d/out.img: not restored; $d/out.img.incomplete is left as it is"* ]]
     [ ! -e "$d/out.img" ]
     [ -f "$d/out.img.incomplete" ]
     # --no-verify restores what the chain holds, damage and all.
