@@ -119,9 +119,8 @@ int
 point_open (struct repo *r, const struct repo_entry *e, struct point *p)
 {
   const struct repo_entry **chain = NULL;
-  size_t n = 0, i, len = 0;
+  size_t n = 0, i;
   char *real = NULL;
-  FILE *fp = NULL;
   int ret = -1;
 
   memset (p, 0, sizeof *p);
@@ -139,18 +138,6 @@ point_open (struct repo *r, const struct repo_entry *e, struct point *p)
   if (ret == -1)
     goto out;
   ret = -1;
-
-  fp = open_memstream (&p->chain, &len);
-  if (fp == NULL) {
-    nbdkit_error ("open_memstream: %m");
-    goto out;
-  }
-  for (i = n; i-- > 0; )
-    fprintf (fp, "%s%s", i == n - 1 ? "" : ", ", chain[i]->id);
-  if (fclose (fp) == EOF) {
-    nbdkit_error ("open_memstream: %m");
-    goto out;
-  }
 
   real = realpath (r->path, NULL);
   if (real == NULL) {
@@ -196,6 +183,5 @@ point_close (struct point *p)
   free (p->file);
   free (p->abs_file);
   free (p->digests_file);
-  free (p->chain);
   memset (p, 0, sizeof *p);
 }

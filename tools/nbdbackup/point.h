@@ -25,10 +25,6 @@ struct point {
   char *file;                   /* REPO/ID.qcow2 */
   char *abs_file;               /* its absolute path */
   char *digests_file;           /* REPO/ID.digests */
-  /* The ids of the backups it is built on, itself first, then its
-   * parent ... down to the full ("ID1, ID2, ..." for messages).
-   */
-  char *chain;
 };
 
 /* The backup id of r, or (id NULL) the newest.  NULL if there is no
