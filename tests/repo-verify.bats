@@ -48,6 +48,23 @@ teardown () {
          <<<"$output")" = "error:1048576 error:1048576 error:1048576" ]
 }
 
+@test "verify: the first 10 mismatches of a backup are named, the rest counted" {
+    local disk host n=0
+    # One byte in each of the first 12 data clusters of the full.
+    while read -r disk host; do
+        flip_byte "$repo/$id1.qcow2" "$host"
+        n=$((n + 1))
+    done < <(qemu-img map --output=json "$repo/$id1.qcow2" |
+             jq -r '.[] | select(.data) | range(.start; .start + .length; 65536) as $o |
+                    "\($o) \(.offset + $o - .start)"' | head -12)
+    [ "$n" = 12 ]
+    run -1 nbdbackup verify --id="$id1" "$repo"
+    [ "$(grep -c "backup $id1: offset [0-9]*: data differs" <<<"$output")" = 10 ]
+    [[ "$output" == *"backup $id1: 2 more chunks differ from the recorded digests"* ]]
+    run -1 --separate-stderr nbdbackup verify --json --id="$id1" "$repo"
+    [ "$(jq -r '.backups[0] | "\(.mismatches) \(.mismatch_offsets | length)"' <<<"$output")" = "12 10" ]
+}
+
 @test "verify: a flipped byte in an incremental names only it" {
     local disk host
     read -r disk host < <(data_cluster "$repo/$id3.qcow2" 3145728)
