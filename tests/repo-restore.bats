@@ -52,6 +52,33 @@ teardown () {
     cmp "$d/back.img" "$d/t2.img"
 }
 
+@test "restore: SIGTERM stops it cleanly, and its server with it" {
+    local pausesock st=0
+    export TMPDIR="$d/tmp"
+    mkdir "$TMPDIR"
+    # The target holds every write: the restore cannot finish.
+    pausesock="$(new_socket)"
+    start_nbdkit dst -t 1 --filter=pause memory 4M pause-control="$pausesock"
+    pause_ctl "$pausesock" p
+    nbdbackup restore --json "$repo" "$dst_uri" >"$d/json" 2>"$d/err" 3>&- &
+    local pid=$!
+    # Connected to the target: the copy is under way.
+    wait_for "the restore connected to its target" \
+        "grep -aq 'handshake complete' '$BATS_TEST_TMPDIR/dst.log'"
+    kill -TERM "$pid"
+    pause_ctl "$pausesock" r
+    wait "$pid" || st=$?
+    cat "$d/err"
+    [ "$st" = 143 ]
+    grep -q 'interrupted by signal 15' "$d/err"
+    [ "$(jq -r .result "$d/json")" = error ]
+    # The server it started is gone, with its private directory; the
+    # target's server was hung up on politely and still serves.
+    [ -z "$(ls -A "$TMPDIR")" ]
+    ! grep -aq 'Broken pipe\|Connection reset\|Assertion' "$BATS_TEST_TMPDIR/dst.log"
+    run -0 nbdinfo --size "$dst_uri"
+}
+
 @test "restore: --json summary" {
     run -0 nbdbackup restore --json --id="$id1" "$d/repo" "$d/out.img"
     [ "$(jq -r .result <<<"$output")" = ok ]
