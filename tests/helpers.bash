@@ -14,6 +14,10 @@ export PATH="$abs_top_builddir/tests:$abs_top_builddir/tools/nbdbackup:$PATH"
 filter_path () { echo "$abs_top_builddir/filters/$1/.libs/nbdkit-$1-filter.so"; }
 plugin_path () { echo "$abs_top_builddir/plugins/$1/.libs/nbdkit-$1-plugin.so"; }
 
+# nbdbackup restore, verify and mount serve backups with the qcow2
+# plugin of the build tree, not an installed one.
+export NBDBACKUP_QCOW2_PLUGIN="$(plugin_path qcow2)"
+
 # requires CMD...: skip the test when a command is missing.
 requires () {
     local c

@@ -204,6 +204,38 @@ get_id (const struct parse *p, json_object *o, const char *key,
   return 0;
 }
 
+/* An array of backup ids (a pending prune's).  0 or -1 (reported). */
+static int
+get_ids (const struct parse *p, json_object *o, const char *key,
+         char ***out, size_t *nr)
+{
+  json_object *a;
+  size_t i, n;
+
+  if (member (p, o, key, json_type_array, false, &a) == -1)
+    return -1;
+  n = json_object_array_length (a);
+  *out = calloc (n ? n : 1, sizeof **out);
+  if (*out == NULL) {
+    nbdkit_error ("calloc: %m");
+    return -1;
+  }
+  for (i = 0; i < n; ++i) {
+    json_object *v = json_object_array_get_idx (a, i);
+    const char *s = json_object_is_type (v, json_type_string) ?
+      json_object_get_string (v) : NULL;
+
+    if (s == NULL || !repo_id_ok (s)) {
+      bad (p, "\"%s\" must be an array of backup ids", key);
+      return -1;
+    }
+    if (repo_set_string (&(*out)[i], s) == -1)
+      return -1;
+    (*nr)++;
+  }
+  return 0;
+}
+
 static int
 parse_entry (struct parse *p, json_object *o, struct repo_entry *e,
              size_t index)
@@ -300,6 +332,9 @@ parse_pending (struct parse *p, json_object *o, struct repo_pending **out)
   p->where = "pending: ";
   if (get_string (p, o, "op", false, &pd->op) == -1)
     return -1;
+  if (strcmp (pd->op, "prune") == 0)
+    return get_ids (p, o, "fold", &pd->fold, &pd->nr_fold) == -1 ||
+      get_ids (p, o, "drop", &pd->drop, &pd->nr_drop) == -1 ? -1 : 0;
   if (strcmp (pd->op, "backup") != 0) {
     bad (p, "unknown operation '%s'", pd->op);
     return -1;
@@ -545,6 +580,18 @@ pending_json (const struct repo_pending *pd)
     json_object_put (o);
     json_object_put (a);
     return NULL;
+  }
+  if (strcmp (pd->op, "prune") == 0) {
+    json_object *drop = json_object_new_array ();
+
+    for (i = 0; i < pd->nr_fold; ++i)
+      json_object_array_add (a, json_object_new_string (pd->fold[i]));
+    for (i = 0; drop && i < pd->nr_drop; ++i)
+      json_object_array_add (drop, json_object_new_string (pd->drop[i]));
+    json_object_object_add (o, "op", json_object_new_string (pd->op));
+    json_object_object_add (o, "fold", a);
+    json_object_object_add (o, "drop", drop);
+    return o;
   }
   for (i = 0; i < pd->nr_added; ++i)
     json_object_array_add (a, json_object_new_string (pd->added[i]));

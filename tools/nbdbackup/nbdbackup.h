@@ -54,6 +54,14 @@ extern int list_main (int argc, char *argv[]);
 extern int backup_main (int argc, char *argv[]);
 extern int estimate_main (int argc, char *argv[]);
 
+/* The commands that read a point in time (restore.c, verify.c,
+ * mount.c; served by serve.c, checked by point.c).
+ */
+extern int restore_main (int argc, char *argv[]);
+extern int verify_main (int argc, char *argv[]);
+extern int mount_main (int argc, char *argv[]);
+extern int prune_main (int argc, char *argv[]);
+
 /* wait.c: jobs, shared with backup --wait and cancel. */
 struct control;
 

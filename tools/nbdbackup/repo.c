@@ -47,6 +47,7 @@
 #include "nbdkit-stubs.h"
 #include "nbdbackup.h"
 #include "repo.h"
+#include "prune.h"
 
 const char *
 repo_level_name (enum repo_level l)
@@ -135,6 +136,12 @@ repo_pending_free (struct repo_pending *p)
   if (p == NULL)
     return;
   free (p->op);
+  for (i = 0; i < p->nr_fold; ++i)
+    free (p->fold[i]);
+  free (p->fold);
+  for (i = 0; i < p->nr_drop; ++i)
+    free (p->drop[i]);
+  free (p->drop);
   free (p->id);
   free (p->file);
   for (i = 0; i < p->nr_added; ++i)
@@ -344,6 +351,10 @@ repo_open (const char *path, enum repo_lock_mode mode, const char *cmd,
     return e;
   }
   if (catalog_load (r) == -1)
+    goto err;
+  /* An interrupted prune is finished before anything else (prune.c). */
+  if (r->pending && strcmp (r->pending->op, "prune") == 0 &&
+      prune_finish_interrupted (r, mode, cmd) == -1)
     goto err;
   *ret = r;
   return NBDBACKUP_EXIT_OK;

@@ -51,7 +51,13 @@ struct repo_entry {
  * command that takes the exclusive lock rolls it back.
  */
 struct repo_pending {
-  char *op;                     /* "backup" */
+  char *op;                     /* "backup" or "prune" */
+  /* op "prune" (prune.c): only these two are set. */
+  char **fold;                  /* ids made standalone full backups */
+  size_t nr_fold;
+  char **drop;                  /* ids removed */
+  size_t nr_drop;
+  /* op "backup": */
   char *id;
   enum repo_level level;
   char *file;                   /* ID.qcow2 (being written .incomplete) */
