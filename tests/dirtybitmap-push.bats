@@ -386,7 +386,7 @@ check_mode () {
     at_instant () {
         local out="$1" w; shift
         local IFS=,
-        rm -f "$events"
+        rm -f "$events" "$events.used"
         pitwriter --seed "$RANDOM" --connections 2 --ops 150 --max-len 256K \
             --quiet --model "$d/model.img" "$srv_uri" & w=$!
         run -0 qmp C transaction '{"actions":[{"type":"snapshot-start"},'"$*"']}'
@@ -412,7 +412,7 @@ check_mode () {
     [[ "$output" == "b0 "*" 65536 true false true false" ]]
 
     # A second incremental on the first, the disk quiet.
-    rm -f "$events"
+    rm -f "$events" "$events.used"
     run -0 qmp C transaction '{"actions":[{"type":"backup-start","data":{"target":"'"$d/inc2.qcow2"'","sync":"incremental","bitmap":"b0","backing":"inc1.qcow2"}}]}'
     [ "$output" = '{}' ]
     run -0 ctl_event C BLOCK_JOB_COMPLETED
@@ -423,7 +423,7 @@ check_mode () {
     # two clusters apart, so it cannot end by itself), and whole again
     # when it is cancelled.
     io "$srv_uri" "write -P 8 1M 4K" "write -P 8 5M 4K"
-    rm -f "$events"
+    rm -f "$events" "$events.used"
     run -0 qmp C backup-start '{"target":"'"$d/inc3.qcow2"'","sync":"incremental","bitmap":"b0","backing":"inc2.qcow2","speed":1,"workers":1}'
     [ "$output" = '{"id":"cbw-4"}' ]
     io "$srv_uri" "write -P 9 0 4K"

@@ -200,17 +200,29 @@ ctl () {
 }
 
 # ctl_event NAME EVENT: wait for an event of that name on client NAME
-# (one already seen counts), print its line.
+# and print its line.  An event that arrived earlier (while ctl waited
+# for a reply) counts, but each event is returned once: two waits for
+# BLOCK_JOB_COMPLETED get two events, never the first one twice.
+# $BATS_TEST_TMPDIR/events.NAME keeps every event seen (tests grep
+# it); events.NAME.used lists the lines ctl_event has returned.
 ctl_event () {
-    local name="$1" ev="$2" line
+    local name="$1" ev="$2" line n
     local -n fds="$name"
-    if [ -f "$BATS_TEST_TMPDIR/events.$name" ] &&
-       grep -m1 "\"event\":\"$ev\"" "$BATS_TEST_TMPDIR/events.$name"; then
+    local log="$BATS_TEST_TMPDIR/events.$name"
+    local used="$BATS_TEST_TMPDIR/events.$name.used"
+    touch "$log" "$used"
+    n="$(awk -v ev="\"event\":\"$ev\"" '
+            FILENAME == ARGV[1] { u[$1] = 1; next }
+            index($0, ev) && !(FNR in u) { print FNR; exit }' "$used" "$log")"
+    if [ -n "$n" ]; then
+        echo "$n" >> "$used"
+        sed -n "${n}p" "$log"
         return 0
     fi
     while IFS= read -r -t 120 -u "${fds[0]}" line; do
-        echo "$line" >> "$BATS_TEST_TMPDIR/events.$name"
+        echo "$line" >> "$log"
         if [[ "$line" == "{\"event\":\"$ev\""* ]]; then
+            wc -l < "$log" >> "$used"
             printf '%s\n' "$line"
             return 0
         fi
