@@ -420,6 +420,8 @@ query_status_cmd (json_object *args, json_object **ret,
   json_object_object_add (o, "filters", filters_array ());
   json_object_object_add (o, "writes-in-flight",
                           json_object_new_int64 (gate_writes_in_flight ()));
+  json_object_object_add (o, "writes-waiting",
+                          json_object_new_int64 (gate_writes_waiting ()));
   json_object_object_add (o, "gate-closed",
                           json_object_new_boolean (gate_is_closed ()));
   json_object_object_add (o, "group", control_group_describe ());

@@ -35,6 +35,7 @@ static pthread_mutex_t gate_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t gate_cond = PTHREAD_COND_INITIALIZER;
 static unsigned in_flight;      /* Writes inside the gate. */
 static unsigned closers;        /* Threads waiting in gate_close. */
+static unsigned waiting;        /* Writes held back at the gate. */
 static bool closed;             /* A transaction holds the gate. */
 
 static __thread unsigned depth;
@@ -46,8 +47,12 @@ gate_enter (void)
     return;
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&gate_lock);
   /* A waiting closer goes first: writers do not starve it. */
-  while (closed || closers > 0)
-    pthread_cond_wait (&gate_cond, &gate_lock);
+  if (closed || closers > 0) {
+    waiting++;
+    while (closed || closers > 0)
+      pthread_cond_wait (&gate_cond, &gate_lock);
+    waiting--;
+  }
   in_flight++;
 }
 
@@ -91,6 +96,13 @@ gate_is_closed (void)
 {
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&gate_lock);
   return closed;
+}
+
+unsigned
+gate_writes_waiting (void)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&gate_lock);
+  return waiting;
 }
 
 unsigned

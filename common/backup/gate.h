@@ -38,6 +38,9 @@ extern bool gate_is_closed (void);
 /* Writes currently inside the gate (for status and tests). */
 extern unsigned gate_writes_in_flight (void);
 
+/* Writes waiting for the gate to open (for status and tests). */
+extern unsigned gate_writes_waiting (void);
+
 /* Hold the gate for a write until the end of the current block. */
 extern void gate_cleanup (int *unused);
 #define GATE_FOR_CURRENT_SCOPE()                                        \
