@@ -655,7 +655,9 @@ execute (struct command *c, json_object *args, json_object *id,
 
   pthread_mutex_lock (&exec_lock);
   current_client = client;
-  if (c->action) {
+  if (control_group_check_command (c->name, &err) == -1)
+    r = -1;
+  else if (c->action) {
     struct action_list al;
 
     r = actions_alloc (&al, 1, &err);

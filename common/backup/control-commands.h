@@ -94,6 +94,13 @@ extern void control_group_register (void);
  */
 extern int control_group_check_idle (struct control_error *err);
 
+/* May command name run now?  While a group is prepared only queries
+ * (query-*), qmp_capabilities and group-* may.  0, or -1 with *err
+ * (exec_lock held).
+ */
+extern int control_group_check_command (const char *name,
+                                        struct control_error *err);
+
 /* The group transaction held or last ended, for query-status (a new
  * reference), or NULL if there was none.
  */

@@ -27,11 +27,12 @@
  * reason.  Events: GROUP_PREPARED, GROUP_COMMITTED, GROUP_ABORTED
  * (reason "abort", "deadline", "client" or "shutdown").
  *
- * At most one group is held at a time, and while it is held every
- * other command that would close the gate (a transaction, an action)
- * is refused: it would wait for the gate while holding exec_lock,
- * which the commit needs.  Other commands (queries, snapshot-stop,
- * job control) run as usual.
+ * At most one group is held at a time, and while it is held only
+ * queries and the group commands run; every other command is refused.
+ * One that would close the gate (a transaction, an action) would wait
+ * for it while holding exec_lock, which the commit needs; one that
+ * changes state (snapshot-stop, job-cancel) could undo what the
+ * prepared actions rely on, and their commit cannot fail.
  *
  * Lock order: see lock-order.h.  Every change of the group's state
  * happens under exec_lock (1), as for any command: the deadline
@@ -407,6 +408,15 @@ control_group_check_idle (struct control_error *err)
   return control_fail (err, CONTROL_GENERIC_ERROR,
                        "group transaction '%s' is prepared and holds the "
                        "write gate: commit or abort it first", group_id);
+}
+
+int
+control_group_check_command (const char *name, struct control_error *err)
+{
+  if (strncmp (name, "query-", 6) == 0 || strncmp (name, "group-", 6) == 0 ||
+      strcmp (name, "qmp_capabilities") == 0)
+    return 0;
+  return control_group_check_idle (err);
 }
 
 json_object *

@@ -75,6 +75,11 @@ static nbdkit_next *size_next;
 /* This lock guards the snapshot's existence (see above). */
 static pthread_rwlock_t snap_lock;
 static struct engine *engine;           /* NULL: no snapshot. */
+/* Made by a prepared group transaction (group-prepare) and not yet
+ * committed: protecting already, but not to be opened, shown as
+ * active or stopped until the commit (the group may still abort).
+ */
+static bool start_pending;
 static struct target *store;
 static uint64_t snapshots_taken;
 
@@ -257,7 +262,11 @@ describe_snapshot (void *unused)
   pthread_rwlock_rdlock (&snap_lock);
   json_object_object_add (o, "name", json_object_new_string ("fleece"));
   json_object_object_add (o, "export", json_object_new_string (export_name));
-  json_object_object_add (o, "active", json_object_new_boolean (engine != NULL));
+  json_object_object_add (o, "active",
+                          json_object_new_boolean (engine != NULL &&
+                                                   !start_pending));
+  if (start_pending)
+    json_object_object_add (o, "pending", json_object_new_boolean (true));
   if (engine) {
     struct engine_stats st;
     uint64_t pending;
@@ -301,6 +310,7 @@ start_prepare (json_object *args, void **state, struct control_error *err,
                          "snapshot-start takes no arguments");
   pthread_rwlock_wrlock (&snap_lock);
   r = snapshot_create (err);
+  start_pending = r == 0;
   pthread_rwlock_unlock (&snap_lock);
   return r;
 }
@@ -308,6 +318,9 @@ start_prepare (json_object *args, void **state, struct control_error *err,
 static void
 start_commit (void *state, void *opaque)
 {
+  pthread_rwlock_wrlock (&snap_lock);
+  start_pending = false;
+  pthread_rwlock_unlock (&snap_lock);
 }
 
 static void
@@ -315,6 +328,7 @@ start_abort (void *state, void *opaque)
 {
   pthread_rwlock_wrlock (&snap_lock);
   snapshot_destroy ();
+  start_pending = false;
   pthread_rwlock_unlock (&snap_lock);
 }
 
@@ -364,7 +378,7 @@ check_export (const char *name, struct control_error *err)
   int r = 0;
 
   pthread_rwlock_rdlock (&snap_lock);
-  if (engine == NULL)
+  if (engine == NULL || start_pending)
     r = control_fail (err, CONTROL_GENERIC_ERROR,
                       "no snapshot is active%s",
                       start_at_start ? "" : " (fleece-snapshot=on-command: "
@@ -486,7 +500,7 @@ fleece_open (nbdkit_next_open *next, nbdkit_context *context,
 
   if (snap) {
     pthread_rwlock_rdlock (&snap_lock);
-    if (engine == NULL) {
+    if (engine == NULL || start_pending) {
       pthread_rwlock_unlock (&snap_lock);
       nbdkit_error ("fleece: export %s: no snapshot is active", export_name);
       return NULL;
