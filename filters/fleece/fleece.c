@@ -163,6 +163,7 @@ fleece_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
   else if (strcmp (key, "fleece-control") == 0)
     return control_configure ("fleece-control", value);
 
+  exports_note_plugin_key (key);
   return next (nxdata, key, value);
 }
 
@@ -390,6 +391,8 @@ check_export (const char *name, struct control_error *err)
 static int
 fleece_get_ready (int thread_model)
 {
+  if (exports_refuse_multi_export ("fleece", "one snapshot") == -1)
+    return -1;
   backup_debug_engine |= fleece_debug_engine;
   if (exports_claim ("fleece", export_name, false, NULL,
                      check_export) == -1 ||
