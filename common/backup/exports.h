@@ -74,9 +74,10 @@ extern int exports_parse_policy (const char *param, const char *value,
  *
  * exports_note_plugin_key: from .config, with each key passed down to
  * the plugin (dir= and dirfd= are noted; dir= counts only for the
- * file and ondemand plugins, found on nbdkit's command line).  exports_refuse_multi_export: from .get_ready: 0, or -1
- * with a message (filter is the filter's name, keeps what it keeps
- * per server, e.g. "one snapshot").
+ * file and ondemand plugins, found on nbdkit's command line).
+ * exports_refuse_multi_export: from .get_ready: 0, or -1 with a
+ * message (filter is the filter's name, keeps what it keeps per
+ * server, e.g. "one snapshot").
  */
 extern void exports_note_plugin_key (const char *key);
 extern int exports_refuse_multi_export (const char *filter,

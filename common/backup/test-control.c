@@ -543,7 +543,8 @@ test_group (void)
 
   /* A failed prepare leaves nothing held. */
   expect_from (1, PREPARE ("g4", 600000,
-                           COUNT ",{\"type\":\"count\",\"data\":{\"fail\":true}}"),
+                           COUNT ",{\"type\":\"count\","
+                           "\"data\":{\"fail\":true}}"),
                "\"desc\":\"count: told to fail\"");
   assert (!gate_is_closed () && aborted == a0 + 3);
   expect_from (1, GROUP_CMD ("abort", "g4"),

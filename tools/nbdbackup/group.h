@@ -29,7 +29,8 @@ struct group_member {
   bool prepared;                /* group-prepare succeeded. */
   bool committed;               /* group-commit succeeded. */
   int64_t prepare_us;           /* Closing its gate took this long. */
-  int64_t gate_closed_us;       /* Its gate was closed this long (-1: unknown). */
+  int64_t gate_closed_us;       /* Its gate was closed this long (-1:
+                                 * unknown). */
 };
 
 struct group_options {
