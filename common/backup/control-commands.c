@@ -25,6 +25,7 @@
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -55,6 +56,31 @@ static struct command *commands;
 
 /* Commands run one at a time: held while one runs. */
 static pthread_mutex_t exec_lock = PTHREAD_MUTEX_INITIALIZER;
+/* The client whose command runs (0: none, or a unit test).  Protected
+ * by exec_lock.
+ */
+static uint64_t current_client;
+
+void
+control_exec_lock (void)
+{
+  int r = pthread_mutex_lock (&exec_lock);
+
+  if (r != 0)
+    abort_on_lock_error ("pthread_mutex_lock", r);
+}
+
+void
+control_exec_unlock (void)
+{
+  pthread_mutex_unlock (&exec_lock);
+}
+
+uint64_t
+control_current_client (void)
+{
+  return current_client;
+}
 
 int
 control_fail (struct control_error *err, const char *class,
@@ -149,47 +175,154 @@ control_register_action (const struct control_action *a)
   return add_command (a->type, NULL, NULL, a);
 }
 
-/* Run actions[0..n) (with their args) atomically against writes.
- * If ret is not NULL (an action run alone), set it to the action's
+void
+actions_free (struct action_list *al)
+{
+  size_t i;
+
+  for (i = 0; i < al->n; ++i)
+    json_object_put (al->args ? al->args[i] : NULL);
+  free (al->acts);
+  free (al->args);
+  free (al->states);
+  memset (al, 0, sizeof *al);
+}
+
+/* Make room for n actions.  0 or -1 with *err. */
+static int
+actions_alloc (struct action_list *al, size_t n, struct control_error *err)
+{
+  memset (al, 0, sizeof *al);
+  al->acts = calloc (n ? n : 1, sizeof *al->acts);
+  al->args = calloc (n ? n : 1, sizeof *al->args);
+  al->states = calloc (n ? n : 1, sizeof *al->states);
+  if (al->acts == NULL || al->args == NULL || al->states == NULL) {
+    actions_free (al);
+    return control_fail (err, CONTROL_GENERIC_ERROR, "out of memory");
+  }
+  return 0;
+}
+
+int
+actions_parse (json_object *list, const char *what, struct action_list *al,
+               struct control_error *err)
+{
+  size_t i, n;
+
+  if (list == NULL || !json_object_is_type (list, json_type_array))
+    return control_fail (err, CONTROL_GENERIC_ERROR,
+                         "%s: 'actions' must be an array", what);
+  n = json_object_array_length (list);
+  if (actions_alloc (al, n, err) == -1)
+    return -1;
+
+  for (i = 0; i < n; ++i) {
+    json_object *a = json_object_array_get_idx (list, i), *t, *d = NULL;
+    struct command *c;
+
+    if (!json_object_is_type (a, json_type_object) ||
+        !json_object_object_get_ex (a, "type", &t) ||
+        !json_object_is_type (t, json_type_string)) {
+      actions_free (al);
+      return control_fail (err, CONTROL_GENERIC_ERROR,
+                           "%s: action %zu has no 'type'", what, i);
+    }
+    c = find_command (json_object_get_string (t));
+    if (c == NULL || c->action == NULL) {
+      control_fail (err, CONTROL_GENERIC_ERROR,
+                    "%s: '%s' is not a transaction action",
+                    what, json_object_get_string (t));
+      actions_free (al);
+      return -1;
+    }
+    if (json_object_object_get_ex (a, "data", &d) && d != NULL &&
+        !json_object_is_type (d, json_type_object)) {
+      actions_free (al);
+      return control_fail (err, CONTROL_GENERIC_ERROR,
+                           "%s: action %zu: 'data' must be an object",
+                           what, i);
+    }
+    al->acts[i] = c->action;
+    /* Actions see an empty object for missing data. */
+    al->args[i] = d ? json_object_get (d) : json_object_new_object ();
+    al->n++;
+  }
+  return 0;
+}
+
+int
+actions_prepare (struct action_list *al, struct control_error *err)
+{
+  size_t i;
+
+  al->prepared = 0;
+  for (i = 0; i < al->n; ++i) {
+    if (al->acts[i]->prepare (al->args[i], &al->states[i], err,
+                              al->acts[i]->opaque) == -1) {
+      actions_abort (al);
+      return -1;
+    }
+    al->prepared++;
+  }
+  return 0;
+}
+
+void
+actions_commit (struct action_list *al)
+{
+  size_t i;
+
+  for (i = 0; i < al->prepared; ++i)
+    al->acts[i]->commit (al->states[i], al->acts[i]->opaque);
+}
+
+void
+actions_abort (struct action_list *al)
+{
+  while (al->prepared > 0) {
+    size_t i = --al->prepared;
+    if (al->acts[i]->abort)
+      al->acts[i]->abort (al->states[i], al->acts[i]->opaque);
+  }
+}
+
+void
+actions_after (struct action_list *al)
+{
+  size_t i;
+
+  for (i = 0; i < al->prepared; ++i)
+    if (al->acts[i]->after)
+      al->acts[i]->after (al->states[i], al->acts[i]->opaque);
+}
+
+/* Run the actions atomically against writes (exec_lock held).  If
+ * ret is not NULL (an action run alone), set it to the action's
  * result.
  */
 static int
-run_actions (const struct control_action **acts, json_object **args,
-             size_t n, json_object **ret, struct control_error *err)
+run_actions (struct action_list *al, json_object **ret,
+             struct control_error *err)
 {
-  CLEANUP_FREE void **states = calloc (n ? n : 1, sizeof (void *));
-  size_t i, prepared = 0;
-  int r = 0;
-
-  if (states == NULL)
-    return control_fail (err, CONTROL_GENERIC_ERROR, "out of memory");
+  /* The gate is closed for a prepared group transaction: closing it
+   * again would wait for the group's end while holding exec_lock,
+   * which the group's commit needs.
+   */
+  if (control_group_check_idle (err) == -1)
+    return -1;
 
   gate_close ();
-  for (i = 0; i < n; ++i) {
-    if (acts[i]->prepare (args[i], &states[i], err, acts[i]->opaque) == -1) {
-      r = -1;
-      break;
-    }
-    prepared++;
+  if (actions_prepare (al, err) == -1) {
+    gate_open ();
+    return -1;
   }
-  if (r == -1) {
-    while (prepared-- > 0)
-      if (acts[prepared]->abort)
-        acts[prepared]->abort (states[prepared], acts[prepared]->opaque);
-  }
-  else {
-    for (i = 0; i < n; ++i)
-      acts[i]->commit (states[i], acts[i]->opaque);
-    if (ret && n == 1 && acts[0]->result)
-      *ret = acts[0]->result (states[0], acts[0]->opaque);
-  }
+  actions_commit (al);
+  if (ret && al->n == 1 && al->acts[0]->result)
+    *ret = al->acts[0]->result (al->states[0], al->acts[0]->opaque);
   gate_open ();
 
-  if (r == 0)
-    for (i = 0; i < n; ++i)
-      if (acts[i]->after)
-        acts[i]->after (states[i], acts[i]->opaque);
-  return r;
+  actions_after (al);
+  return 0;
 }
 
 /* {"actions": [{"type": T, "data": {...}}, ...]} */
@@ -197,53 +330,16 @@ static int
 transaction_cmd (json_object *args, json_object **ret,
                  struct control_error *err, void *opaque)
 {
-  json_object *list;
-  size_t i, n;
-  CLEANUP_FREE const struct control_action **acts = NULL;
-  CLEANUP_FREE json_object **data = NULL;
+  json_object *list = NULL;
+  struct action_list al;
+  int r;
 
-  if (!json_object_object_get_ex (args, "actions", &list) ||
-      !json_object_is_type (list, json_type_array))
-    return control_fail (err, CONTROL_GENERIC_ERROR,
-                         "transaction: 'actions' must be an array");
-  n = json_object_array_length (list);
-  acts = calloc (n ? n : 1, sizeof *acts);
-  data = calloc (n ? n : 1, sizeof *data);
-  if (acts == NULL || data == NULL)
-    return control_fail (err, CONTROL_GENERIC_ERROR, "out of memory");
-
-  for (i = 0; i < n; ++i) {
-    json_object *a = json_object_array_get_idx (list, i), *t;
-    struct command *c;
-
-    if (!json_object_is_type (a, json_type_object) ||
-        !json_object_object_get_ex (a, "type", &t) ||
-        !json_object_is_type (t, json_type_string))
-      return control_fail (err, CONTROL_GENERIC_ERROR,
-                           "transaction: action %zu has no 'type'", i);
-    c = find_command (json_object_get_string (t));
-    if (c == NULL || c->action == NULL)
-      return control_fail (err, CONTROL_GENERIC_ERROR,
-                           "transaction: '%s' is not a transaction action",
-                           json_object_get_string (t));
-    acts[i] = c->action;
-    if (!json_object_object_get_ex (a, "data", &data[i]) || data[i] == NULL)
-      data[i] = NULL;
-    else if (!json_object_is_type (data[i], json_type_object))
-      return control_fail (err, CONTROL_GENERIC_ERROR,
-                           "transaction: action %zu: 'data' must be an object",
-                           i);
-  }
-  /* Actions see an empty object for missing data. */
-  {
-    json_object *empty = json_object_new_object ();
-    for (i = 0; i < n; ++i)
-      if (data[i] == NULL)
-        data[i] = empty;
-    i = run_actions (acts, data, n, NULL, err);
-    json_object_put (empty);
-    return (int) i;
-  }
+  json_object_object_get_ex (args, "actions", &list);
+  if (actions_parse (list, "transaction", &al, err) == -1)
+    return -1;
+  r = run_actions (&al, NULL, err);
+  actions_free (&al);
+  return r;
 }
 
 static int
@@ -324,6 +420,11 @@ query_status_cmd (json_object *args, json_object **ret,
   json_object_object_add (o, "filters", filters_array ());
   json_object_object_add (o, "writes-in-flight",
                           json_object_new_int64 (gate_writes_in_flight ()));
+  json_object_object_add (o, "writes-waiting",
+                          json_object_new_int64 (gate_writes_waiting ()));
+  json_object_object_add (o, "gate-closed",
+                          json_object_new_boolean (gate_is_closed ()));
+  json_object_object_add (o, "group", control_group_describe ());
   registry_foreach_described ("job", describe_into, jobs);
   registry_foreach_described ("snapshot", describe_into, snaps);
   registry_foreach_described ("bitmap", describe_into, bitmaps);
@@ -346,6 +447,7 @@ register_builtins (void)
   control_register ("query-snapshots", query_kind_cmd, (void *) "snapshot");
   control_register ("query-bitmaps", query_kind_cmd, (void *) "bitmap");
   control_register ("transaction", transaction_cmd, NULL);
+  control_group_register ();
 }
 
 void
@@ -542,7 +644,8 @@ check_request (json_object *req, json_object *id)
 
 /* Run the command c with args (NULL: none) and make the reply. */
 static char *
-execute (struct command *c, json_object *args, json_object *id)
+execute (struct command *c, json_object *args, json_object *id,
+         uint64_t client)
 {
   struct control_error err = { .class = CONTROL_GENERIC_ERROR };
   json_object *empty = args ? NULL : json_object_new_object ();
@@ -551,10 +654,24 @@ execute (struct command *c, json_object *args, json_object *id)
   int r;
 
   pthread_mutex_lock (&exec_lock);
-  if (c->action)
-    r = run_actions (&c->action, &a, 1, &ret, &err);
+  current_client = client;
+  if (control_group_check_command (c->name, &err) == -1)
+    r = -1;
+  else if (c->action) {
+    struct action_list al;
+
+    r = actions_alloc (&al, 1, &err);
+    if (r == 0) {
+      al.acts[0] = c->action;
+      al.args[0] = json_object_get (a);
+      al.n = 1;
+      r = run_actions (&al, &ret, &err);
+      actions_free (&al);
+    }
+  }
   else
     r = c->fn (a, &ret, &err, c->opaque);
+  current_client = 0;
   pthread_mutex_unlock (&exec_lock);
   json_object_put (empty);
 
@@ -572,6 +689,12 @@ execute (struct command *c, json_object *args, json_object *id)
 
 char *
 control_handle_line (const char *line, size_t len)
+{
+  return control_handle_client_line (0, line, len);
+}
+
+char *
+control_handle_client_line (uint64_t client, const char *line, size_t len)
 {
   json_object *req, *exe, *args = NULL, *id = NULL;
   struct command *c;
@@ -594,7 +717,7 @@ control_handle_line (const char *line, size_t len)
       reply = error_reply (id, CONTROL_COMMAND_NOT_FOUND, desc);
     }
     else
-      reply = execute (c, args, id);
+      reply = execute (c, args, id, client);
   }
   json_object_put (req);
   return reply;

@@ -40,6 +40,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -64,6 +65,7 @@
 
 struct client {
   struct client *next;
+  uint64_t id;                  /* Never 0: control_current_client. */
   int fd;                       /* Non-blocking. */
   int wake_fd;                  /* eventfd: something was queued. */
   pthread_t thread;
@@ -91,6 +93,7 @@ static int wake_pipe[2] = { -1, -1 };  /* Wakes the listener to stop. */
  */
 static unsigned binders, starts;
 static struct client *clients;
+static uint64_t last_client_id;
 
 /* s with every byte that is not part of valid UTF-8 replaced by
  * U+FFFD, or NULL if s is valid already (or out of memory).  Bad
@@ -253,7 +256,8 @@ handle_input (struct client *cl, char *buf, size_t *used, bool *discarding)
     if (*discarding)
       *discarding = false;
     else if (strspn (buf + start, " \t\r") < len) {
-      CLEANUP_FREE char *reply = control_handle_line (buf + start, len);
+      CLEANUP_FREE char *reply =
+        control_handle_client_line (cl->id, buf + start, len);
       if (reply)
         queue_line (cl, reply);
     }
@@ -324,6 +328,8 @@ client_thread (void *vp)
  out:
   /* The peer sees the end now, not when the client is reaped. */
   shutdown (cl->fd, SHUT_RDWR);
+  /* A group transaction it prepared ends with it. */
+  control_group_client_gone (cl->id);
   pthread_mutex_lock (&server_lock);
   cl->done = true;
   pthread_mutex_unlock (&server_lock);
@@ -418,6 +424,7 @@ add_client_locked (int fd)
     close (fd);
     return;
   }
+  cl->id = ++last_client_id;
   cl->fd = fd;
   cl->wake_fd = eventfd (0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (cl->wake_fd == -1) {
@@ -628,6 +635,8 @@ control_start (void)
 void
 control_stop (void)
 {
+  bool last = false;
+
   pthread_mutex_lock (&server_lock);
   if (listening) {
     if (--starts > 0) {
@@ -642,6 +651,7 @@ control_stop (void)
 
     pthread_mutex_lock (&server_lock);
     reap_clients_locked (true);
+    last = true;
     close (wake_pipe[0]);
     close (wake_pipe[1]);
     wake_pipe[0] = wake_pipe[1] = -1;
@@ -656,4 +666,9 @@ control_stop (void)
   }
   binders = starts = 0;
   pthread_mutex_unlock (&server_lock);
+  /* No client is left to end a held group: writers must not wait for
+   * its deadline (lock order: exec_lock before server_lock).
+   */
+  if (last)
+    control_group_shutdown ();
 }

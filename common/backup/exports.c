@@ -12,11 +12,13 @@
 
 #include <config.h>
 
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <json-c/json.h>
 
@@ -41,6 +43,77 @@ static struct claim claims[MAX_CLAIMS];
 static size_t nr_claims;
 /* Only touched from .get_ready, before any thread runs. */
 static bool command_registered;
+/* Set in .config (one thread): the plugin parameter that may make
+ * it serve one disk per export name, or NULL.
+ */
+static const char *multi_export_key;
+
+void
+exports_note_plugin_key (const char *key)
+{
+  static const char *const keys[] = { "dir", "dirfd", NULL };
+  size_t i;
+
+  for (i = 0; keys[i]; ++i)
+    if (strcmp (key, keys[i]) == 0)
+      multi_export_key = keys[i];
+}
+
+/* Is the plugin one that serves a disk per export name with dir=?
+ * nbdkit tells a filter neither the plugin's name nor what it serves,
+ * and the plugin cannot be asked outside a connection (that is the
+ * crash), so nbdkit's command line is read: the plugin is named by a
+ * word "file" or "ondemand", or by the path of its .so.  dir= alone
+ * is not enough: floppy, iso and linuxdisk take dir= to build one
+ * disk from a directory, and are fine.
+ */
+static bool
+multi_export_plugin (void)
+{
+  static const char *const names[] = {
+    "file", "ondemand",
+    "nbdkit-file-plugin.so", "nbdkit-ondemand-plugin.so", NULL
+  };
+  char buf[65536];
+  ssize_t n;
+  size_t off;
+  int fd;
+
+  if (strcmp (multi_export_key, "dirfd") == 0)
+    return true;                /* Only the file plugin has it. */
+  fd = open ("/proc/self/cmdline", O_RDONLY | O_CLOEXEC);
+  if (fd == -1)
+    return true;                /* Cannot tell: refuse, not crash. */
+  n = read (fd, buf, sizeof buf - 1);
+  close (fd);
+  if (n <= 0)
+    return true;
+  buf[n] = '\0';
+  for (off = 0; off < (size_t) n; off += strlen (buf + off) + 1) {
+    const char *arg = buf + off, *base = strrchr (arg, '/');
+    size_t i;
+
+    base = base ? base + 1 : arg;
+    for (i = 0; names[i]; ++i)
+      if (strcmp (arg, names[i]) == 0 || strcmp (base, names[i]) == 0)
+        return true;
+  }
+  return false;
+}
+
+int
+exports_refuse_multi_export (const char *filter, const char *keeps)
+{
+  if (multi_export_key == NULL || !multi_export_plugin ())
+    return 0;
+  nbdkit_error ("%s: the plugin was given %s=, so it serves one disk per "
+                "export name; %s keeps %s per server and would mix them: "
+                "serve each disk from its own nbdkit (and snapshot them "
+                "together with a group transaction, see "
+                "nbdkit-backup-control(7))", filter, multi_export_key,
+                filter, keeps);
+  return -1;
+}
 
 int
 exports_claim (const char *filter, const char *name, bool prefix,

@@ -64,6 +64,25 @@ extern void exports_describe (char *buf, size_t len);
 extern int exports_parse_policy (const char *param, const char *value,
                                  bool *passthrough);
 
+/* One server, several disks.  Some plugins serve one disk per export
+ * name (the file plugin's dir= and dirfd=, ondemand's dir=).  The
+ * suite's filters keep one snapshot, one job and one set of bitmaps
+ * per server, which would mix those disks; and such a plugin cannot
+ * even be opened outside a client connection (file's dir= mode reads
+ * nbdkit_export_name, which is NULL in .after_fork, and crashes), so
+ * the filters refuse it at start.
+ *
+ * exports_note_plugin_key: from .config, with each key passed down to
+ * the plugin (dir= and dirfd= are noted; dir= counts only for the
+ * file and ondemand plugins, found on nbdkit's command line).
+ * exports_refuse_multi_export: from .get_ready: 0, or -1 with a
+ * message (filter is the filter's name, keeps what it keeps per
+ * server, e.g. "one snapshot").
+ */
+extern void exports_note_plugin_key (const char *key);
+extern int exports_refuse_multi_export (const char *filter,
+                                        const char *keeps);
+
 /* Register the control command query-export {"name": NAME} (once per
  * process, whichever filter calls first; from .get_ready): {"name",
  * "served-by", "available", "reason"}.  0 or -1.

@@ -8,61 +8,62 @@
  * of disk writes (its "readers").  A thread-local depth makes entry
  * re-entrant within one thread: when cbw and fleece are stacked, only
  * the outermost filter takes the lock.
+ *
+ * It is built from a mutex and a condition variable rather than a
+ * pthread_rwlock, because a closed gate belongs to no thread: a
+ * group transaction (control-group.c) closes it in group-prepare and
+ * opens it in group-commit or group-abort, which may run on another
+ * client's thread, or on the deadline timer's.  Unlocking a
+ * pthread_rwlock from a thread that did not lock it is undefined.
+ *
+ * The mutex is held only to change the counts below, never across a
+ * write or an action.
  */
 
 #include <config.h>
 
 #include <pthread.h>
-#include <stdatomic.h>
+#include <stdbool.h>
 
 #include "cleanup.h"
 #include "gate.h"
 
-static pthread_rwlock_t gate;
-static pthread_once_t gate_once = PTHREAD_ONCE_INIT;
+/* This lock protects the fields below; changes are signalled on
+ * gate_cond.
+ */
+static pthread_mutex_t gate_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t gate_cond = PTHREAD_COND_INITIALIZER;
+static unsigned in_flight;      /* Writes inside the gate. */
+static unsigned closers;        /* Threads waiting in gate_close. */
+static unsigned waiting;        /* Writes held back at the gate. */
+static bool closed;             /* A transaction holds the gate. */
+
 static __thread unsigned depth;
-static atomic_uint in_flight;
-
-static void
-gate_init (void)
-{
-  pthread_rwlockattr_t attr;
-  int r;
-
-  pthread_rwlockattr_init (&attr);
-  pthread_rwlockattr_setkind_np (&attr,
-                                 PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
-  r = pthread_rwlock_init (&gate, &attr);
-  if (r != 0)
-    abort_on_lock_error ("pthread_rwlock_init", r);
-  pthread_rwlockattr_destroy (&attr);
-}
 
 void
 gate_enter (void)
 {
-  int r;
-
   if (depth++ > 0)
     return;
-  pthread_once (&gate_once, gate_init);
-  r = pthread_rwlock_rdlock (&gate);
-  if (r != 0)
-    abort_on_lock_error ("pthread_rwlock_rdlock", r);
-  atomic_fetch_add (&in_flight, 1);
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&gate_lock);
+  /* A waiting closer goes first: writers do not starve it. */
+  if (closed || closers > 0) {
+    waiting++;
+    while (closed || closers > 0)
+      pthread_cond_wait (&gate_cond, &gate_lock);
+    waiting--;
+  }
+  in_flight++;
 }
 
 void
 gate_leave (void)
 {
-  int r;
-
   if (--depth > 0)
     return;
-  atomic_fetch_sub (&in_flight, 1);
-  r = pthread_rwlock_unlock (&gate);
-  if (r != 0)
-    abort_on_lock_error ("pthread_rwlock_unlock", r);
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&gate_lock);
+  if (--in_flight == 0 && closers > 0)
+    pthread_cond_broadcast (&gate_cond);
 }
 
 void
@@ -74,25 +75,39 @@ gate_cleanup (int *unused)
 void
 gate_close (void)
 {
-  int r;
-
-  pthread_once (&gate_once, gate_init);
-  r = pthread_rwlock_wrlock (&gate);
-  if (r != 0)
-    abort_on_lock_error ("pthread_rwlock_wrlock", r);
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&gate_lock);
+  closers++;
+  while (closed || in_flight > 0)
+    pthread_cond_wait (&gate_cond, &gate_lock);
+  closers--;
+  closed = true;
 }
 
 void
 gate_open (void)
 {
-  int r = pthread_rwlock_unlock (&gate);
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&gate_lock);
+  closed = false;
+  pthread_cond_broadcast (&gate_cond);
+}
 
-  if (r != 0)
-    abort_on_lock_error ("pthread_rwlock_unlock", r);
+bool
+gate_is_closed (void)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&gate_lock);
+  return closed;
+}
+
+unsigned
+gate_writes_waiting (void)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&gate_lock);
+  return waiting;
 }
 
 unsigned
 gate_writes_in_flight (void)
 {
-  return atomic_load (&in_flight);
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&gate_lock);
+  return in_flight;
 }

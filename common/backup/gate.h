@@ -14,6 +14,8 @@
 #ifndef NBDKIT_BACKUP_GATE_H
 #define NBDKIT_BACKUP_GATE_H
 
+#include <stdbool.h>
+
 /* Enter the gate for a write (nested calls on one thread are free). */
 extern void gate_enter (void);
 
@@ -21,15 +23,23 @@ extern void gate_enter (void);
 extern void gate_leave (void);
 
 /* Close the gate: returns once no write is in flight.  Must not be
- * called by a thread inside the gate.
+ * called by a thread inside the gate.  A closed gate belongs to no
+ * thread: any thread may open it (a group transaction opens it on
+ * another thread than the one that closed it).
  */
 extern void gate_close (void);
 
 /* Open it again. */
 extern void gate_open (void);
 
+/* Is the gate closed now (for status and tests)? */
+extern bool gate_is_closed (void);
+
 /* Writes currently inside the gate (for status and tests). */
 extern unsigned gate_writes_in_flight (void);
+
+/* Writes waiting for the gate to open (for status and tests). */
+extern unsigned gate_writes_waiting (void);
 
 /* Hold the gate for a write until the end of the current block. */
 extern void gate_cleanup (int *unused);

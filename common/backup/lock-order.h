@@ -16,6 +16,14 @@
  *     execution of control commands, held across a whole command,
  *     transactions included.
  *
+ *     The group deadline timer and a departing client's thread
+ *     (control-group.c) take it too, with nothing held, to abort a
+ *     group transaction.
+ *
+ * 1a. control-group.c's group_lock: the group's state, which the
+ *     deadline timer waits on.  A leaf: taken under exec_lock or
+ *     alone, and nothing is taken or called while it is held.
+ *
  *  2. control cmd_table_lock (control-commands.c; was commands_lock): protects
  *     the command table.  A leaf: held only to look up or add a
  *     command (transaction_cmd looks up its actions under exec_lock).
@@ -25,7 +33,12 @@
  *     of our filters on that thread (cbw.c, fleece.c,
  *     dirtybitmap.c), before any other lock of ours.  Write side: a
  *     transaction (control-commands.c's run_actions, under exec_lock), held
- *     across the actions' prepare and commit.
+ *     across the actions' prepare and commit.  A group transaction
+ *     leaves it closed between commands (from group-prepare to its
+ *     commit or abort), held by no thread: while it is, every
+ *     command that would close it is refused (it would wait holding
+ *     exec_lock, which the group's end needs), and nothing waits for
+ *     the gate while holding exec_lock.
  *
  *  4. the registry lock (registry.c).  registry_foreach_described
  *     calls the describe functions with it held, so a describe

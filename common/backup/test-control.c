@@ -27,6 +27,7 @@
 #include <sys/un.h>
 
 #include "control.h"
+#include "control-commands.h"
 #include "gate.h"
 
 static char *
@@ -509,6 +510,93 @@ test_input (void)
           "{\"return\":\"caf\xc3\xa9 \xc3\xa9\"}");
 }
 
+/* The reply of client's line contains want. */
+static void
+expect_from (uint64_t client, const char *line, const char *want)
+{
+  char *r = control_handle_client_line (client, line, strlen (line));
+
+  assert (r != NULL);
+  if (strstr (r, want) == NULL) {
+    fprintf (stderr, "request: %s\nreply:   %s\nwanted:  %s\n",
+             line, r, want);
+    abort ();
+  }
+  free (r);
+}
+
+#define PREPARE(id, ms, actions)                                        \
+  "{\"execute\":\"group-prepare\",\"arguments\":{\"group\":\"" id "\","    \
+  "\"deadline-ms\":" #ms ",\"actions\":[" actions "]}}"
+#define GROUP_CMD(cmd, id)                                              \
+  "{\"execute\":\"group-" cmd "\",\"arguments\":{\"group\":\"" id "\"}}"
+#define COUNT "{\"type\":\"count\"}"
+
+/* Group transactions: prepare holds the gate with nothing applied;
+ * commit, abort, the client going away, the deadline and shutdown
+ * end it.
+ */
+static void
+test_group (void)
+{
+  int c0 = counter, a0 = aborted;
+  struct timespec ts = { 0, 1000000 };
+  int i;
+
+  expect_from (1, PREPARE ("g1", 600000, COUNT "," COUNT),
+               "{\"return\":{\"group\":\"g1\",\"deadline-ms\":600000,");
+  assert (gate_is_closed () && counter == c0);
+  expect_from (2, "{\"execute\":\"count\"}",
+               "\"desc\":\"group transaction 'g1' is prepared and holds "
+               "the write gate: commit or abort it first\"");
+  expect_from (2, PREPARE ("g2", 10, COUNT),
+               "\"desc\":\"group-prepare: group transaction 'g1' is already "
+               "prepared: commit or abort it first\"");
+  expect_from (2, "{\"execute\":\"query-status\"}",
+               "\"gate-closed\":true,\"group\":{\"group\":\"g1\","
+               "\"state\":\"prepared\"");
+  expect_from (2, GROUP_CMD ("commit", "g1"),
+               "{\"return\":{\"group\":\"g1\",\"gate-closed-us\":");
+  assert (!gate_is_closed () && counter == c0 + 2 && aborted == a0);
+
+  /* Another client going away changes nothing; the preparer does. */
+  expect_from (1, PREPARE ("g2", 600000, COUNT), "{\"return\":");
+  control_group_client_gone (2);
+  assert (gate_is_closed ());
+  control_group_client_gone (1);
+  assert (!gate_is_closed () && aborted == a0 + 1);
+  expect_from (1, GROUP_CMD ("commit", "g2"),
+               "\"desc\":\"group-commit: group transaction 'g2' was aborted "
+               "(the client that prepared it went away): nothing was "
+               "applied\"");
+  expect_from (1, GROUP_CMD ("abort", "g2"), "\"reason\":\"client\"");
+
+  /* The deadline: wait for the timer to open the gate. */
+  expect_from (1, PREPARE ("g3", 1, COUNT), "{\"return\":");
+  for (i = 0; i < 120000 && gate_is_closed (); ++i)
+    nanosleep (&ts, NULL);
+  assert (!gate_is_closed () && aborted == a0 + 2);
+  expect_from (1, GROUP_CMD ("commit", "g3"),
+               "(its deadline passed): nothing was applied\"");
+
+  /* A failed prepare leaves nothing held. */
+  expect_from (1, PREPARE ("g4", 600000,
+                           COUNT ",{\"type\":\"count\","
+                           "\"data\":{\"fail\":true}}"),
+               "\"desc\":\"count: told to fail\"");
+  assert (!gate_is_closed () && aborted == a0 + 3);
+  expect_from (1, GROUP_CMD ("abort", "g4"),
+               "\"desc\":\"group-abort: no group transaction 'g4' is "
+               "prepared\"");
+
+  /* Shutdown aborts a held group and waits for its timer. */
+  expect_from (1, PREPARE ("g5", 600000, COUNT), "{\"return\":");
+  control_group_shutdown ();
+  assert (!gate_is_closed () && aborted == a0 + 4 && counter == c0 + 2);
+  expect_from (1, GROUP_CMD ("commit", "g5"),
+               "(the server was shutting down)");
+}
+
 int
 main (void)
 {
@@ -590,6 +678,7 @@ main (void)
 
   test_input ();
   test_names ();
+  test_group ();
 
   assert (mkdtemp (sock_dir) != NULL);
   snprintf (sock_path, sizeof sock_path, "%s/ctl", sock_dir);

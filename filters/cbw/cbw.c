@@ -56,6 +56,7 @@
 #include "cbw-params.h"
 #include "control.h"
 #include "engine.h"
+#include "exports.h"
 #include "gate.h"
 #include "incremental.h"
 #include "job.h"
@@ -150,6 +151,7 @@ cbw_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
     source_file = nbdkit_absolute_path (value);
     cbw_defaults.source_file = source_file;
   }
+  exports_note_plugin_key (key);
   return next (nxdata, key, value);
 }
 
@@ -216,9 +218,12 @@ cbw_config_complete (nbdkit_next_config_complete *next,
 static int
 cbw_get_ready (int thread_model)
 {
-  char *list = registry_list_filters ();
+  char *list;
   struct backup_spec *d = &cbw_defaults;
 
+  if (exports_refuse_multi_export ("cbw", "one backup job") == -1)
+    return -1;
+  list = registry_list_filters ();
   backup_debug_engine |= cbw_debug_engine;
   nbdkit_debug ("cbw: registry %p holds: %s",
                 registry_instance (), list ? list : "?");

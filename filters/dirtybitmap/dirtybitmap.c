@@ -181,6 +181,7 @@ dirtybitmap_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
       return -1;
     nr_disk_files++;
   }
+  exports_note_plugin_key (key);
   return next (nxdata, key, value);
 }
 
@@ -248,6 +249,8 @@ check_dirty_export (const char *name, struct control_error *err)
 static int
 dirtybitmap_get_ready (int thread_model)
 {
+  if (exports_refuse_multi_export ("dirtybitmap", "one set of bitmaps") == -1)
+    return -1;
   if (exports_claim ("dirtybitmap", DIRTY_EXPORT_PREFIX, true, "BITMAP",
                      check_dirty_export) == -1 ||
       exports_register_command () == -1)

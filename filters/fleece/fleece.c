@@ -87,6 +87,11 @@ static nbdkit_next *size_next;
 /* This lock guards the snapshot's existence (see above). */
 static pthread_rwlock_t snap_lock;
 static struct engine *engine;           /* NULL: no snapshot. */
+/* Made by a prepared group transaction (group-prepare) and not yet
+ * committed: protecting already, but not to be opened, shown as
+ * active or stopped until the commit (the group may still abort).
+ */
+static bool start_pending;
 static struct target *store;
 static uint64_t snapshots_taken;
 
@@ -177,6 +182,7 @@ fleece_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
   else if (strcmp (key, "fleece-control") == 0)
     return control_configure ("fleece-control", value);
 
+  exports_note_plugin_key (key);
   return next (nxdata, key, value);
 }
 
@@ -279,7 +285,11 @@ describe_snapshot (void *unused)
   pthread_rwlock_rdlock (&snap_lock);
   json_object_object_add (o, "name", json_object_new_string ("fleece"));
   json_object_object_add (o, "export", json_object_new_string (export_name));
-  json_object_object_add (o, "active", json_object_new_boolean (engine != NULL));
+  json_object_object_add (o, "active",
+                          json_object_new_boolean (engine != NULL &&
+                                                   !start_pending));
+  if (start_pending)
+    json_object_object_add (o, "pending", json_object_new_boolean (true));
   if (engine) {
     struct engine_stats st;
     uint64_t pending;
@@ -329,6 +339,7 @@ start_prepare (json_object *args, void **state, struct control_error *err,
                          "snapshot-start takes no arguments");
   pthread_rwlock_wrlock (&snap_lock);
   r = snapshot_create (err);
+  start_pending = r == 0;
   pthread_rwlock_unlock (&snap_lock);
   return r;
 }
@@ -336,6 +347,9 @@ start_prepare (json_object *args, void **state, struct control_error *err,
 static void
 start_commit (void *state, void *opaque)
 {
+  pthread_rwlock_wrlock (&snap_lock);
+  start_pending = false;
+  pthread_rwlock_unlock (&snap_lock);
 }
 
 static void
@@ -343,6 +357,7 @@ start_abort (void *state, void *opaque)
 {
   pthread_rwlock_wrlock (&snap_lock);
   snapshot_destroy ();
+  start_pending = false;
   pthread_rwlock_unlock (&snap_lock);
 }
 
@@ -392,7 +407,7 @@ check_export (const char *name, struct control_error *err)
   int r = 0;
 
   pthread_rwlock_rdlock (&snap_lock);
-  if (engine == NULL)
+  if (engine == NULL || start_pending)
     r = control_fail (err, CONTROL_GENERIC_ERROR,
                       "no snapshot is active%s",
                       start_at_start ? "" : " (fleece-snapshot=on-command: "
@@ -404,6 +419,8 @@ check_export (const char *name, struct control_error *err)
 static int
 fleece_get_ready (int thread_model)
 {
+  if (exports_refuse_multi_export ("fleece", "one snapshot") == -1)
+    return -1;
   backup_debug_engine |= fleece_debug_engine;
   if (exports_claim ("fleece", export_name, false, NULL,
                      check_export) == -1 ||
@@ -521,7 +538,7 @@ fleece_open (nbdkit_next_open *next, nbdkit_context *context,
 
   if (snap) {
     pthread_rwlock_rdlock (&snap_lock);
-    if (engine == NULL) {
+    if (engine == NULL || start_pending) {
       pthread_rwlock_unlock (&snap_lock);
       nbdkit_error ("fleece: export %s: no snapshot is active", export_name);
       return NULL;
