@@ -35,6 +35,13 @@ struct engine {
    * limit).  Set by engine_set_copy_timeout before activating.
    */
   double copy_timeout;
+  /* Clusters that read as zero at the snapshot instant, on a target
+   * that does not read zeros (engine-zero.c): one bit each.  Set by
+   * engine_skip_zeros, before protection starts or with the write
+   * gate closed, and never changed afterwards (no lock needed).
+   */
+  bool have_zero;
+  struct bitmap zero;
 
   /* True while clusters are protected.  Read without the lock on the
    * write fast path; it only becomes true while no write is in flight
@@ -53,6 +60,7 @@ struct engine {
   struct engine_reader *readers; /* Snapshot readers on the source. */
   unsigned in_flight;           /* Claimed runs not yet finished. */
   unsigned helpers;             /* Timed copy threads running. */
+  uint64_t zero_skipped;        /* Bytes done at the instant as zero. */
 };
 
 /* What the engine writes to, for messages: "the fleece store" for
@@ -68,6 +76,16 @@ extern const char *engine_target_noun (const struct engine *e);
  */
 extern int engine_store (struct engine *e, const char *buf, uint64_t offset,
                          uint64_t len, uint64_t *data, uint64_t *zero);
+
+/* Read the point-in-time data of [offset, offset+len) (claimed
+ * clusters, offset cluster-aligned) into buf: zeros for clusters
+ * flagged as zero at the instant, the source for the rest.  Adds to
+ * *read_bytes what it read.  0, or -1 with *err and *fail_offset set.
+ */
+extern int engine_read_source (struct engine *e, nbdkit_next *next,
+                               char *buf, uint64_t offset, uint64_t len,
+                               uint64_t *read_bytes, int *err,
+                               uint64_t *fail_offset);
 
 /* Mark claimed [first, first+n) as copied or, after a failure, pending
  * again; account and wake waiters.  Takes the lock.

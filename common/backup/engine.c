@@ -132,6 +132,8 @@ engine_free (struct engine *e)
     pthread_cond_wait (&e->cond, &e->lock);
   pthread_mutex_unlock (&e->lock);
   bitmap_free (&e->state);
+  if (e->have_zero)
+    bitmap_free (&e->zero);
   pthread_mutex_destroy (&e->lock);
   pthread_cond_destroy (&e->cond);
   free (e->error);
@@ -485,14 +487,16 @@ engine_copy_counted (struct engine *e, nbdkit_next *next, uint64_t first,
       zero += run;
     }
     else {
+      uint64_t at;
+
       run = MIN (run, len - pos);
-      if (next->pread (next, buf + pos, run, offset + pos, 0, &err) == -1) {
+      if (engine_read_source (e, next, buf + pos, offset + pos, run,
+                              read_bytes, &err, &at) == -1) {
         snprintf (failure, sizeof failure,
                   "reading the source at offset %" PRIu64 " failed: %s",
-                  offset + pos, strerror (err ? err : EIO));
+                  at, strerror (err));
         goto out;
       }
-      *read_bytes += run;
       if (engine_store (e, buf + pos, offset + pos, run, &data, &zero) == -1) {
         snprintf (failure, sizeof failure,
                   "writing %s at offset %" PRIu64 " failed: %s",

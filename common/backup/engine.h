@@ -100,6 +100,16 @@ extern void engine_protect (struct engine *e, uint64_t first, uint64_t end);
 extern void engine_protect_bytes (struct engine *e, uint64_t offset,
                                   uint64_t count);
 
+/* At the snapshot instant, after engine_protect (before activating,
+ * or with the write gate closed): the protected clusters that next's
+ * extents say read as zero are never read or copied as data.  On a
+ * target known to read zeros they are done at once; otherwise their
+ * copy writes zeroes without reading the source (engine-zero.c).
+ * 0; -1 if the extents could not be had (then nothing, or only part,
+ * is skipped, which is still exact); also 0 if next has no extents.
+ */
+extern int engine_skip_zeros (struct engine *e, nbdkit_next *next);
+
 /* Start (or stop) copy-before-write. */
 extern void engine_activate (struct engine *e);
 extern void engine_deactivate (struct engine *e);

@@ -346,6 +346,10 @@ backup_prepare (const struct backup_spec *s, const char *p,
   default:
     engine_protect (b->engine, 0, UINT64_MAX);
   }
+  /* Holes at the instant need no copy (if extents fail, they are
+   * copied as data: slower, still exact).
+   */
+  engine_skip_zeros (b->engine, next);
   return b;
 
  err:
