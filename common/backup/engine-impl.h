@@ -22,6 +22,11 @@
 #include "engine.h"
 #include "target.h"
 
+/* Threads writing the copy-before-write buffer to the target. */
+#define ENGINE_DRAINERS 4
+
+struct buffered_copy;
+
 struct engine {
   /* Fields set by engine_new and never changed. */
   uint64_t size;
@@ -42,6 +47,10 @@ struct engine {
    */
   bool have_zero;
   struct bitmap zero;
+  /* The copy-before-write buffer's size in bytes (0: none), set by
+   * engine_set_buffer before activating (engine-buffer.c).
+   */
+  uint64_t buffer_limit;
 
   /* True while clusters are protected.  Read without the lock on the
    * write fast path; it only becomes true while no write is in flight
@@ -61,6 +70,13 @@ struct engine {
   unsigned in_flight;           /* Claimed runs not yet finished. */
   unsigned helpers;             /* Timed copy threads running. */
   uint64_t zero_skipped;        /* Bytes done at the instant as zero. */
+  /* The buffer (engine-buffer.c): copies read, not yet on the target. */
+  uint64_t buffered;            /* Bytes in it (or reserved). */
+  struct buffered_copy *buf_head, *buf_tail;  /* FIFO. */
+  pthread_cond_t drain_cond;    /* Signalled when a copy is queued. */
+  bool drain_stop;              /* Drainers: exit once it is empty. */
+  unsigned nr_drainers;
+  pthread_t drainers[ENGINE_DRAINERS];
 };
 
 /* What the engine writes to, for messages: "the fleece store" for
@@ -94,6 +110,21 @@ extern void engine_finish_claim (struct engine *e, uint64_t first,
                                  uint64_t n, bool ok, uint64_t data_bytes,
                                  uint64_t zero_bytes, bool by_write,
                                  const char *failure);
+
+/* Break the snapshot (engine_break with the lock held). */
+extern void engine_break_locked (struct engine *e, const char *msg);
+
+/* Copy claimed clusters [first, first+n) before a write through the
+ * buffer: read the source into memory, mark them COPIED and queue the
+ * data for the drainers.  0 done; -1 failed (claim finished as
+ * engine_copy does); 1 not done (no buffer, under fail-write, or
+ * full): the caller still holds the claim and copies it itself.
+ */
+extern int engine_buffer_copy (struct engine *e, nbdkit_next *next,
+                               uint64_t first, uint64_t n);
+
+/* Let the drainers write what is queued, then end them. */
+extern void engine_buffer_stop (struct engine *e);
 
 /* An outcome of engine_timed_copy. */
 #define COPY_TIMED_OUT (-2)

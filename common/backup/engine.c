@@ -113,6 +113,7 @@ engine_new (const char *name, uint64_t size, unsigned cluster_size,
     pthread_cond_init (&e->cond, &attr);
     pthread_condattr_destroy (&attr);
   }
+  pthread_cond_init (&e->drain_cond, NULL);
   bitmap_init (&e->state, cluster_size, 2);
   if (bitmap_resize (&e->state, size) == -1) {
     engine_free (e);
@@ -126,6 +127,7 @@ engine_free (struct engine *e)
 {
   if (e == NULL)
     return;
+  engine_buffer_stop (e);
   /* Timed copy helpers may outlive their writers: wait for them. */
   pthread_mutex_lock (&e->lock);
   while (e->helpers > 0)
@@ -136,6 +138,7 @@ engine_free (struct engine *e)
     bitmap_free (&e->zero);
   pthread_mutex_destroy (&e->lock);
   pthread_cond_destroy (&e->cond);
+  pthread_cond_destroy (&e->drain_cond);
   free (e->error);
   free (e);
 }
@@ -188,9 +191,8 @@ engine_deactivate (struct engine *e)
   pthread_cond_broadcast (&e->cond);
 }
 
-/* Call with the lock held. */
-static void
-break_locked (struct engine *e, const char *msg)
+void
+engine_break_locked (struct engine *e, const char *msg)
 {
   if (!e->broken) {
     e->broken = true;
@@ -205,7 +207,7 @@ void
 engine_break (struct engine *e, const char *msg)
 {
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&e->lock);
-  break_locked (e, msg);
+  engine_break_locked (e, msg);
 }
 
 /* Claim the first run of PENDING clusters in [c0, c1), at most max
@@ -245,7 +247,7 @@ timed_out_locked (struct engine *e)
   }
   snprintf (msg, sizeof msg,
             "copy-before-write took longer than %g s", e->copy_timeout);
-  break_locked (e, msg);
+  engine_break_locked (e, msg);
   return false;
 }
 
@@ -322,9 +324,10 @@ engine_before_write (struct engine *e, nbdkit_next *next,
       int r;
 
       pthread_mutex_unlock (&e->lock);
-      if (timed)
+      r = engine_buffer_copy (e, next, first, n);
+      if (r == 1 && timed)
         r = engine_timed_copy (e, next, first, n, &deadline);
-      else
+      else if (r == 1)
         r = engine_copy (e, next, first, n, false, true);
       pthread_mutex_lock (&e->lock);
       if (r == COPY_TIMED_OUT) {
@@ -408,7 +411,7 @@ engine_finish_claim (struct engine *e, uint64_t first, uint64_t n, bool ok,
   else {
     bitmap_set_range (&e->state, first, first + n, CLUSTER_PENDING);
     if (e->on_error == CBW_BREAK_SNAPSHOT || !by_write)
-      break_locked (e, failure);
+      engine_break_locked (e, failure);
   }
   pthread_cond_broadcast (&e->cond);
 }

@@ -44,6 +44,8 @@ struct engine_stats {
   uint64_t writes_failed;       /* Writes failed with EIO (fail-write). */
   uint64_t copy_timeouts;       /* Copy-before-writes that timed out. */
   uint64_t write_waits;         /* Writes that waited for others' copies. */
+  uint64_t bytes_buffered;      /* Copied before writes via the buffer. */
+  uint64_t buffer_full;         /* Copies that found the buffer full. */
 };
 
 /* The engine's state is private to engine.c and engine-timed.c
@@ -83,8 +85,16 @@ extern void engine_free (struct engine *e);
  */
 extern void engine_set_copy_timeout (struct engine *e, double seconds);
 
-/* Wait until no claimed copy is in flight (call after deactivating,
- * before finishing or closing the target).
+/* Give copy-before-write a buffer of up to bytes (0: none): a writer
+ * then waits only for the old data to be read into memory, and
+ * threads write it to the target behind it (engine-buffer.c).  Used
+ * only under CBW_BREAK_SNAPSHOT, and not with snapshot readers.  Call
+ * before activating.
+ */
+extern void engine_set_buffer (struct engine *e, uint64_t bytes);
+
+/* Wait until no claimed copy is in flight, the buffer's included
+ * (call after deactivating, before finishing or closing the target).
  */
 extern void engine_quiesce (struct engine *e);
 

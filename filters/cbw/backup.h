@@ -38,6 +38,7 @@ struct backup_spec {
   unsigned workers;
   uint64_t speed;
   double copy_timeout;
+  uint64_t buffer_size;         /* Copy-before-write buffer (0: none). */
   enum cbw_on_error on_error;
   char *bitmap;                 /* sync=incremental's dirty bitmap. */
   enum dirty_mode bitmap_mode;
