@@ -78,7 +78,9 @@
 #
 # Environment: SIZE (2G), REPS (3), SECONDS_PER (5), WHAT (first
 # steady raw qcow2 snap), DISKS (alloc sparse), SIDES (which sides:
-# base cbw q7 q10; default all), DIR (/var/tmp), QEMU10, GET_QEMU10.
+# base cbw q7 q10, and old: cbw and fleece from the build tree
+# OLD_BUILDDIR, to compare two versions in one run; default all but
+# old), DIR (/var/tmp), QEMU10, GET_QEMU10.
 # Needs about 5 x SIZE of free space in DIR.
 here="$(cd "$(dirname "$0")" && pwd)"
 . "$here/lib.sh"
@@ -123,6 +125,8 @@ for s in $SIDES; do
         q7|q10) [ -n "${QSD[$s]:-}" ] && sides+=("$s") ||
                     echo "# note: $s skipped (no qemu-storage-daemon for it; GET_QEMU10=1 fetches QEMU 10)" ;;
         base|cbw) sides+=("$s") ;;
+        old) [ -n "${OLD_BUILDDIR:-}" ] && sides+=("$s") ||
+                 echo "# note: old skipped (set OLD_BUILDDIR to an older build tree)" ;;
         *) echo "SIDES: unknown side $s" >&2; exit 2 ;;
     esac
 done
@@ -325,8 +329,8 @@ run_snap () {                   # run_snap SIDE DISK
     t0=$(now); nbdcopy "$snap" null:; V=$(since "$t0")
     wait "$wpid"
     if [ "$rep" -gt 0 ]; then
-        X[snapstore,$2,$1]+="$(du -B1 "$st" | cut -f1) "
-        X[snapw,$2,$1]+="$(cat "$data/w.iops") "
+        X[snapstore,$2,$cur_side]+="$(du -B1 "$st" | cut -f1) "
+        X[snapw,$2,$cur_side]+="$(cat "$data/w.iops") "
     fi
     if [ "$1" = cbw ]; then stop fl; else qsd_stop; fi
 }
@@ -340,6 +344,7 @@ stats () {
 }
 med () { stats "$1" | cut -d' ' -f1; }
 
+new_cbw="$cbw" new_fleece="$fleece"
 mk_disks
 for row in $WHAT; do
     for d in $DISKS; do
@@ -347,7 +352,15 @@ for row in $WHAT; do
         for rep in $(seq 0 "$REPS"); do
             for side in "${sides[@]}"; do
                 clean_targets
-                "run_$row" "$side" "$d"
+                cur_side="$side"
+                if [ "$side" = old ]; then
+                    cbw="$OLD_BUILDDIR/filters/cbw/.libs/nbdkit-cbw-filter.so"
+                    fleece="$OLD_BUILDDIR/filters/fleece/.libs/nbdkit-fleece-filter.so"
+                    "run_$row" cbw "$d"
+                    cbw="$new_cbw" fleece="$new_fleece"
+                else
+                    "run_$row" "$side" "$d"
+                fi
                 [ "$rep" -eq 0 ] || R[$row,$d,$side]+="$V "
             done
         done
