@@ -214,6 +214,7 @@ engine_buffer_copy (struct engine *e, nbdkit_next *next,
    * claim (in_flight) ends when a drainer has written them.
    */
   bitmap_set_range (&e->state, first, first + n, CLUSTER_COPIED);
+  engine_settle (e, first, first + n, true);
   e->pending -= n;
   e->stats.bytes_buffered += len;
   if (e->buf_tail)

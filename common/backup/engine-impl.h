@@ -52,6 +52,13 @@ struct engine {
    */
   uint64_t buffer_limit;
 
+  /* One bit per cluster, set while it is CLEAN or COPIED: the write
+   * fast path reads it without the lock.  Changed (atomically) only
+   * with the lock held, next to the state bitmap; allocated by
+   * engine_new.
+   */
+  uint8_t *settled;
+
   /* True while clusters are protected.  Read without the lock on the
    * write fast path; it only becomes true while no write is in flight
    * (server start, or a transaction with the write gate closed).
@@ -110,6 +117,12 @@ extern void engine_finish_claim (struct engine *e, uint64_t first,
                                  uint64_t n, bool ok, uint64_t data_bytes,
                                  uint64_t zero_bytes, bool by_write,
                                  const char *failure);
+
+/* Mark clusters [a, b) as settled (CLEAN or COPIED) or not.  Lock
+ * held, beside the change to the state bitmap.
+ */
+extern void engine_settle (struct engine *e, uint64_t a, uint64_t b,
+                           bool settled);
 
 /* Break the snapshot (engine_break with the lock held). */
 extern void engine_break_locked (struct engine *e, const char *msg);

@@ -56,6 +56,7 @@ zero_run_locked (struct engine *e, uint64_t ca, uint64_t cb)
       break;
     if (e->target->known_zero) {
       bitmap_set_range (&e->state, a, b, CLUSTER_COPIED);
+      engine_settle (e, a, b, true);
       e->pending -= b - a;
       bytes = MIN (b << e->cluster_bits, e->size) - (a << e->cluster_bits);
       e->stats.bytes_zero += bytes;

@@ -114,6 +114,14 @@ engine_new (const char *name, uint64_t size, unsigned cluster_size,
     pthread_condattr_destroy (&attr);
   }
   pthread_cond_init (&e->drain_cond, NULL);
+  /* Every cluster starts CLEAN: settled. */
+  e->settled = malloc (e->nr_clusters / 8 + 1);
+  if (e->settled == NULL) {
+    nbdkit_error ("malloc: %m");
+    engine_free (e);
+    return NULL;
+  }
+  memset (e->settled, 0xff, e->nr_clusters / 8 + 1);
   bitmap_init (&e->state, cluster_size, 2);
   if (bitmap_resize (&e->state, size) == -1) {
     engine_free (e);
@@ -140,6 +148,7 @@ engine_free (struct engine *e)
   pthread_cond_destroy (&e->cond);
   pthread_cond_destroy (&e->drain_cond);
   free (e->error);
+  free (e->settled);
   free (e);
 }
 
@@ -173,6 +182,7 @@ engine_protect (struct engine *e, uint64_t first, uint64_t end)
     uint64_t a = bitmap_find (&e->state, first, end, CLUSTER_CLEAN);
     uint64_t b = bitmap_find_not (&e->state, a, end, CLUSTER_CLEAN);
     bitmap_set_range (&e->state, a, b, CLUSTER_PENDING);
+    engine_settle (e, a, b, false);
     first = b;
   }
 }
@@ -251,30 +261,43 @@ timed_out_locked (struct engine *e)
   return false;
 }
 
-/* Are clusters [c0, c1) all COPIED or CLEAN, looking without the
- * lock?  Neither state ever goes back to PENDING or COPYING while a
- * write is in flight (only engine_protect makes clusters PENDING, and
- * it runs with the write gate closed or before activation), so a
- * write that sees them so may go down at once.  A cluster becomes
- * COPIED only after its copy has returned, so seeing COPIED (with
+/* The settled bits (engine-impl.h): one per cluster, set when it is
+ * CLEAN or COPIED.  Every access is atomic: they are read without the
+ * engine lock by writes on their fast path.
+ */
+void
+engine_settle (struct engine *e, uint64_t a, uint64_t b, bool settled)
+{
+  for (; a < b; ++a) {
+    uint8_t bit = 1u << (a & 7);
+
+    /* Release: what the copy wrote is done before the bit is seen. */
+    if (settled)
+      __atomic_fetch_or (&e->settled[a >> 3], bit, __ATOMIC_RELEASE);
+    else
+      __atomic_fetch_and (&e->settled[a >> 3], (uint8_t) ~bit,
+                          __ATOMIC_RELEASE);
+  }
+}
+
+/* Are clusters [c0, c1) all settled, looking without the lock?  A
+ * settled cluster never becomes PENDING or COPYING again while a
+ * write is in flight (only engine_protect makes clusters PENDING,
+ * and it runs with the write gate closed or before activation), so a
+ * write that sees them so may go down at once.  A cluster is settled
+ * as COPIED only after its copy has returned, so seeing the bit (with
  * acquire ordering, before our own request goes down) means the old
- * data is on the target.  A stale read only sends us the slow way.
+ * data is safe.  A stale read only sends us the slow way.
  */
 static bool
 settled_unlocked (struct engine *e, uint64_t c0, uint64_t c1)
 {
-  const struct bitmap *bm = &e->state;
   uint64_t c;
 
-  for (c = c0; c < c1; ++c) {
-    uint64_t byte = c >> (3 - bm->bitshift);
-    unsigned shift = (c & (bm->ibpb - 1)) << bm->bitshift;
-    unsigned v = (__atomic_load_n (&bm->bitmap[byte], __ATOMIC_ACQUIRE)
-                  >> shift) & 3;
-
-    if (v != CLUSTER_COPIED && v != CLUSTER_CLEAN)
+  for (c = c0; c < c1; ++c)
+    if (!(__atomic_load_n (&e->settled[c >> 3], __ATOMIC_ACQUIRE) &
+          (1u << (c & 7))))
       return false;
-  }
   return true;
 }
 
@@ -402,6 +425,7 @@ engine_finish_claim (struct engine *e, uint64_t first, uint64_t n, bool ok,
   e->in_flight--;
   if (ok) {
     bitmap_set_range (&e->state, first, first + n, CLUSTER_COPIED);
+    engine_settle (e, first, first + n, true);
     e->pending -= n;
     e->stats.bytes_copied += data_bytes;
     e->stats.bytes_zero += zero_bytes;
