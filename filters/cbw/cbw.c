@@ -75,7 +75,7 @@ struct backup_spec cbw_defaults = {
   .cluster_size = 65536,
   .workers = 4,
   .on_error = CBW_BREAK_SNAPSHOT,
-  .buffer_size = 64 * 1024 * 1024,
+  .buffer_size = BUFFER_AUTO,
   .bitmap_mode = DIRTY_MODE_ON_SUCCESS,
 };
 static bool finish_on_exit = true;      /* cbw-on-exit */
@@ -211,7 +211,7 @@ cbw_config_complete (nbdkit_next_config_complete *next,
   "                          Target failure policy (default break-snapshot).\n" \
   "cbw-copy-timeout=<SECS>   Copy-before-write time limit (default 0: none).\n" \
   "cbw-buffer-size=<SIZE>    Memory for old data on its way to the target\n" \
-  "                          (default 64M; 0: writers wait for the target).\n" \
+  "                          (default 64M for NBD targets, else 0: none).\n" \
   "cbw-speed=<RATE>          Background job bytes/s limit (default 0: none).\n" \
   "cbw-job-id=<ID>           The job's id on the control socket (default cbw).\n" \
   "cbw-control=<SOCKET>      The server's control socket (backups on command)."
