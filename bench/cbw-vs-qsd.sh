@@ -28,7 +28,9 @@
 #    from its master (cp --sparse=always) before every run that writes
 #    to it; the allocated one is not (its content does not change its
 #    speed).  Every run writes a fresh target; `sync` runs between
-#    runs so that one run's writeback does not land in the next.
+#    runs so that one run's writeback does not land in the next, and a
+#    push starts with its source in the page cache, whoever ran before
+#    (nbdcopy evicts what it read: the side after it paid for that).
 #
 # Rows (WHAT selects them; default all):
 #  first   writer, first touch: 32768 random 4K writes (one per 64K
@@ -291,6 +293,10 @@ run_steady () { run_writer steady "$@"; }
 # raw / qcow2: seconds for a full push (start command -> target fsync'd).
 run_push () {                   # run_push raw|qcow2 SIDE DISK
     local s f="$1" t="$data/tgt.$1"; s="$(src "$3")"
+    # Every side starts with the source in the page cache (nbdcopy
+    # drops what it read from the cache: the side after it would
+    # otherwise read from the disk).
+    cat "$s" > /dev/null
     case "$2" in
     base) [ "$f" = raw ] || { V=-; return; }
           t0=$(now); nbdcopy --flush "$s" "$t"; t_end "$t" ;;
