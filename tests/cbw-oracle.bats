@@ -53,3 +53,10 @@ oracle () {
     oracle 101 cbw-on-error=fail-write
     oracle 102 cbw-on-error=break-snapshot
 }
+
+@test "cbw-oracle: copy-before-write buffer off, tiny (often full) and large" {
+    oracle 201 cbw-buffer-size=0
+    oracle 202 cbw-buffer-size=64K
+    oracle 203 cbw-buffer-size=4K
+    oracle 204 cbw-buffer-size=1G
+}

@@ -109,6 +109,15 @@ refused () {
         cbw-status="$BATS_TEST_TMPDIR/t.img"
 }
 
+@test "cbw-params: bad buffer sizes" {
+    refused "cbw-buffer-size: 'lots' must be a size in bytes" \
+        memory 1M cbw-target="$BATS_TEST_TMPDIR/t.img" cbw-buffer-size=lots
+    refused "cbw-buffer-size: '-1' must be a size in bytes" \
+        memory 1M cbw-target="$BATS_TEST_TMPDIR/t.img" cbw-buffer-size=-1
+    refused "cbw-buffer-size: '2T' must be a size in bytes, with an optional K, M or G suffix, up to 1T" \
+        memory 1M cbw-target="$BATS_TEST_TMPDIR/t.img" cbw-buffer-size=2T
+}
+
 @test "cbw-params: bad worker counts" {
     refused "cbw-workers: '0' must be from 1 to 64" \
         memory 1M cbw-target="$BATS_TEST_TMPDIR/t.img" cbw-workers=0

@@ -22,6 +22,11 @@
 #include "engine.h"
 #include "target.h"
 
+/* Threads writing the copy-before-write buffer to the target. */
+#define ENGINE_DRAINERS 4
+
+struct buffered_copy;
+
 struct engine {
   /* Fields set by engine_new and never changed. */
   uint64_t size;
@@ -35,6 +40,24 @@ struct engine {
    * limit).  Set by engine_set_copy_timeout before activating.
    */
   double copy_timeout;
+  /* Clusters that read as zero at the snapshot instant, on a target
+   * that does not read zeros (engine-zero.c): one bit each.  Set by
+   * engine_skip_zeros, before protection starts or with the write
+   * gate closed, and never changed afterwards (no lock needed).
+   */
+  bool have_zero;
+  struct bitmap zero;
+  /* The copy-before-write buffer's size in bytes (0: none), set by
+   * engine_set_buffer before activating (engine-buffer.c).
+   */
+  uint64_t buffer_limit;
+
+  /* One bit per cluster, set while it is CLEAN or COPIED: the write
+   * fast path reads it without the lock.  Changed (atomically) only
+   * with the lock held, next to the state bitmap; allocated by
+   * engine_new.
+   */
+  uint8_t *settled;
 
   /* True while clusters are protected.  Read without the lock on the
    * write fast path; it only becomes true while no write is in flight
@@ -53,6 +76,14 @@ struct engine {
   struct engine_reader *readers; /* Snapshot readers on the source. */
   unsigned in_flight;           /* Claimed runs not yet finished. */
   unsigned helpers;             /* Timed copy threads running. */
+  uint64_t zero_skipped;        /* Bytes done at the instant as zero. */
+  /* The buffer (engine-buffer.c): copies read, not yet on the target. */
+  uint64_t buffered;            /* Bytes in it (or reserved). */
+  struct buffered_copy *buf_head, *buf_tail;  /* FIFO. */
+  pthread_cond_t drain_cond;    /* Signalled when a copy is queued. */
+  bool drain_stop;              /* Drainers: exit once it is empty. */
+  unsigned nr_drainers;
+  pthread_t drainers[ENGINE_DRAINERS];
 };
 
 /* What the engine writes to, for messages: "the fleece store" for
@@ -69,6 +100,16 @@ extern const char *engine_target_noun (const struct engine *e);
 extern int engine_store (struct engine *e, const char *buf, uint64_t offset,
                          uint64_t len, uint64_t *data, uint64_t *zero);
 
+/* Read the point-in-time data of [offset, offset+len) (claimed
+ * clusters, offset cluster-aligned) into buf: zeros for clusters
+ * flagged as zero at the instant, the source for the rest.  Adds to
+ * *read_bytes what it read.  0, or -1 with *err and *fail_offset set.
+ */
+extern int engine_read_source (struct engine *e, nbdkit_next *next,
+                               char *buf, uint64_t offset, uint64_t len,
+                               uint64_t *read_bytes, int *err,
+                               uint64_t *fail_offset);
+
 /* Mark claimed [first, first+n) as copied or, after a failure, pending
  * again; account and wake waiters.  Takes the lock.
  */
@@ -76,6 +117,27 @@ extern void engine_finish_claim (struct engine *e, uint64_t first,
                                  uint64_t n, bool ok, uint64_t data_bytes,
                                  uint64_t zero_bytes, bool by_write,
                                  const char *failure);
+
+/* Mark clusters [a, b) as settled (CLEAN or COPIED) or not.  Lock
+ * held, beside the change to the state bitmap.
+ */
+extern void engine_settle (struct engine *e, uint64_t a, uint64_t b,
+                           bool settled);
+
+/* Break the snapshot (engine_break with the lock held). */
+extern void engine_break_locked (struct engine *e, const char *msg);
+
+/* Copy claimed clusters [first, first+n) before a write through the
+ * buffer: read the source into memory, mark them COPIED and queue the
+ * data for the drainers.  0 done; -1 failed (claim finished as
+ * engine_copy does); 1 not done (no buffer, under fail-write, or
+ * full): the caller still holds the claim and copies it itself.
+ */
+extern int engine_buffer_copy (struct engine *e, nbdkit_next *next,
+                               uint64_t first, uint64_t n);
+
+/* Let the drainers write what is queued, then end them. */
+extern void engine_buffer_stop (struct engine *e);
 
 /* An outcome of engine_timed_copy. */
 #define COPY_TIMED_OUT (-2)

@@ -85,6 +85,7 @@ engine_timed_copy (struct engine *e, nbdkit_next *next, uint64_t first,
   pthread_attr_t attr;
   pthread_t tid;
   int err = 0, r;
+  uint64_t read_bytes = 0, at;
 
   t = calloc (1, sizeof *t);
   if (t == NULL) {
@@ -105,10 +106,11 @@ engine_timed_copy (struct engine *e, nbdkit_next *next, uint64_t first,
   if (backup_debug_engine)
     nbdkit_debug ("%s: copy clusters %" PRIu64 "+%" PRIu64
                   " (before write, timed)", e->name, first, n);
-  if (next->pread (next, t->buf, t->len, t->offset, 0, &err) == -1) {
+  if (engine_read_source (e, next, t->buf, t->offset, t->len, &read_bytes,
+                          &err, &at) == -1) {
     snprintf (failure, sizeof failure,
               "reading the source at offset %" PRIu64 " failed: %s",
-              t->offset, strerror (err ? err : EIO));
+              at, strerror (err));
     goto failed;
   }
 

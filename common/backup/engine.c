@@ -122,6 +122,15 @@ engine_new (const char *name, uint64_t size, unsigned cluster_size,
     pthread_cond_init (&e->cond, &attr);
     pthread_condattr_destroy (&attr);
   }
+  pthread_cond_init (&e->drain_cond, NULL);
+  /* Every cluster starts CLEAN: settled. */
+  e->settled = malloc (e->nr_clusters / 8 + 1);
+  if (e->settled == NULL) {
+    nbdkit_error ("malloc: %m");
+    engine_free (e);
+    return NULL;
+  }
+  memset (e->settled, 0xff, e->nr_clusters / 8 + 1);
   bitmap_init (&e->state, cluster_size, 2);
   if (bitmap_resize (&e->state, size) == -1) {
     engine_free (e);
@@ -135,15 +144,20 @@ engine_free (struct engine *e)
 {
   if (e == NULL)
     return;
+  engine_buffer_stop (e);
   /* Timed copy helpers may outlive their writers: wait for them. */
   pthread_mutex_lock (&e->lock);
   while (e->helpers > 0)
     pthread_cond_wait (&e->cond, &e->lock);
   pthread_mutex_unlock (&e->lock);
   bitmap_free (&e->state);
+  if (e->have_zero)
+    bitmap_free (&e->zero);
   pthread_mutex_destroy (&e->lock);
   pthread_cond_destroy (&e->cond);
+  pthread_cond_destroy (&e->drain_cond);
   free (e->error);
+  free (e->settled);
   free (e);
 }
 
@@ -177,6 +191,7 @@ engine_protect (struct engine *e, uint64_t first, uint64_t end)
     uint64_t a = bitmap_find (&e->state, first, end, CLUSTER_CLEAN);
     uint64_t b = bitmap_find_not (&e->state, a, end, CLUSTER_CLEAN);
     bitmap_set_range (&e->state, a, b, CLUSTER_PENDING);
+    engine_settle (e, a, b, false);
     first = b;
   }
 }
@@ -195,9 +210,8 @@ engine_deactivate (struct engine *e)
   pthread_cond_broadcast (&e->cond);
 }
 
-/* Call with the lock held. */
-static void
-break_locked (struct engine *e, const char *msg)
+void
+engine_break_locked (struct engine *e, const char *msg)
 {
   if (!e->broken) {
     e->broken = true;
@@ -212,7 +226,7 @@ void
 engine_break (struct engine *e, const char *msg)
 {
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&e->lock);
-  break_locked (e, msg);
+  engine_break_locked (e, msg);
 }
 
 /* Claim the first run of PENDING clusters in [c0, c1), at most max
@@ -252,8 +266,48 @@ timed_out_locked (struct engine *e)
   }
   snprintf (msg, sizeof msg,
             "copy-before-write took longer than %g s", e->copy_timeout);
-  break_locked (e, msg);
+  engine_break_locked (e, msg);
   return false;
+}
+
+/* The settled bits (engine-impl.h): one per cluster, set when it is
+ * CLEAN or COPIED.  Every access is atomic: they are read without the
+ * engine lock by writes on their fast path.
+ */
+void
+engine_settle (struct engine *e, uint64_t a, uint64_t b, bool settled)
+{
+  for (; a < b; ++a) {
+    uint8_t bit = 1u << (a & 7);
+
+    /* Release: what the copy wrote is done before the bit is seen. */
+    if (settled)
+      __atomic_fetch_or (&e->settled[a >> 3], bit, __ATOMIC_RELEASE);
+    else
+      __atomic_fetch_and (&e->settled[a >> 3], (uint8_t) ~bit,
+                          __ATOMIC_RELEASE);
+  }
+}
+
+/* Are clusters [c0, c1) all settled, looking without the lock?  A
+ * settled cluster never becomes PENDING or COPYING again while a
+ * write is in flight (only engine_protect makes clusters PENDING,
+ * and it runs with the write gate closed or before activation), so a
+ * write that sees them so may go down at once.  A cluster is settled
+ * as COPIED only after its copy has returned, so seeing the bit (with
+ * acquire ordering, before our own request goes down) means the old
+ * data is safe.  A stale read only sends us the slow way.
+ */
+static bool
+settled_unlocked (struct engine *e, uint64_t c0, uint64_t c1)
+{
+  uint64_t c;
+
+  for (c = c0; c < c1; ++c)
+    if (!(__atomic_load_n (&e->settled[c >> 3], __ATOMIC_ACQUIRE) &
+          (1u << (c & 7))))
+      return false;
+  return true;
 }
 
 int
@@ -273,6 +327,12 @@ engine_before_write (struct engine *e, nbdkit_next *next,
     return 0;
   c0 = offset >> e->cluster_bits;
   c1 = MIN (((offset + count - 1) >> e->cluster_bits) + 1, e->nr_clusters);
+  /* Most writes in a long backup window hit clusters already copied:
+   * let them go down without the lock (up to a few clusters; bigger
+   * writes take the lock anyway).
+   */
+  if (c1 - c0 <= 16 && settled_unlocked (e, c0, c1))
+    return 0;
 
   timed = e->copy_timeout > 0;
   if (timed) {
@@ -296,9 +356,10 @@ engine_before_write (struct engine *e, nbdkit_next *next,
       int r;
 
       pthread_mutex_unlock (&e->lock);
-      if (timed)
+      r = engine_buffer_copy (e, next, first, n);
+      if (r == 1 && timed)
         r = engine_timed_copy (e, next, first, n, &deadline);
-      else
+      else if (r == 1)
         r = engine_copy (e, next, first, n, false, true);
       pthread_mutex_lock (&e->lock);
       if (r == COPY_TIMED_OUT) {
@@ -373,6 +434,7 @@ engine_finish_claim (struct engine *e, uint64_t first, uint64_t n, bool ok,
   e->in_flight--;
   if (ok) {
     bitmap_set_range (&e->state, first, first + n, CLUSTER_COPIED);
+    engine_settle (e, first, first + n, true);
     e->pending -= n;
     e->stats.bytes_copied += data_bytes;
     e->stats.bytes_zero += zero_bytes;
@@ -382,7 +444,7 @@ engine_finish_claim (struct engine *e, uint64_t first, uint64_t n, bool ok,
   else {
     bitmap_set_range (&e->state, first, first + n, CLUSTER_PENDING);
     if (e->on_error == CBW_BREAK_SNAPSHOT || !by_write)
-      break_locked (e, failure);
+      engine_break_locked (e, failure);
   }
   pthread_cond_broadcast (&e->cond);
 }
@@ -494,14 +556,16 @@ engine_copy_counted (struct engine *e, nbdkit_next *next, uint64_t first,
       zero += run;
     }
     else {
+      uint64_t at;
+
       run = MIN (run, len - pos);
-      if (next->pread (next, buf + pos, run, offset + pos, 0, &err) == -1) {
+      if (engine_read_source (e, next, buf + pos, offset + pos, run,
+                              read_bytes, &err, &at) == -1) {
         snprintf (failure, sizeof failure,
                   "reading the source at offset %" PRIu64 " failed: %s",
-                  offset + pos, strerror (err ? err : EIO));
+                  at, strerror (err));
         goto out;
       }
-      *read_bytes += run;
       if (engine_store (e, buf + pos, offset + pos, run, &data, &zero) == -1) {
         snprintf (failure, sizeof failure,
                   "writing %s at offset %" PRIu64 " failed: %s",

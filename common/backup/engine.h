@@ -45,6 +45,8 @@ struct engine_stats {
   uint64_t copy_timeouts;       /* Copy-before-writes that timed out. */
   uint64_t write_waits;         /* Writes that waited for others' copies. */
   uint64_t bytes_discarded;     /* Dropped from the snapshot (discard). */
+  uint64_t bytes_buffered;      /* Copied before writes via the buffer. */
+  uint64_t buffer_full;         /* Copies that found the buffer full. */
 };
 
 /* The engine's state is private to engine.c and engine-timed.c
@@ -86,8 +88,16 @@ extern void engine_free (struct engine *e);
  */
 extern void engine_set_copy_timeout (struct engine *e, double seconds);
 
-/* Wait until no claimed copy is in flight (call after deactivating,
- * before finishing or closing the target).
+/* Give copy-before-write a buffer of up to bytes (0: none): a writer
+ * then waits only for the old data to be read into memory, and
+ * threads write it to the target behind it (engine-buffer.c).  Used
+ * only under CBW_BREAK_SNAPSHOT, and not with snapshot readers.  Call
+ * before activating.
+ */
+extern void engine_set_buffer (struct engine *e, uint64_t bytes);
+
+/* Wait until no claimed copy is in flight, the buffer's included
+ * (call after deactivating, before finishing or closing the target).
  */
 extern void engine_quiesce (struct engine *e);
 
@@ -102,6 +112,16 @@ extern void engine_protect (struct engine *e, uint64_t first, uint64_t end);
  */
 extern void engine_protect_bytes (struct engine *e, uint64_t offset,
                                   uint64_t count);
+
+/* At the snapshot instant, after engine_protect (before activating,
+ * or with the write gate closed): the protected clusters that next's
+ * extents say read as zero are never read or copied as data.  On a
+ * target known to read zeros they are done at once; otherwise their
+ * copy writes zeroes without reading the source (engine-zero.c).
+ * 0; -1 if the extents could not be had (then nothing, or only part,
+ * is skipped, which is still exact); also 0 if next has no extents.
+ */
+extern int engine_skip_zeros (struct engine *e, nbdkit_next *next);
 
 /* Start (or stop) copy-before-write. */
 extern void engine_activate (struct engine *e);

@@ -470,8 +470,17 @@ job_start (const struct job_params *p, struct engine *e, nbdkit_next *next)
   /* What the snapshot protects: the whole disk, or for sync=top only
    * the allocated clusters.
    */
-  engine_get_stats (e, NULL, &pending, NULL, NULL);
-  j->bytes_total = MIN (pending * engine_cluster_size (e), engine_size (e));
+  {
+    struct engine_stats st;
+
+    /* Clusters already done (holes at the instant, or copied before
+     * a write since the instant) are part of the job too.
+     */
+    engine_get_stats (e, &st, &pending, NULL, NULL);
+    j->bytes_total = MIN (pending * engine_cluster_size (e)
+                          + st.bytes_copied + st.bytes_zero,
+                          engine_size (e));
+  }
   j->speed = p->speed;
   j->start_time = monotonic_seconds ();
   j->state = JOB_RUNNING;

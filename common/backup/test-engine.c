@@ -394,6 +394,44 @@ test_claims (void)
   engine_free (e);
 }
 
+/* test_claims with the copy-before-write buffer, small enough to be
+ * full often (so both the buffered and the direct path run): still
+ * every cluster copied exactly once, and the target exact once the
+ * buffer has drained.
+ */
+static void
+test_buffer (void)
+{
+  struct engine *e = setup (CBW_BREAK_SNAPSHOT, 0);
+  struct writer w[NR_WRITERS];
+  pthread_t wt[NR_WRITERS], jt;
+  struct engine_stats st;
+  uint64_t pending;
+  bool broken;
+  unsigned i;
+
+  engine_set_buffer (e, 3 * CLUSTER);
+  pthread_barrier_init (&start_line, NULL, NR_WRITERS);
+  pthread_create (&jt, NULL, job_thread, e);
+  for (i = 0; i < NR_WRITERS; ++i) {
+    w[i] = (struct writer) { .e = e, .id = i, .seed = 4242 + i };
+    pthread_create (&wt[i], NULL, writer_thread, &w[i]);
+  }
+  for (i = 0; i < NR_WRITERS; ++i)
+    pthread_join (wt[i], NULL);
+  pthread_join (jt, NULL);
+  pthread_barrier_destroy (&start_line);
+  engine_deactivate (e);
+  engine_quiesce (e);           /* The job waits for the drain so. */
+
+  st = stats (e, &pending, &broken);
+  assert (pending == 0 && !broken);
+  assert (st.bytes_copied + st.bytes_zero == SIZE);
+  assert (st.bytes_buffered <= st.bytes_by_writes);
+  check_target_exact ();
+  engine_free (e);
+}
+
 /* One thread claims cluster 0 and copies it; its target write is
  * held.  A writer to cluster 0 must wait for that copy (not make its
  * own) and go down only after it.
@@ -845,6 +883,7 @@ main (void)
   pthread_mutex_init (&mt.lock, NULL);
 
   test_claims ();
+  test_buffer ();
   test_writer_waits ();
   test_fail_write ();
   test_break_snapshot ();

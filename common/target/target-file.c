@@ -54,12 +54,16 @@ where (struct target *t)
   return t->working_name ? t->working_name : t->name;
 }
 
+/* Writes at least this big start their writeback at once. */
+#define WRITEBACK_MIN (256 * 1024)
+
 static int
 file_pwrite (struct target *t, const void *buf, uint32_t count,
              uint64_t offset)
 {
   struct file_target *ft = (struct file_target *) t;
   const char *p = buf;
+  const uint64_t start = offset, len = count;
 
   while (count > 0) {
     ssize_t r = pwrite (ft->fd, p, count, offset);
@@ -72,6 +76,13 @@ file_pwrite (struct target *t, const void *buf, uint32_t count,
     }
     p += r; count -= r; offset += r;
   }
+  /* A bulk copy (the job's chunks, a pull) starts writing the data
+   * out now, as nbdcopy does, instead of piling up gigabytes of dirty
+   * pages for the final fsync to write at once.  Only a hint: the
+   * final fsync is what makes the target durable.
+   */
+  if (len >= WRITEBACK_MIN)
+    sync_file_range (ft->fd, start, len, SYNC_FILE_RANGE_WRITE);
   return 0;
 }
 

@@ -327,6 +327,9 @@ backup_prepare (const struct backup_spec *s, const char *p,
     goto err;
   }
   engine_set_copy_timeout (b->engine, s->copy_timeout);
+  engine_set_buffer (b->engine,
+                     s->buffer_size != BUFFER_AUTO ? s->buffer_size
+                     : s->format == TARGET_NBD ? BUFFER_NBD_DEFAULT : 0);
 
   switch (s->sync) {
   case SYNC_TOP:
@@ -346,6 +349,10 @@ backup_prepare (const struct backup_spec *s, const char *p,
   default:
     engine_protect (b->engine, 0, UINT64_MAX);
   }
+  /* Holes at the instant need no copy (if extents fail, they are
+   * copied as data: slower, still exact).
+   */
+  engine_skip_zeros (b->engine, next);
   return b;
 
  err:

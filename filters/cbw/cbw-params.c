@@ -199,6 +199,19 @@ p_speed (struct backup_spec *s, const char *key, const char *value,
 }
 
 static int
+p_buffer_size (struct backup_spec *s, const char *key, const char *value,
+               struct control_error *err)
+{
+  int64_t r = nbdkit_parse_size (value);
+
+  if (r == -1 || r > INT64_C (1) << 40)
+    return FAIL ("%s: '%s' must be a size in bytes, with an optional "
+                 "K, M or G suffix, up to 1T, or 0 (no buffer)", key, value);
+  s->buffer_size = r;
+  return 0;
+}
+
+static int
 p_job_id (struct backup_spec *s, const char *key, const char *value,
           struct control_error *err)
 {
@@ -226,6 +239,7 @@ static const struct setting {
   { "cbw-copy-timeout",          "copy-timeout",   p_copy_timeout },
   { "cbw-speed",                 "speed",          p_speed },
   { "cbw-job-id",                "job-id",         p_job_id },
+  { "cbw-buffer-size",           "buffer-size",    p_buffer_size },
 };
 
 int

@@ -76,6 +76,7 @@ struct backup_spec cbw_defaults = {
   .cluster_size = 65536,
   .workers = 4,
   .on_error = CBW_BREAK_SNAPSHOT,
+  .buffer_size = BUFFER_AUTO,
   .bitmap_mode = DIRTY_MODE_ON_SUCCESS,
 };
 static bool finish_on_exit = true;      /* cbw-on-exit */
@@ -211,6 +212,8 @@ cbw_config_complete (nbdkit_next_config_complete *next,
   "cbw-on-error=break-snapshot|fail-write\n" \
   "                          Target failure policy (default break-snapshot).\n" \
   "cbw-copy-timeout=<SECS>   Copy-before-write time limit (default 0: none).\n" \
+  "cbw-buffer-size=<SIZE>    Memory for old data on its way to the target\n" \
+  "                          (default 64M for NBD targets, else 0: none).\n" \
   "cbw-speed=<RATE>          Background job bytes/s limit (default 0: none).\n" \
   "cbw-job-id=<ID>           The job's id on the control socket (default cbw).\n" \
   "cbw-control=<SOCKET>      The server's control socket (backups on command)."

@@ -250,6 +250,7 @@ snapshot_create (struct control_error *err)
     return control_fail (err, CONTROL_GENERIC_ERROR, "out of memory");
   }
   engine_protect (e, 0, UINT64_MAX);
+  engine_skip_zeros (e, size_next);     /* Holes need no copy. */
   engine_activate (e);
   store = t;
   engine = e;
