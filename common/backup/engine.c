@@ -785,6 +785,7 @@ engine_discard (struct engine *e, uint64_t offset, uint64_t count,
   e->stats.bytes_discarded += bytes;
   e->pending -= bitmap_count (&e->state, c0, c1, CLUSTER_PENDING);
   bitmap_set_range (&e->state, c0, c1, CLUSTER_CLEAN);
+  engine_settle (e, c0, c1, true);    /* Writes there take the fast path. */
   pthread_cond_broadcast (&e->cond);
   /* New readers find them gone; wait for those already reading. */
  again:
