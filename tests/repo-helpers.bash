@@ -82,9 +82,9 @@ entry () {
 }
 
 # check_backup ID ORACLE: the chain of ID converted by qemu-img alone,
-# and restored by nbdbackup restore, equals ORACLE; every file of the chain passes qemu-img check; the
-# digest list is the SHA-256 of each chunk of ORACLE and its digest
-# the catalog's.
+# and restored by nbdbackup restore, equals ORACLE; every file of the
+# chain passes qemu-img check; the digest list is the SHA-256 of each
+# chunk of ORACLE and its digest the catalog's.
 check_backup () {
     local id="$1" oracle="$2" f chunk
     run -0 qemu-img info --backing-chain "$repo/$id.qcow2"
