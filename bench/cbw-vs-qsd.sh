@@ -37,8 +37,16 @@
 #          cluster on average) during sync=none; sides: file plugin
 #          with no backup (the limit), cbw, qsd.
 #  steady  writer, steady state: a sequential 1M pass over the whole
-#          disk first (every cluster gets copied), then random 4K
-#          writes for SECONDS_PER seconds; same sides.
+#          disk first (every cluster gets copied), `sync`, then random
+#          4K writes for SECONDS_PER seconds; same sides.
+#  slow    writer, first touch, into a slow NBD target: cbw-target is
+#          a second nbdkit behind the rate filter (SLOW_RATE bits/s,
+#          default 400M, 50 MiB/s), with cbw-buffer-size=SLOW_BUFFER
+#          (default 128M) and as many writes as the buffer holds
+#          clusters, so the figure is the writer's rate while the
+#          buffer lasts; sides: file plugin with no backup, cbw (and
+#          old).  Each cbw run then drains the buffer at the slow rate
+#          before the server exits (untimed).
 #  raw     full push backup of the quiet disk into a new raw file;
 #          sides: cbw, qsd, and nbdcopy --flush file to file (the
 #          copy limit).
@@ -79,7 +87,7 @@
 # skipped with a note.
 #
 # Environment: SIZE (2G), REPS (3), SECONDS_PER (5), WHAT (first
-# steady raw qcow2 snap), DISKS (alloc sparse), SIDES (which sides:
+# steady slow raw qcow2 snap), SLOW_RATE, SLOW_BUFFER, DISKS (alloc sparse), SIDES (which sides:
 # base cbw q7 q10, and old: cbw and fleece from the build tree
 # OLD_BUILDDIR, to compare two versions in one run; default all but
 # old), DIR (/var/tmp), QEMU10, GET_QEMU10.
@@ -90,7 +98,7 @@ SIZE="${SIZE:-2G}"
 REPS="${REPS:-3}"
 SECS="${SECONDS_PER:-5}"
 DIR="${DIR:-/var/tmp}"
-WHAT="${WHAT:-first steady raw qcow2 snap}"
+WHAT="${WHAT:-first steady slow raw qcow2 snap}"
 DISKS="${DISKS:-alloc sparse}"
 SIDES="${SIDES:-base cbw q7 q10}"
 QEMU10="${QEMU10:-/var/tmp/qemu10/root/usr/bin}"
@@ -271,6 +279,10 @@ writer () {                     # writer URI first|steady
                    --bytes $((ncl * 4096)) "$1" | field iops
     else
         "$nbdload" --op write --pattern seq --bs 1M --qd 4 --bytes "$bytes" "$1" >/dev/null
+        # The pass leaves gigabytes dirty: write them back now, or
+        # their writeback lands in the timed run (more of it the
+        # faster the pass was).
+        sync
         "$nbdload" --op write --pattern rand --bs 4K --qd 16 --seconds "$SECS" "$1" | field iops
     fi
 }
@@ -288,6 +300,23 @@ run_writer () {                 # run_writer first|steady SIDE DISK
     esac
 }
 run_first () { run_writer first "$@"; }
+
+run_slow () {                   # run_slow SIDE DISK
+    local s n; s="$(src "$2")"
+    n=$(($(numfmt --from=iec "${SLOW_BUFFER:-128M}") / 65536))
+    case "$1" in
+    base) serve f file "$s" ;;
+    cbw) truncate -s "$SIZE" "$data/tgt.raw"
+         serve t --filter=rate file "$data/tgt.raw" rate="${SLOW_RATE:-400M}"
+         serve f --filter="$cbw" file "$s" cbw-target="$t_uri" cbw-sync=none \
+             cbw-buffer-size="${SLOW_BUFFER:-128M}" ;;
+    *) V=-; return ;;
+    esac
+    V=$("$nbdload" --op write --pattern rand --bs 4K --qd 16 \
+                   --bytes $((n * 4096)) "$f_uri" | field iops)
+    stop f
+    [ "$1" = base ] || stop t
+}
 run_steady () { run_writer steady "$@"; }
 
 # raw / qcow2: seconds for a full push (start command -> target fsync'd).
@@ -371,7 +400,7 @@ for row in $WHAT; do
             done
         done
         out '\n%-6s %-6s (load %s -> %s)\n' "$row" "$d" "$l0" "$(load)"
-        case "$row" in first|steady) unit="IOPS (writer)" ;; *) unit="seconds" ;; esac
+        case "$row" in first|steady|slow) unit="IOPS (writer)" ;; *) unit="seconds" ;; esac
         for side in "${sides[@]}"; do
             read -r m lo hi <<<"$(stats "${R[$row,$d,$side]}")"
             [ "$m" = - ] && continue
@@ -390,7 +419,7 @@ for row in $WHAT; do
             o=$(med "${R[$row,$d,$side]:-}")
             [ "$o" = - ] && continue
             case "$row" in
-                first|steady) r=$(ratio "$c" "$o") ;;
+                first|steady|slow) r=$(ratio "$c" "$o") ;;
                 *) r=$(ratio "$o" "$c") ;;
             esac
             out '  cbw / %-4s %s\n' "$side" "$r"

@@ -29,6 +29,12 @@
  *    target that was not finished, so it is never mistaken for whole.
  *  - Snapshot readers read COPIED clusters from the target, so an
  *    engine with snapshot readers (fleece) has no buffer.
+ *  - Memory: a first write's copy is one cluster, and a fresh 64K
+ *    malloc costs a writer sixteen page faults (glibc gives the pages
+ *    back to the kernel as the drainers free them), about as much as
+ *    the read itself.  So single-cluster copies take a slot of a pool
+ *    that engine_set_buffer maps and touches once, up to POOL_MAX;
+ *    bigger copies, and those that find no free slot, use malloc.
  *
  * Lock order: see lock-order.h (only the engine's lock is taken here).
  */
@@ -41,6 +47,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include <nbdkit-filter.h>
 
@@ -49,17 +56,59 @@
 #include "engine-impl.h"
 #include "minmax.h"
 
+/* The pool never holds more than this: a bigger buffer's excess
+ * uses malloc, so a large cbw-buffer-size is not all resident from
+ * the start.
+ */
+#define POOL_MAX (UINT64_C (256) * 1024 * 1024)
+
 /* One buffered copy: claimed clusters [first, first+n), their data. */
 struct buffered_copy {
   struct buffered_copy *next;
   uint64_t first, n, offset, len;
   char *buf;
+  bool pooled;                  /* buf is a slot of e->pool. */
 };
 
 void
 engine_set_buffer (struct engine *e, uint64_t bytes)
 {
+  uint64_t slots = MIN (bytes, POOL_MAX) >> e->cluster_bits;
+  void *p;
+  uint32_t i;
+
   e->buffer_limit = bytes;
+  if (slots == 0 || e->pool != NULL)
+    return;
+  e->pool_free = malloc (slots * sizeof *e->pool_free);
+  if (e->pool_free == NULL)
+    return;                     /* Only slower: malloc for every copy. */
+  p = mmap (NULL, slots << e->cluster_bits, PROT_READ | PROT_WRITE,
+            MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+  if (p == MAP_FAILED) {
+    nbdkit_debug ("%s: buffer pool: mmap: %m (using malloc)", e->name);
+    free (e->pool_free);
+    e->pool_free = NULL;
+    return;
+  }
+  e->pool = p;
+  e->pool_bytes = slots << e->cluster_bits;
+  e->pool_slots = slots;
+  for (i = 0; i < slots; ++i)
+    e->pool_free[i] = slots - 1 - i;
+  e->pool_nfree = slots;
+}
+
+/* Give back b's memory and b.  Lock held. */
+static void
+release_copy_locked (struct engine *e, struct buffered_copy *b)
+{
+  if (b->pooled)
+    e->pool_free[e->pool_nfree++] =
+      (uint32_t) ((b->buf - e->pool) >> e->cluster_bits);
+  else
+    free (b->buf);
+  free (b);
 }
 
 /* Drainer thread: write buffered copies to the target until told to
@@ -110,8 +159,7 @@ drainer (void *vp)
     else
       engine_break_locked (e, failure);
     pthread_cond_broadcast (&e->cond);
-    free (b->buf);
-    free (b);
+    release_copy_locked (e, b);
   }
   pthread_mutex_unlock (&e->lock);
   return NULL;
@@ -150,18 +198,30 @@ engine_buffer_copy (struct engine *e, nbdkit_next *next,
 
   if (e->buffer_limit == 0 || e->on_error != CBW_BREAK_SNAPSHOT)
     return 1;
-  /* Reserve room, or let the caller copy to the target itself. */
+  b = malloc (sizeof *b);
+  if (b == NULL)
+    return 1;
+  b->buf = NULL;
+  b->pooled = false;
+  /* Reserve room (a slot of the pool if one fits), or let the caller
+   * copy to the target itself.
+   */
   {
     ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&e->lock);
 
     if (e->buffered + len > e->buffer_limit) {
       e->stats.buffer_full++;
+      free (b);
       return 1;
     }
     e->buffered += len;
+    if (len <= e->cluster_size && e->pool_nfree > 0) {
+      uint64_t slot = e->pool_free[--e->pool_nfree];
+      b->buf = e->pool + (slot << e->cluster_bits);
+      b->pooled = true;
+    }
   }
-  b = malloc (sizeof *b);
-  if (b == NULL || (b->buf = malloc (len)) == NULL) {
+  if (!b->pooled && (b->buf = malloc (len)) == NULL) {
     free (b);
     pthread_mutex_lock (&e->lock);
     e->buffered -= len;
@@ -183,10 +243,9 @@ engine_buffer_copy (struct engine *e, nbdkit_next *next,
               "reading the source at offset %" PRIu64 " failed: %s",
               at, strerror (err));
     nbdkit_error ("%s: %s", e->name, failure);
-    free (b->buf);
-    free (b);
     pthread_mutex_lock (&e->lock);
     e->buffered -= len;
+    release_copy_locked (e, b);
     pthread_mutex_unlock (&e->lock);
     engine_finish_claim (e, first, n, false, 0, 0, true, failure);
     return -1;
@@ -206,8 +265,9 @@ engine_buffer_copy (struct engine *e, nbdkit_next *next,
                 "writing %s at offset %" PRIu64 " failed: %s",
                 engine_target_noun (e), offset, strerror (errno));
     engine_finish_claim (e, first, n, ok, data, zero, true, failure);
-    free (b->buf);
-    free (b);
+    pthread_mutex_lock (&e->lock);
+    release_copy_locked (e, b);
+    pthread_mutex_unlock (&e->lock);
     return ok ? 0 : -1;
   }
   /* The old data is safe: the clusters are done for writers, and the
@@ -243,4 +303,12 @@ engine_buffer_stop (struct engine *e)
   pthread_mutex_lock (&e->lock);
   e->nr_drainers = 0;
   pthread_mutex_unlock (&e->lock);
+  /* Nothing is queued any more: every slot is free. */
+  if (e->pool) {
+    munmap (e->pool, e->pool_bytes);
+    e->pool = NULL;
+    e->pool_slots = e->pool_nfree = 0;
+  }
+  free (e->pool_free);
+  e->pool_free = NULL;
 }

@@ -51,6 +51,14 @@ struct engine {
    * engine_set_buffer before activating (engine-buffer.c).
    */
   uint64_t buffer_limit;
+  /* Memory for single-cluster buffered copies (engine-buffer.c),
+   * mapped and touched once by engine_set_buffer so that a writer
+   * never waits for page faults: pool_slots slots of cluster_size
+   * bytes (NULL, 0: none; bigger copies use malloc).
+   */
+  char *pool;
+  size_t pool_bytes;
+  uint32_t pool_slots;
 
   /* One bit per cluster, set while it is CLEAN or COPIED: the write
    * fast path reads it without the lock.  Changed (atomically) only
@@ -79,6 +87,8 @@ struct engine {
   uint64_t zero_skipped;        /* Bytes done at the instant as zero. */
   /* The buffer (engine-buffer.c): copies read, not yet on the target. */
   uint64_t buffered;            /* Bytes in it (or reserved). */
+  uint32_t *pool_free;          /* Stack of free slots of the pool. */
+  uint32_t pool_nfree;
   struct buffered_copy *buf_head, *buf_tail;  /* FIFO. */
   pthread_cond_t drain_cond;    /* Signalled when a copy is queued. */
   bool drain_stop;              /* Drainers: exit once it is empty. */
@@ -136,7 +146,9 @@ extern void engine_break_locked (struct engine *e, const char *msg);
 extern int engine_buffer_copy (struct engine *e, nbdkit_next *next,
                                uint64_t first, uint64_t n);
 
-/* Let the drainers write what is queued, then end them. */
+/* Let the drainers write what is queued, then end them, and give
+ * back the pool.
+ */
 extern void engine_buffer_stop (struct engine *e);
 
 /* An outcome of engine_timed_copy. */

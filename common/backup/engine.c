@@ -361,6 +361,12 @@ engine_before_write (struct engine *e, nbdkit_next *next,
         r = engine_timed_copy (e, next, first, n, &deadline);
       else if (r == 1)
         r = engine_copy (e, next, first, n, false, true);
+      /* The usual first write: one claim covered the whole write and
+       * its copy is done, so every cluster is COPIED; nothing to look
+       * at again under the lock.
+       */
+      if (r == 0 && first == c0 && first + n == c1)
+        return 0;
       pthread_mutex_lock (&e->lock);
       if (r == COPY_TIMED_OUT) {
         if (timed_out_locked (e))
