@@ -10,7 +10,8 @@
  * connection when the target is an NBD export).  Completion callbacks
  * only record what happened and push the slot on a list; the loop
  * does the rest, because a callback must not call libnbd on its own
- * handle.  With everything in one thread nothing needs a lock.
+ * handle.  Apart from the hash workers (digest mode, below) everything
+ * is in one thread, and nothing else needs a lock.
  *
  * A slot is one request in flight with its own chunk-sized buffer;
  * there are --requests slots per source connection, and slot i always
@@ -63,10 +64,16 @@
  * chunk is skipped or zero only if its extents all say so, else it is
  * read whole (a chunk that is part hole, part dirty is read whole:
  * the dirty export reads the snapshot's data everywhere).  Zero chunks
- * are hashed as the precomputed zero digest; a chunk read is hashed
- * when its read completes, in the loop (SHA-256 with the CPU's SHA
- * instructions costs less than a copy of the bytes: see bench/), and
- * the hash also tells whether it reads as zeros.  On a target that
+ * are hashed as the precomputed zero digest.  A slot whose read has
+ * completed is hashed by one of a few hash workers (a thread per
+ * online CPU), because hashing in the loop thread capped the copy at
+ * what one core hashes (bench/repo-bench.sh); the hash also tells
+ * whether a chunk reads as zeros.  A worker owns the slot (state
+ * HASHING) from the todo ring until it puts it on the hashed list and
+ * wakes the loop through an eventfd it polls with the connections;
+ * only those lists are shared, under hlock.  The loop then records and
+ * checks the digests (digest_done, with the mismatch callback) and
+ * writes the slot, so everything else stays in the one thread.  On a target that
  * is not known_zero (an overlay), a zero chunk is written as zeros
  * unless the parent's list says it is zero there already.  Without a
  * target (verify) nothing is written.
@@ -94,6 +101,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+#include <pthread.h>
+#include <sys/eventfd.h>
 
 #include <libnbd.h>
 
@@ -122,7 +132,10 @@
  */
 #define DRAIN_SECONDS 60
 
-enum slot_state { SLOT_FREE, SLOT_READING, SLOT_WRITING };
+/* Most hash workers (digest mode); there is one per online CPU. */
+#define MAX_HASH_WORKERS 8
+
+enum slot_state { SLOT_FREE, SLOT_READING, SLOT_HASHING, SLOT_WRITING };
 
 struct slot {
   struct copy *c;
@@ -138,6 +151,9 @@ struct slot {
   uint64_t bytes_data;          /* counted in stats on success */
   uint64_t bytes_zero;
   bool *zero_chunk;             /* digest mode: chunk i of buf is zero */
+  /* Digest mode: the digest of chunk i of buf, from a hash worker. */
+  unsigned char (*digest)[DIGEST_LEN];
+  bool hash_failed;             /* digest_buf failed (reported) */
 };
 
 /* What a piece of work is. */
@@ -175,8 +191,24 @@ struct copy {
   bool interrupted;             /* the signal has been reported */
   double drain_start;           /* when failed was seen busy, or 0 */
   struct copy_stats stats;
-  struct pollfd *fds;           /* nr_handles */
+  struct pollfd *fds;           /* nr_handles + 1 (the eventfd) */
   bool *gone;                   /* nr_handles: connection dead (reported) */
+
+  /* Hash workers (digest mode).  Only these fields are shared with
+   * them, under hlock; a slot in SLOT_HASHING belongs to the workers
+   * until it is back on the hashed list.
+   */
+  unsigned nr_workers;          /* started */
+  pthread_t workers[MAX_HASH_WORKERS];
+  pthread_mutex_t hlock;
+  pthread_cond_t hcond;         /* work queued, or stop */
+  unsigned *hash_todo;          /* ring of slot indexes to hash */
+  unsigned todo_head, todo_count;
+  unsigned *hashed;             /* slots hashed, for the loop */
+  unsigned nr_hashed;
+  unsigned *hashed_take;        /* the loop's copy of hashed */
+  bool hash_stop;
+  int hash_fd;                  /* eventfd: a slot was hashed, or -1 */
 };
 
 static void
@@ -290,6 +322,14 @@ chunk_of (const struct copy *c, uint64_t offset)
   return offset / c->dchunk;
 }
 
+/* The digest list whose chunk geometry every list shares. */
+static const struct digests *
+any_list (const struct copy *c)
+{
+  return c->opts.record ? c->opts.record :
+    c->opts.expect ? c->opts.expect : c->opts.parent;
+}
+
 /* Chunk i's digest is d: record it, check it.  0 to go on, -1 to
  * stop (a mismatch, reported).
  */
@@ -317,8 +357,7 @@ digest_done (struct copy *c, uint64_t i, const unsigned char *d)
 static int
 digest_zero_piece (struct copy *c, uint64_t offset, uint64_t len)
 {
-  const struct digests *any = c->opts.record ? c->opts.record :
-    c->opts.expect ? c->opts.expect : c->opts.parent;
+  const struct digests *any = any_list (c);
   uint64_t i, end = chunk_of (c, offset + len - 1);
 
   for (i = chunk_of (c, offset); i <= end; ++i)
@@ -327,27 +366,47 @@ digest_zero_piece (struct copy *c, uint64_t offset, uint64_t len)
   return 0;
 }
 
-/* Hash every chunk of a slot that was read, noting which are zero. */
+/* In a hash worker: hash every chunk of a slot that was read, noting
+ * which are zero.  Touches only the slot and read-only lists.
+ */
+static void
+hash_slot (struct slot *slot)
+{
+  struct copy *c = slot->c;
+  const struct digests *any = any_list (c);
+  uint32_t pos, n;
+  uint64_t i;
+  unsigned k;
+
+  slot->hash_failed = false;
+  for (pos = 0; pos < slot->len; pos += n) {
+    i = chunk_of (c, slot->offset + pos);
+    n = digests_chunk_len (any, i);
+    k = pos / c->dchunk;
+    if (digest_buf (slot->buf + pos, n, slot->digest[k]) == -1) {
+      slot->hash_failed = true;
+      return;
+    }
+    slot->zero_chunk[k] =
+      memcmp (slot->digest[k], digests_zero_of (any, i), DIGEST_LEN) == 0;
+  }
+}
+
+/* In the loop: record and check the digests a worker computed, in
+ * chunk order.  0 to go on, -1 to stop (reported).
+ */
 static int
 digest_slot (struct slot *slot)
 {
   struct copy *c = slot->c;
-  const struct digests *any = c->opts.record ? c->opts.record :
-    c->opts.expect ? c->opts.expect : c->opts.parent;
-  unsigned char d[DIGEST_LEN];
-  uint32_t pos, n;
-  uint64_t i;
+  uint32_t pos;
 
-  for (pos = 0; pos < slot->len; pos += n) {
-    i = chunk_of (c, slot->offset + pos);
-    n = digests_chunk_len (any, i);
-    if (digest_buf (slot->buf + pos, n, d) == -1)
+  if (slot->hash_failed)
+    return -1;
+  for (pos = 0; pos < slot->len; pos += c->dchunk)
+    if (digest_done (c, chunk_of (c, slot->offset + pos),
+                     slot->digest[pos / c->dchunk]) == -1)
       return -1;
-    slot->zero_chunk[pos / c->dchunk] =
-      memcmp (d, digests_zero_of (any, i), DIGEST_LEN) == 0;
-    if (digest_done (c, i, d) == -1)
-      return -1;
-  }
   return 0;
 }
 
@@ -417,7 +476,9 @@ write_chunks (struct slot *slot)
   }
 }
 
-/* The slot's read has completed: write what it read. */
+/* The slot's read has completed (and in digest mode its hash):
+ * write what it read.
+ */
 static void
 write_slot (struct slot *slot)
 {
@@ -506,6 +567,56 @@ read_done (void *user_data, int *error)
   return 1;                     /* retire the command */
 }
 
+/* A hash worker: take slots off the ring, hash them, put them on
+ * the hashed list and wake the loop, until told to stop with the ring
+ * empty.
+ */
+static void *
+hash_worker (void *arg)
+{
+  struct copy *c = arg;
+  const uint64_t one = 1;
+  unsigned index;
+
+  for (;;) {
+    pthread_mutex_lock (&c->hlock);
+    while (c->todo_count == 0 && !c->hash_stop)
+      pthread_cond_wait (&c->hcond, &c->hlock);
+    if (c->todo_count == 0) {
+      pthread_mutex_unlock (&c->hlock);
+      return NULL;
+    }
+    index = c->hash_todo[c->todo_head];
+    c->todo_head = (c->todo_head + 1) % c->nr_slots;
+    c->todo_count--;
+    pthread_mutex_unlock (&c->hlock);
+
+    hash_slot (&c->slots[index]);
+
+    pthread_mutex_lock (&c->hlock);
+    c->hashed[c->nr_hashed++] = index;
+    pthread_mutex_unlock (&c->hlock);
+    /* Fails only when the counter is full: the loop is awake then. */
+    if (write (c->hash_fd, &one, sizeof one) == -1) {
+      /* ignored */
+    }
+  }
+}
+
+/* Hand a slot whose read has completed to the hash workers. */
+static void
+queue_hash (struct slot *slot)
+{
+  struct copy *c = slot->c;
+
+  slot->state = SLOT_HASHING;
+  pthread_mutex_lock (&c->hlock);
+  c->hash_todo[(c->todo_head + c->todo_count) % c->nr_slots] = slot->index;
+  c->todo_count++;
+  pthread_cond_signal (&c->hcond);
+  pthread_mutex_unlock (&c->hlock);
+}
+
 static void
 process_ready (struct copy *c)
 {
@@ -521,6 +632,32 @@ process_ready (struct copy *c)
       slot_release (slot);
     }
     else if (c->failed)
+      slot_release (slot);      /* no more writes after an error */
+    else if (c->dchunk)
+      queue_hash (slot);
+    else
+      write_slot (slot);
+  }
+}
+
+/* Slots the workers have hashed: check and write them. */
+static void
+process_hashed (struct copy *c)
+{
+  unsigned i, n;
+
+  if (c->nr_workers == 0)
+    return;
+  pthread_mutex_lock (&c->hlock);
+  n = c->nr_hashed;
+  memcpy (c->hashed_take, c->hashed, n * sizeof *c->hashed);
+  c->nr_hashed = 0;
+  pthread_mutex_unlock (&c->hlock);
+
+  for (i = 0; i < n; ++i) {
+    struct slot *slot = &c->slots[c->hashed_take[i]];
+
+    if (c->failed)
       slot_release (slot);      /* no more writes after an error */
     else
       write_slot (slot);
@@ -801,11 +938,23 @@ poll_once (struct copy *c)
     if (dir & LIBNBD_AIO_DIRECTION_WRITE)
       c->fds[i].events |= POLLOUT;
   }
-  if (poll (c->fds, c->nr_handles, POLL_MS) == -1) {
+  c->fds[c->nr_handles].fd = c->hash_fd;      /* -1: ignored */
+  c->fds[c->nr_handles].events = POLLIN;
+  c->fds[c->nr_handles].revents = 0;
+  if (poll (c->fds, c->nr_handles + 1, POLL_MS) == -1) {
     if (errno == EINTR)
       return 0;
     nbdkit_error ("poll: %m");
     return -2;
+  }
+  if (c->fds[c->nr_handles].revents & POLLIN) {
+    uint64_t n;
+
+    /* Just clear it: process_hashed looks at the list anyway. */
+    if (read (c->hash_fd, &n, sizeof n) == -1 && errno != EAGAIN) {
+      nbdkit_error ("eventfd: read: %m");
+      return -2;
+    }
   }
   for (i = 0; i < c->nr_handles; ++i) {
     struct nbd_handle *nbd = handle (c, i, &what);
@@ -869,6 +1018,63 @@ digest_setup (struct copy *c)
   return 0;
 }
 
+/* Digest mode: start one hash worker per online CPU.  0 or -1
+ * (reported).
+ */
+static int
+start_workers (struct copy *c)
+{
+  long cpus = sysconf (_SC_NPROCESSORS_ONLN);
+  unsigned want = cpus < 1 ? 1 : cpus > MAX_HASH_WORKERS ?
+    MAX_HASH_WORKERS : (unsigned) cpus;
+  int err;
+
+  c->hash_todo = calloc (c->nr_slots, sizeof *c->hash_todo);
+  c->hashed = calloc (c->nr_slots, sizeof *c->hashed);
+  c->hashed_take = calloc (c->nr_slots, sizeof *c->hashed_take);
+  if (c->hash_todo == NULL || c->hashed == NULL || c->hashed_take == NULL) {
+    nbdkit_error ("malloc: %m");
+    return -1;
+  }
+  c->hash_fd = eventfd (0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (c->hash_fd == -1) {
+    nbdkit_error ("eventfd: %m");
+    return -1;
+  }
+  pthread_mutex_init (&c->hlock, NULL);
+  pthread_cond_init (&c->hcond, NULL);
+  while (c->nr_workers < want) {
+    err = pthread_create (&c->workers[c->nr_workers], NULL, hash_worker, c);
+    if (err) {
+      errno = err;
+      nbdkit_error ("pthread_create: %m");
+      return -1;
+    }
+    c->nr_workers++;
+  }
+  return 0;
+}
+
+/* Let the workers finish what is queued and join them. */
+static void
+stop_workers (struct copy *c)
+{
+  unsigned i;
+
+  if (c->hash_fd == -1)
+    return;
+  pthread_mutex_lock (&c->hlock);
+  c->hash_stop = true;
+  pthread_cond_broadcast (&c->hcond);
+  pthread_mutex_unlock (&c->hlock);
+  for (i = 0; i < c->nr_workers; ++i)
+    pthread_join (c->workers[i], NULL);
+  pthread_mutex_destroy (&c->hlock);
+  pthread_cond_destroy (&c->hcond);
+  close (c->hash_fd);
+  c->hash_fd = -1;
+}
+
 struct copy *
 copy_new (struct source *src, struct target *tgt,
           const struct copy_options *opts)
@@ -879,6 +1085,7 @@ copy_new (struct source *src, struct target *tgt,
   c = calloc (1, sizeof *c);
   if (c == NULL)
     goto nomem;
+  c->hash_fd = -1;
   c->src = src;
   c->tgt = tgt;
   c->opts = *opts;
@@ -890,7 +1097,7 @@ copy_new (struct source *src, struct target *tgt,
   c->slots = calloc (c->nr_slots, sizeof *c->slots);
   c->free_slots = calloc (c->nr_slots, sizeof *c->free_slots);
   c->ready = calloc (c->nr_slots, sizeof *c->ready);
-  c->fds = calloc (c->nr_handles, sizeof *c->fds);
+  c->fds = calloc (c->nr_handles + 1, sizeof *c->fds);
   c->gone = calloc (c->nr_handles, sizeof *c->gone);
   if (c->slots == NULL || c->free_slots == NULL || c->ready == NULL ||
       c->fds == NULL || c->gone == NULL)
@@ -905,8 +1112,10 @@ copy_new (struct source *src, struct target *tgt,
     if (slot->buf == NULL)
       goto nomem;
     if (c->dchunk &&
-        (slot->zero_chunk = calloc (c->opts.chunk / c->dchunk,
-                                    sizeof *slot->zero_chunk)) == NULL)
+        ((slot->zero_chunk = calloc (c->opts.chunk / c->dchunk,
+                                     sizeof *slot->zero_chunk)) == NULL ||
+         (slot->digest = calloc (c->opts.chunk / c->dchunk,
+                                 sizeof *slot->digest)) == NULL))
       goto nomem;
     /* Popped in order 0, 1, 2...: consecutive pieces go to different
      * connections.
@@ -914,6 +1123,8 @@ copy_new (struct source *src, struct target *tgt,
     c->free_slots[c->nr_slots - 1 - i] = i;
   }
   c->nr_free = c->nr_slots;
+  if (c->dchunk && start_workers (c) == -1)
+    goto err;
   return c;
 
  nomem:
@@ -961,6 +1172,7 @@ copy_run (struct copy *c, struct copy_stats *stats)
     }
     /* Block status inside fill may complete reads: drain again. */
     do {
+      process_hashed (c);
       process_ready (c);
       if (fill (c) == -1)
         c->failed = true;
@@ -1010,11 +1222,16 @@ copy_free (struct copy *c)
 
   if (c == NULL)
     return;
+  stop_workers (c);
   if (c->slots)
     for (i = 0; i < c->nr_slots; ++i) {
       free (c->slots[i].buf);
       free (c->slots[i].zero_chunk);
+      free (c->slots[i].digest);
     }
+  free (c->hash_todo);
+  free (c->hashed);
+  free (c->hashed_take);
   free (c->slots);
   free (c->free_slots);
   free (c->ready);
