@@ -10,7 +10,7 @@
  * connection when the target is an NBD export).  Completion callbacks
  * only record what happened and push the slot on a list; the loop
  * does the rest, because a callback must not call libnbd on its own
- * handle.  Apart from the hash workers (digest mode, below) everything
+ * handle.  Apart from the workers (below) everything
  * is in one thread, and nothing else needs a lock.
  *
  * A slot is one request in flight with its own chunk-sized buffer;
@@ -64,19 +64,30 @@
  * chunk is skipped or zero only if its extents all say so, else it is
  * read whole (a chunk that is part hole, part dirty is read whole:
  * the dirty export reads the snapshot's data everywhere).  Zero chunks
- * are hashed as the precomputed zero digest.  A slot whose read has
- * completed is hashed by one of a few hash workers (a thread per
- * online CPU), because hashing in the loop thread capped the copy at
- * what one core hashes (bench/repo-bench.sh); the hash also tells
- * whether a chunk reads as zeros.  A worker owns the slot (state
- * HASHING) from the todo ring until it puts it on the hashed list and
- * wakes the loop through an eventfd it polls with the connections;
- * only those lists are shared, under hlock.  The loop then records and
- * checks the digests (digest_done, with the mismatch callback) and
- * writes the slot, so everything else stays in the one thread.  On a target that
+ * are hashed as the precomputed zero digest; a chunk read is hashed
+ * by a worker (below), and the hash also tells whether it reads as
+ * zeros.  The loop records and checks the digests (digest_done, with
+ * the mismatch callback) before the slot's bytes count as done.  On a target that
  * is not known_zero (an overlay), a zero chunk is written as zeros
  * unless the parent's list says it is zero there already.  Without a
  * target (verify) nothing is written.
+ *
+ * Workers.  Hashing and synchronous writes (a file or qcow2 target:
+ * pwrite, the copy into the page cache) are what cost CPU, and in the
+ * loop thread they capped the copy at one core (bench/repo-bench.sh,
+ * bench/repo-restore-bench.sh).  So in digest mode, or with a target
+ * without aio_* requests, a slot whose read has completed goes to a
+ * worker (a thread per online CPU, at most MAX_WORKERS): it hashes the
+ * chunks and, for a synchronous target, finds the zeros and issues the
+ * writes, unless a chunk differs from expect (then the loop reports it
+ * and decides, and a restore writes nothing of that slot).  The worker
+ * owns the slot (state HASHING) from the todo ring until it puts it on
+ * the hashed list and wakes the loop through an eventfd that the loop
+ * polls with the connections; only those lists are shared, under
+ * hlock, and a worker touches only its slot, read-only lists and the
+ * target (whose pwrite and zero are thread-safe).  The loop then
+ * checks the digests and retires the slot (stats, --discard-source),
+ * or issues the writes itself for an NBD target.
  *
  * Errors and signals.  The first error, a connection that dies, or
  * SIGINT/SIGTERM stops new work, and the requests in flight are
@@ -132,8 +143,8 @@
  */
 #define DRAIN_SECONDS 60
 
-/* Most hash workers (digest mode); there is one per online CPU. */
-#define MAX_HASH_WORKERS 8
+/* Most workers (hashing, file writes); there is one per online CPU. */
+#define MAX_WORKERS 8
 
 enum slot_state { SLOT_FREE, SLOT_READING, SLOT_HASHING, SLOT_WRITING };
 
@@ -151,9 +162,10 @@ struct slot {
   uint64_t bytes_data;          /* counted in stats on success */
   uint64_t bytes_zero;
   bool *zero_chunk;             /* digest mode: chunk i of buf is zero */
-  /* Digest mode: the digest of chunk i of buf, from a hash worker. */
+  /* Digest mode: the digest of chunk i of buf, from a worker. */
   unsigned char (*digest)[DIGEST_LEN];
   bool hash_failed;             /* digest_buf failed (reported) */
+  bool worker_wrote;            /* a worker issued the writes */
 };
 
 /* What a piece of work is. */
@@ -194,12 +206,12 @@ struct copy {
   struct pollfd *fds;           /* nr_handles + 1 (the eventfd) */
   bool *gone;                   /* nr_handles: connection dead (reported) */
 
-  /* Hash workers (digest mode).  Only these fields are shared with
+  /* Workers (hashing, synchronous writes).  Only these fields are shared with
    * them, under hlock; a slot in SLOT_HASHING belongs to the workers
    * until it is back on the hashed list.
    */
   unsigned nr_workers;          /* started */
-  pthread_t workers[MAX_HASH_WORKERS];
+  pthread_t workers[MAX_WORKERS];
   pthread_mutex_t hlock;
   pthread_cond_t hcond;         /* work queued, or stop */
   unsigned *hash_todo;          /* ring of slot indexes to hash */
@@ -207,7 +219,7 @@ struct copy {
   unsigned *hashed;             /* slots hashed, for the loop */
   unsigned nr_hashed;
   unsigned *hashed_take;        /* the loop's copy of hashed */
-  bool hash_stop;
+  bool hash_stop;               /* copy_free: exit once the ring is empty */
   int hash_fd;                  /* eventfd: a slot was hashed, or -1 */
 };
 
@@ -262,6 +274,9 @@ target_done (void *opaque, int err)
   slot_put (slot);
 }
 
+/* A target request could not be issued (reported).  Touches only
+ * the slot (it may run in a worker): slot_put fails the copy.
+ */
 static void
 issue_failed (struct slot *slot)
 {
@@ -270,7 +285,6 @@ issue_failed (struct slot *slot)
     slot->err = EIO;
     slot->reported = true;
   }
-  slot->c->failed = true;
 }
 
 static void
@@ -366,7 +380,7 @@ digest_zero_piece (struct copy *c, uint64_t offset, uint64_t len)
   return 0;
 }
 
-/* In a hash worker: hash every chunk of a slot that was read, noting
+/* In a worker: hash every chunk of a slot that was read, noting
  * which are zero.  Touches only the slot and read-only lists.
  */
 static void
@@ -378,7 +392,6 @@ hash_slot (struct slot *slot)
   uint64_t i;
   unsigned k;
 
-  slot->hash_failed = false;
   for (pos = 0; pos < slot->len; pos += n) {
     i = chunk_of (c, slot->offset + pos);
     n = digests_chunk_len (any, i);
@@ -476,28 +489,21 @@ write_chunks (struct slot *slot)
   }
 }
 
-/* The slot's read has completed (and in digest mode its hash):
- * write what it read.
+/* Issue the writes of a slot whose read has completed (and, in
+ * digest mode, been hashed and checked).  The caller holds one
+ * reference (pending) and drops it with slot_put.  Runs in the loop,
+ * or in a worker for a target without aio_* requests (a file): then
+ * it touches only the slot and the target.
  */
 static void
-write_slot (struct slot *slot)
+issue_slot_writes (struct slot *slot)
 {
   struct copy *c = slot->c;
   const char *buf = slot->buf;
   uint32_t len = slot->len, pos, end, next;
   bool zero;
 
-  slot->state = SLOT_WRITING;
-  slot->pending = 1;
-
   if (c->dchunk) {
-    if (digest_slot (slot) == -1) {
-      c->failed = true;
-      slot->reported = true;
-      slot->err = EIO;
-      slot_put (slot);
-      return;
-    }
     if (c->tgt == NULL) {       /* verify: nothing to write */
       for (pos = 0; pos < len; pos += c->dchunk) {
         next = MIN (len - pos, c->dchunk);
@@ -506,12 +512,10 @@ write_slot (struct slot *slot)
         else
           slot->bytes_data += next;
       }
-      slot_put (slot);
       return;
     }
     if (!c->tgt->known_zero) {
       write_chunks (slot);
-      slot_put (slot);
       return;
     }
   }
@@ -526,7 +530,6 @@ write_slot (struct slot *slot)
     }
     else
       issue_write (slot, buf, len, slot->offset);
-    slot_put (slot);
     return;
   }
 
@@ -550,6 +553,31 @@ write_slot (struct slot *slot)
     else
       issue_write (slot, buf + pos, end - pos, slot->offset + pos);
   }
+}
+
+/* In the loop: the slot's read has completed (and in digest mode its
+ * hash, and maybe a worker has written it already): record and check
+ * its digests, write what it read unless that is done, and drop the
+ * reference.
+ */
+static void
+write_slot (struct slot *slot)
+{
+  struct copy *c = slot->c;
+
+  if (!slot->worker_wrote)
+    slot->pending = 1;
+  slot->state = SLOT_WRITING;
+
+  if (c->dchunk && digest_slot (slot) == -1) {
+    c->failed = true;
+    slot->reported = true;
+    slot->err = EIO;
+    slot_put (slot);
+    return;
+  }
+  if (!slot->worker_wrote)
+    issue_slot_writes (slot);
   slot_put (slot);
 }
 
@@ -567,12 +595,62 @@ read_done (void *user_data, int *error)
   return 1;                     /* retire the command */
 }
 
-/* A hash worker: take slots off the ring, hash them, put them on
+/* True if the target's writes are synchronous calls, which the
+ * workers make: a file or qcow2 image, not an NBD export.
+ */
+static bool
+workers_write (const struct copy *c)
+{
+  return c->tgt != NULL && c->tgt->ops->aio_pwrite == NULL;
+}
+
+/* In a worker: every chunk of the slot read agrees with expect (the
+ * digests must be hashed).  Reads only.
+ */
+static bool
+expect_ok (const struct slot *slot)
+{
+  const struct copy *c = slot->c;
+  uint32_t pos;
+
+  if (c->opts.expect == NULL)
+    return true;
+  for (pos = 0; pos < slot->len; pos += c->dchunk)
+    if (memcmp (c->opts.expect->d[chunk_of (c, slot->offset + pos)],
+                slot->digest[pos / c->dchunk], DIGEST_LEN) != 0)
+      return false;
+  return true;
+}
+
+/* In a worker: hash the slot (digest mode) and, for a synchronous
+ * target, write it unless a chunk differs from expect (the loop
+ * reports that and decides, as without workers).
+ */
+static void
+work_slot (struct slot *slot)
+{
+  struct copy *c = slot->c;
+
+  slot->hash_failed = false;
+  slot->worker_wrote = false;
+  if (c->dchunk) {
+    hash_slot (slot);
+    if (slot->hash_failed || !expect_ok (slot))
+      return;
+  }
+  if (workers_write (c)) {
+    slot->pending = 1;
+    issue_slot_writes (slot);
+    slot->worker_wrote = true;
+  }
+}
+
+/* A worker: take slots off the ring, hash them, put them on
  * the hashed list and wake the loop, until told to stop with the ring
  * empty.
  */
 static void *
-hash_worker (void *arg)
+slot_worker (void *arg)
 {
   struct copy *c = arg;
   const uint64_t one = 1;
@@ -591,7 +669,7 @@ hash_worker (void *arg)
     c->todo_count--;
     pthread_mutex_unlock (&c->hlock);
 
-    hash_slot (&c->slots[index]);
+    work_slot (&c->slots[index]);
 
     pthread_mutex_lock (&c->hlock);
     c->hashed[c->nr_hashed++] = index;
@@ -603,9 +681,9 @@ hash_worker (void *arg)
   }
 }
 
-/* Hand a slot whose read has completed to the hash workers. */
+/* Hand a slot whose read has completed to the workers. */
 static void
-queue_hash (struct slot *slot)
+queue_work (struct slot *slot)
 {
   struct copy *c = slot->c;
 
@@ -633,8 +711,8 @@ process_ready (struct copy *c)
     }
     else if (c->failed)
       slot_release (slot);      /* no more writes after an error */
-    else if (c->dchunk)
-      queue_hash (slot);
+    else if (c->nr_workers > 0)
+      queue_work (slot);
     else
       write_slot (slot);
   }
@@ -1018,15 +1096,15 @@ digest_setup (struct copy *c)
   return 0;
 }
 
-/* Digest mode: start one hash worker per online CPU.  0 or -1
+/* Start one worker per online CPU.  0 or -1
  * (reported).
  */
 static int
 start_workers (struct copy *c)
 {
   long cpus = sysconf (_SC_NPROCESSORS_ONLN);
-  unsigned want = cpus < 1 ? 1 : cpus > MAX_HASH_WORKERS ?
-    MAX_HASH_WORKERS : (unsigned) cpus;
+  unsigned want = cpus < 1 ? 1 : cpus > MAX_WORKERS ?
+    MAX_WORKERS : (unsigned) cpus;
   int err;
 
   c->hash_todo = calloc (c->nr_slots, sizeof *c->hash_todo);
@@ -1044,7 +1122,7 @@ start_workers (struct copy *c)
   pthread_mutex_init (&c->hlock, NULL);
   pthread_cond_init (&c->hcond, NULL);
   while (c->nr_workers < want) {
-    err = pthread_create (&c->workers[c->nr_workers], NULL, hash_worker, c);
+    err = pthread_create (&c->workers[c->nr_workers], NULL, slot_worker, c);
     if (err) {
       errno = err;
       nbdkit_error ("pthread_create: %m");
@@ -1123,7 +1201,7 @@ copy_new (struct source *src, struct target *tgt,
     c->free_slots[c->nr_slots - 1 - i] = i;
   }
   c->nr_free = c->nr_slots;
-  if (c->dchunk && start_workers (c) == -1)
+  if ((c->dchunk || workers_write (c)) && start_workers (c) == -1)
     goto err;
   return c;
 
