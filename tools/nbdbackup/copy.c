@@ -87,7 +87,9 @@
  * hlock, and a worker touches only its slot, read-only lists and the
  * target (whose pwrite and zero are thread-safe).  The loop then
  * checks the digests and retires the slot (stats, --discard-source),
- * or issues the writes itself for an NBD target.
+ * or issues the writes itself for an NBD target.  copy_run stops and
+ * joins the workers before it returns (what is still queued after an
+ * error is dropped), so none touches the target after that.
  *
  * Errors and signals.  The first error, a connection that dies, or
  * SIGINT/SIGTERM stops new work, and the requests in flight are
@@ -219,7 +221,7 @@ struct copy {
   unsigned *hashed;             /* slots hashed, for the loop */
   unsigned nr_hashed;
   unsigned *hashed_take;        /* the loop's copy of hashed */
-  bool hash_stop;               /* copy_free: exit once the ring is empty */
+  bool hash_stop;               /* copy_run is over: exit */
   int hash_fd;                  /* eventfd: a slot was hashed, or -1 */
 };
 
@@ -645,9 +647,9 @@ work_slot (struct slot *slot)
   }
 }
 
-/* A worker: take slots off the ring, hash them, put them on
- * the hashed list and wake the loop, until told to stop with the ring
- * empty.
+/* A worker: take slots off the ring, work on them, put them on the
+ * hashed list and wake the loop, until told to stop (what is still
+ * queued then is abandoned: the copy is over).
  */
 static void *
 slot_worker (void *arg)
@@ -660,7 +662,7 @@ slot_worker (void *arg)
     pthread_mutex_lock (&c->hlock);
     while (c->todo_count == 0 && !c->hash_stop)
       pthread_cond_wait (&c->hcond, &c->hlock);
-    if (c->todo_count == 0) {
+    if (c->hash_stop) {
       pthread_mutex_unlock (&c->hlock);
       return NULL;
     }
@@ -1133,7 +1135,10 @@ start_workers (struct copy *c)
   return 0;
 }
 
-/* Let the workers finish what is queued and join them. */
+/* Stop the workers after the slot each is working on, and join
+ * them: once copy_run returns, no worker touches the target, which
+ * the caller then finishes and closes.
+ */
 static void
 stop_workers (struct copy *c)
 {
@@ -1276,6 +1281,7 @@ copy_run (struct copy *c, struct copy_stats *stats)
     }
   }
  out:
+  stop_workers (c);
   progress_end ();
 
   if (d)
