@@ -65,6 +65,27 @@ teardown () {
     [ "$(jq -r '.backups[0] | "\(.mismatches) \(.mismatch_offsets | length)"' <<<"$output")" = "12 10" ]
 }
 
+@test "verify: damage in several requests at once is each reported once, at its offset" {
+    # The chunks are hashed on worker threads: one flipped byte in
+    # the first data cluster of the full in each MiB (each a request
+    # of its own) must come back as exactly those offsets.
+    local from disk host want=()
+    for from in 0 1048576 2097152; do
+        read -r disk host < <(data_cluster "$repo/$id1.qcow2" "$from")
+        [ "$disk" -lt $((from + 1048576)) ]
+        flip_byte "$repo/$id1.qcow2" $((host + 1))
+        want+=($((disk / 65536 * 65536)))
+    done
+    [ "${#want[@]}" = 3 ]
+    run -1 --separate-stderr nbdbackup verify --json --id="$id1" "$repo"
+    [ "$(jq -r '.backups[0] | "\(.result) \(.mismatches)"' <<<"$output")" = "error ${#want[@]}" ]
+    [ "$(jq -r '.backups[0].mismatch_offsets | sort | join(" ")' <<<"$output")" = "${want[*]}" ]
+    run -1 nbdbackup verify --id="$id1" "$repo"
+    for disk in "${want[@]}"; do
+        [ "$(grep -c "backup $id1: offset $disk: data differs from the recorded digest" <<<"$output")" = 1 ]
+    done
+}
+
 @test "verify: a flipped byte in an incremental names only it" {
     local disk host
     read -r disk host < <(data_cluster "$repo/$id3.qcow2" 3145728)

@@ -10,7 +10,8 @@
  * connection when the target is an NBD export).  Completion callbacks
  * only record what happened and push the slot on a list; the loop
  * does the rest, because a callback must not call libnbd on its own
- * handle.  With everything in one thread nothing needs a lock.
+ * handle.  Apart from the workers (below) everything
+ * is in one thread, and nothing else needs a lock.
  *
  * A slot is one request in flight with its own chunk-sized buffer;
  * there are --requests slots per source connection, and slot i always
@@ -64,12 +65,31 @@
  * read whole (a chunk that is part hole, part dirty is read whole:
  * the dirty export reads the snapshot's data everywhere).  Zero chunks
  * are hashed as the precomputed zero digest; a chunk read is hashed
- * when its read completes, in the loop (SHA-256 with the CPU's SHA
- * instructions costs less than a copy of the bytes: see bench/), and
- * the hash also tells whether it reads as zeros.  On a target that
+ * by a worker (below), and the hash also tells whether it reads as
+ * zeros.  The loop records and checks the digests (digest_done, with
+ * the mismatch callback) before the slot's bytes count as done.  On a target that
  * is not known_zero (an overlay), a zero chunk is written as zeros
  * unless the parent's list says it is zero there already.  Without a
  * target (verify) nothing is written.
+ *
+ * Workers.  Hashing and synchronous writes (a file or qcow2 target:
+ * pwrite, the copy into the page cache) are what cost CPU, and in the
+ * loop thread they capped the copy at one core (bench/repo-bench.sh,
+ * bench/repo-restore-bench.sh).  So in digest mode, or with a target
+ * without aio_* requests, a slot whose read has completed goes to a
+ * worker (a thread per online CPU, at most MAX_WORKERS): it hashes the
+ * chunks and, for a synchronous target, finds the zeros and issues the
+ * writes, unless a chunk differs from expect (then the loop reports it
+ * and decides, and a restore writes nothing of that slot).  The worker
+ * owns the slot (state HASHING) from the todo ring until it puts it on
+ * the hashed list and wakes the loop through an eventfd that the loop
+ * polls with the connections; only those lists are shared, under
+ * hlock, and a worker touches only its slot, read-only lists and the
+ * target (whose pwrite and zero are thread-safe).  The loop then
+ * checks the digests and retires the slot (stats, --discard-source),
+ * or issues the writes itself for an NBD target.  copy_run stops and
+ * joins the workers before it returns (what is still queued after an
+ * error is dropped), so none touches the target after that.
  *
  * Errors and signals.  The first error, a connection that dies, or
  * SIGINT/SIGTERM stops new work, and the requests in flight are
@@ -94,6 +114,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+#include <pthread.h>
+#include <sys/eventfd.h>
 
 #include <libnbd.h>
 
@@ -122,7 +145,10 @@
  */
 #define DRAIN_SECONDS 60
 
-enum slot_state { SLOT_FREE, SLOT_READING, SLOT_WRITING };
+/* Most workers (hashing, file writes); there is one per online CPU. */
+#define MAX_WORKERS 8
+
+enum slot_state { SLOT_FREE, SLOT_READING, SLOT_HASHING, SLOT_WRITING };
 
 struct slot {
   struct copy *c;
@@ -138,6 +164,10 @@ struct slot {
   uint64_t bytes_data;          /* counted in stats on success */
   uint64_t bytes_zero;
   bool *zero_chunk;             /* digest mode: chunk i of buf is zero */
+  /* Digest mode: the digest of chunk i of buf, from a worker. */
+  unsigned char (*digest)[DIGEST_LEN];
+  bool hash_failed;             /* digest_buf failed (reported) */
+  bool worker_wrote;            /* a worker issued the writes */
 };
 
 /* What a piece of work is. */
@@ -175,8 +205,24 @@ struct copy {
   bool interrupted;             /* the signal has been reported */
   double drain_start;           /* when failed was seen busy, or 0 */
   struct copy_stats stats;
-  struct pollfd *fds;           /* nr_handles */
+  struct pollfd *fds;           /* nr_handles + 1 (the eventfd) */
   bool *gone;                   /* nr_handles: connection dead (reported) */
+
+  /* Workers (hashing, synchronous writes).  Only these fields are shared with
+   * them, under hlock; a slot in SLOT_HASHING belongs to the workers
+   * until it is back on the hashed list.
+   */
+  unsigned nr_workers;          /* started */
+  pthread_t workers[MAX_WORKERS];
+  pthread_mutex_t hlock;
+  pthread_cond_t hcond;         /* work queued, or stop */
+  unsigned *hash_todo;          /* ring of slot indexes to hash */
+  unsigned todo_head, todo_count;
+  unsigned *hashed;             /* slots hashed, for the loop */
+  unsigned nr_hashed;
+  unsigned *hashed_take;        /* the loop's copy of hashed */
+  bool hash_stop;               /* copy_run is over: exit */
+  int hash_fd;                  /* eventfd: a slot was hashed, or -1 */
 };
 
 static void
@@ -230,6 +276,9 @@ target_done (void *opaque, int err)
   slot_put (slot);
 }
 
+/* A target request could not be issued (reported).  Touches only
+ * the slot (it may run in a worker): slot_put fails the copy.
+ */
 static void
 issue_failed (struct slot *slot)
 {
@@ -238,7 +287,6 @@ issue_failed (struct slot *slot)
     slot->err = EIO;
     slot->reported = true;
   }
-  slot->c->failed = true;
 }
 
 static void
@@ -290,6 +338,14 @@ chunk_of (const struct copy *c, uint64_t offset)
   return offset / c->dchunk;
 }
 
+/* The digest list whose chunk geometry every list shares. */
+static const struct digests *
+any_list (const struct copy *c)
+{
+  return c->opts.record ? c->opts.record :
+    c->opts.expect ? c->opts.expect : c->opts.parent;
+}
+
 /* Chunk i's digest is d: record it, check it.  0 to go on, -1 to
  * stop (a mismatch, reported).
  */
@@ -317,8 +373,7 @@ digest_done (struct copy *c, uint64_t i, const unsigned char *d)
 static int
 digest_zero_piece (struct copy *c, uint64_t offset, uint64_t len)
 {
-  const struct digests *any = c->opts.record ? c->opts.record :
-    c->opts.expect ? c->opts.expect : c->opts.parent;
+  const struct digests *any = any_list (c);
   uint64_t i, end = chunk_of (c, offset + len - 1);
 
   for (i = chunk_of (c, offset); i <= end; ++i)
@@ -327,27 +382,46 @@ digest_zero_piece (struct copy *c, uint64_t offset, uint64_t len)
   return 0;
 }
 
-/* Hash every chunk of a slot that was read, noting which are zero. */
-static int
-digest_slot (struct slot *slot)
+/* In a worker: hash every chunk of a slot that was read, noting
+ * which are zero.  Touches only the slot and read-only lists.
+ */
+static void
+hash_slot (struct slot *slot)
 {
   struct copy *c = slot->c;
-  const struct digests *any = c->opts.record ? c->opts.record :
-    c->opts.expect ? c->opts.expect : c->opts.parent;
-  unsigned char d[DIGEST_LEN];
+  const struct digests *any = any_list (c);
   uint32_t pos, n;
   uint64_t i;
+  unsigned k;
 
   for (pos = 0; pos < slot->len; pos += n) {
     i = chunk_of (c, slot->offset + pos);
     n = digests_chunk_len (any, i);
-    if (digest_buf (slot->buf + pos, n, d) == -1)
-      return -1;
-    slot->zero_chunk[pos / c->dchunk] =
-      memcmp (d, digests_zero_of (any, i), DIGEST_LEN) == 0;
-    if (digest_done (c, i, d) == -1)
-      return -1;
+    k = pos / c->dchunk;
+    if (digest_buf (slot->buf + pos, n, slot->digest[k]) == -1) {
+      slot->hash_failed = true;
+      return;
+    }
+    slot->zero_chunk[k] =
+      memcmp (slot->digest[k], digests_zero_of (any, i), DIGEST_LEN) == 0;
   }
+}
+
+/* In the loop: record and check the digests a worker computed, in
+ * chunk order.  0 to go on, -1 to stop (reported).
+ */
+static int
+digest_slot (struct slot *slot)
+{
+  struct copy *c = slot->c;
+  uint32_t pos;
+
+  if (slot->hash_failed)
+    return -1;
+  for (pos = 0; pos < slot->len; pos += c->dchunk)
+    if (digest_done (c, chunk_of (c, slot->offset + pos),
+                     slot->digest[pos / c->dchunk]) == -1)
+      return -1;
   return 0;
 }
 
@@ -417,26 +491,21 @@ write_chunks (struct slot *slot)
   }
 }
 
-/* The slot's read has completed: write what it read. */
+/* Issue the writes of a slot whose read has completed (and, in
+ * digest mode, been hashed and checked).  The caller holds one
+ * reference (pending) and drops it with slot_put.  Runs in the loop,
+ * or in a worker for a target without aio_* requests (a file): then
+ * it touches only the slot and the target.
+ */
 static void
-write_slot (struct slot *slot)
+issue_slot_writes (struct slot *slot)
 {
   struct copy *c = slot->c;
   const char *buf = slot->buf;
   uint32_t len = slot->len, pos, end, next;
   bool zero;
 
-  slot->state = SLOT_WRITING;
-  slot->pending = 1;
-
   if (c->dchunk) {
-    if (digest_slot (slot) == -1) {
-      c->failed = true;
-      slot->reported = true;
-      slot->err = EIO;
-      slot_put (slot);
-      return;
-    }
     if (c->tgt == NULL) {       /* verify: nothing to write */
       for (pos = 0; pos < len; pos += c->dchunk) {
         next = MIN (len - pos, c->dchunk);
@@ -445,12 +514,10 @@ write_slot (struct slot *slot)
         else
           slot->bytes_data += next;
       }
-      slot_put (slot);
       return;
     }
     if (!c->tgt->known_zero) {
       write_chunks (slot);
-      slot_put (slot);
       return;
     }
   }
@@ -465,7 +532,6 @@ write_slot (struct slot *slot)
     }
     else
       issue_write (slot, buf, len, slot->offset);
-    slot_put (slot);
     return;
   }
 
@@ -489,6 +555,31 @@ write_slot (struct slot *slot)
     else
       issue_write (slot, buf + pos, end - pos, slot->offset + pos);
   }
+}
+
+/* In the loop: the slot's read has completed (and in digest mode its
+ * hash, and maybe a worker has written it already): record and check
+ * its digests, write what it read unless that is done, and drop the
+ * reference.
+ */
+static void
+write_slot (struct slot *slot)
+{
+  struct copy *c = slot->c;
+
+  if (!slot->worker_wrote)
+    slot->pending = 1;
+  slot->state = SLOT_WRITING;
+
+  if (c->dchunk && digest_slot (slot) == -1) {
+    c->failed = true;
+    slot->reported = true;
+    slot->err = EIO;
+    slot_put (slot);
+    return;
+  }
+  if (!slot->worker_wrote)
+    issue_slot_writes (slot);
   slot_put (slot);
 }
 
@@ -506,6 +597,106 @@ read_done (void *user_data, int *error)
   return 1;                     /* retire the command */
 }
 
+/* True if the target's writes are synchronous calls, which the
+ * workers make: a file or qcow2 image, not an NBD export.
+ */
+static bool
+workers_write (const struct copy *c)
+{
+  return c->tgt != NULL && c->tgt->ops->aio_pwrite == NULL;
+}
+
+/* In a worker: every chunk of the slot read agrees with expect (the
+ * digests must be hashed).  Reads only.
+ */
+static bool
+expect_ok (const struct slot *slot)
+{
+  const struct copy *c = slot->c;
+  uint32_t pos;
+
+  if (c->opts.expect == NULL)
+    return true;
+  for (pos = 0; pos < slot->len; pos += c->dchunk)
+    if (memcmp (c->opts.expect->d[chunk_of (c, slot->offset + pos)],
+                slot->digest[pos / c->dchunk], DIGEST_LEN) != 0)
+      return false;
+  return true;
+}
+
+/* In a worker: hash the slot (digest mode) and, for a synchronous
+ * target, write it unless a chunk differs from expect (the loop
+ * reports that and decides, as without workers).
+ */
+static void
+work_slot (struct slot *slot)
+{
+  struct copy *c = slot->c;
+
+  slot->hash_failed = false;
+  slot->worker_wrote = false;
+  if (c->dchunk) {
+    hash_slot (slot);
+    if (slot->hash_failed || !expect_ok (slot))
+      return;
+  }
+  if (workers_write (c)) {
+    slot->pending = 1;
+    issue_slot_writes (slot);
+    slot->worker_wrote = true;
+  }
+}
+
+/* A worker: take slots off the ring, work on them, put them on the
+ * hashed list and wake the loop, until told to stop (what is still
+ * queued then is abandoned: the copy is over).
+ */
+static void *
+slot_worker (void *arg)
+{
+  struct copy *c = arg;
+  const uint64_t one = 1;
+  unsigned index;
+
+  for (;;) {
+    pthread_mutex_lock (&c->hlock);
+    while (c->todo_count == 0 && !c->hash_stop)
+      pthread_cond_wait (&c->hcond, &c->hlock);
+    if (c->hash_stop) {
+      pthread_mutex_unlock (&c->hlock);
+      return NULL;
+    }
+    index = c->hash_todo[c->todo_head];
+    c->todo_head = (c->todo_head + 1) % c->nr_slots;
+    c->todo_count--;
+    pthread_mutex_unlock (&c->hlock);
+
+    work_slot (&c->slots[index]);
+
+    pthread_mutex_lock (&c->hlock);
+    c->hashed[c->nr_hashed++] = index;
+    pthread_mutex_unlock (&c->hlock);
+    /* Fails only when the counter is full: the loop is awake then. */
+    if (write (c->hash_fd, &one, sizeof one) == -1) {
+      /* ignored */
+    }
+  }
+}
+
+/* Hand a slot whose read has completed to the workers. */
+static void
+queue_work (struct slot *slot)
+{
+  struct copy *c = slot->c;
+
+  slot->state = SLOT_HASHING;
+  pthread_mutex_lock (&c->hlock);
+  c->hash_todo[(c->todo_head + c->todo_count) % c->nr_slots] = slot->index;
+  c->todo_count++;
+  pthread_cond_signal (&c->hcond);
+  pthread_mutex_unlock (&c->hlock);
+}
+
 static void
 process_ready (struct copy *c)
 {
@@ -521,6 +712,32 @@ process_ready (struct copy *c)
       slot_release (slot);
     }
     else if (c->failed)
+      slot_release (slot);      /* no more writes after an error */
+    else if (c->nr_workers > 0)
+      queue_work (slot);
+    else
+      write_slot (slot);
+  }
+}
+
+/* Slots the workers have hashed: check and write them. */
+static void
+process_hashed (struct copy *c)
+{
+  unsigned i, n;
+
+  if (c->nr_workers == 0)
+    return;
+  pthread_mutex_lock (&c->hlock);
+  n = c->nr_hashed;
+  memcpy (c->hashed_take, c->hashed, n * sizeof *c->hashed);
+  c->nr_hashed = 0;
+  pthread_mutex_unlock (&c->hlock);
+
+  for (i = 0; i < n; ++i) {
+    struct slot *slot = &c->slots[c->hashed_take[i]];
+
+    if (c->failed)
       slot_release (slot);      /* no more writes after an error */
     else
       write_slot (slot);
@@ -801,11 +1018,23 @@ poll_once (struct copy *c)
     if (dir & LIBNBD_AIO_DIRECTION_WRITE)
       c->fds[i].events |= POLLOUT;
   }
-  if (poll (c->fds, c->nr_handles, POLL_MS) == -1) {
+  c->fds[c->nr_handles].fd = c->hash_fd;      /* -1: ignored */
+  c->fds[c->nr_handles].events = POLLIN;
+  c->fds[c->nr_handles].revents = 0;
+  if (poll (c->fds, c->nr_handles + 1, POLL_MS) == -1) {
     if (errno == EINTR)
       return 0;
     nbdkit_error ("poll: %m");
     return -2;
+  }
+  if (c->fds[c->nr_handles].revents & POLLIN) {
+    uint64_t n;
+
+    /* Just clear it: process_hashed looks at the list anyway. */
+    if (read (c->hash_fd, &n, sizeof n) == -1 && errno != EAGAIN) {
+      nbdkit_error ("eventfd: read: %m");
+      return -2;
+    }
   }
   for (i = 0; i < c->nr_handles; ++i) {
     struct nbd_handle *nbd = handle (c, i, &what);
@@ -869,6 +1098,66 @@ digest_setup (struct copy *c)
   return 0;
 }
 
+/* Start one worker per online CPU.  0 or -1
+ * (reported).
+ */
+static int
+start_workers (struct copy *c)
+{
+  long cpus = sysconf (_SC_NPROCESSORS_ONLN);
+  unsigned want = cpus < 1 ? 1 : cpus > MAX_WORKERS ?
+    MAX_WORKERS : (unsigned) cpus;
+  int err;
+
+  c->hash_todo = calloc (c->nr_slots, sizeof *c->hash_todo);
+  c->hashed = calloc (c->nr_slots, sizeof *c->hashed);
+  c->hashed_take = calloc (c->nr_slots, sizeof *c->hashed_take);
+  if (c->hash_todo == NULL || c->hashed == NULL || c->hashed_take == NULL) {
+    nbdkit_error ("malloc: %m");
+    return -1;
+  }
+  c->hash_fd = eventfd (0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (c->hash_fd == -1) {
+    nbdkit_error ("eventfd: %m");
+    return -1;
+  }
+  pthread_mutex_init (&c->hlock, NULL);
+  pthread_cond_init (&c->hcond, NULL);
+  while (c->nr_workers < want) {
+    err = pthread_create (&c->workers[c->nr_workers], NULL, slot_worker, c);
+    if (err) {
+      errno = err;
+      nbdkit_error ("pthread_create: %m");
+      return -1;
+    }
+    c->nr_workers++;
+  }
+  return 0;
+}
+
+/* Stop the workers after the slot each is working on, and join
+ * them: once copy_run returns, no worker touches the target, which
+ * the caller then finishes and closes.
+ */
+static void
+stop_workers (struct copy *c)
+{
+  unsigned i;
+
+  if (c->hash_fd == -1)
+    return;
+  pthread_mutex_lock (&c->hlock);
+  c->hash_stop = true;
+  pthread_cond_broadcast (&c->hcond);
+  pthread_mutex_unlock (&c->hlock);
+  for (i = 0; i < c->nr_workers; ++i)
+    pthread_join (c->workers[i], NULL);
+  pthread_mutex_destroy (&c->hlock);
+  pthread_cond_destroy (&c->hcond);
+  close (c->hash_fd);
+  c->hash_fd = -1;
+}
+
 struct copy *
 copy_new (struct source *src, struct target *tgt,
           const struct copy_options *opts)
@@ -879,6 +1168,7 @@ copy_new (struct source *src, struct target *tgt,
   c = calloc (1, sizeof *c);
   if (c == NULL)
     goto nomem;
+  c->hash_fd = -1;
   c->src = src;
   c->tgt = tgt;
   c->opts = *opts;
@@ -890,7 +1180,7 @@ copy_new (struct source *src, struct target *tgt,
   c->slots = calloc (c->nr_slots, sizeof *c->slots);
   c->free_slots = calloc (c->nr_slots, sizeof *c->free_slots);
   c->ready = calloc (c->nr_slots, sizeof *c->ready);
-  c->fds = calloc (c->nr_handles, sizeof *c->fds);
+  c->fds = calloc (c->nr_handles + 1, sizeof *c->fds);
   c->gone = calloc (c->nr_handles, sizeof *c->gone);
   if (c->slots == NULL || c->free_slots == NULL || c->ready == NULL ||
       c->fds == NULL || c->gone == NULL)
@@ -905,8 +1195,10 @@ copy_new (struct source *src, struct target *tgt,
     if (slot->buf == NULL)
       goto nomem;
     if (c->dchunk &&
-        (slot->zero_chunk = calloc (c->opts.chunk / c->dchunk,
-                                    sizeof *slot->zero_chunk)) == NULL)
+        ((slot->zero_chunk = calloc (c->opts.chunk / c->dchunk,
+                                     sizeof *slot->zero_chunk)) == NULL ||
+         (slot->digest = calloc (c->opts.chunk / c->dchunk,
+                                 sizeof *slot->digest)) == NULL))
       goto nomem;
     /* Popped in order 0, 1, 2...: consecutive pieces go to different
      * connections.
@@ -914,6 +1206,8 @@ copy_new (struct source *src, struct target *tgt,
     c->free_slots[c->nr_slots - 1 - i] = i;
   }
   c->nr_free = c->nr_slots;
+  if ((c->dchunk || workers_write (c)) && start_workers (c) == -1)
+    goto err;
   return c;
 
  nomem:
@@ -961,6 +1255,7 @@ copy_run (struct copy *c, struct copy_stats *stats)
     }
     /* Block status inside fill may complete reads: drain again. */
     do {
+      process_hashed (c);
       process_ready (c);
       if (fill (c) == -1)
         c->failed = true;
@@ -986,6 +1281,7 @@ copy_run (struct copy *c, struct copy_stats *stats)
     }
   }
  out:
+  stop_workers (c);
   progress_end ();
 
   if (d)
@@ -1010,11 +1306,16 @@ copy_free (struct copy *c)
 
   if (c == NULL)
     return;
+  stop_workers (c);
   if (c->slots)
     for (i = 0; i < c->nr_slots; ++i) {
       free (c->slots[i].buf);
       free (c->slots[i].zero_chunk);
+      free (c->slots[i].digest);
     }
+  free (c->hash_todo);
+  free (c->hashed);
+  free (c->hashed_take);
   free (c->slots);
   free (c->free_slots);
   free (c->ready);

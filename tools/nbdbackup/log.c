@@ -17,6 +17,7 @@
 
 #include <stdarg.h>
 #include <stdbool.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +28,8 @@
 bool log_verbose = false;
 
 static char *first_error;
+/* Copy engine workers may report errors too. */
+static pthread_mutex_t first_error_lock = PTHREAD_MUTEX_INITIALIZER;
 
 const char *
 log_first_error (void)
@@ -37,8 +40,10 @@ log_first_error (void)
 static void
 remember_error (const char *msg)
 {
+  pthread_mutex_lock (&first_error_lock);
   if (first_error == NULL)
     first_error = strdup (msg);
+  pthread_mutex_unlock (&first_error_lock);
 }
 
 static bool
