@@ -445,7 +445,8 @@ prune_main (int argc, char *argv[])
   if (ret != NBDBACKUP_EXIT_OK)
     return ret;
   ret = NBDBACKUP_EXIT_FAILED;
-  if (r->pending) {
+  /* A pending "finish" only concerns the server, not the files. */
+  if (r->pending && strcmp (r->pending->op, "finish") != 0) {
     nbdkit_error ("repository %s: backup %s was interrupted: run "
                   "'nbdbackup backup' to roll it back first", pr.repo,
                   r->pending->id);

@@ -468,46 +468,77 @@ copy_backup (struct backup *b)
   return ret;
 }
 
-/* Remove a bitmap that the repository no longer needs (name may be
- * NULL).  Failing is a warning: the next backup removes stale ones.
+/* A test-only hook: run the shell command in the environment
+ * variable name, if set (the suite uses it to kill us at an exact
+ * step).  Not documented for users.
  */
 static void
-remove_bitmap (struct backup *b, const char *name)
+test_hook (const char *name)
 {
-  struct control_error err = { 0 };
-  json_object *ret = NULL;
+  const char *cmd = getenv (name);
 
-  if (name == NULL)
-    return;
-  if (control_execute (b->c, "block-dirty-bitmap-remove", name_arg (name),
-                       &ret, &err) == 1) {
-    if (strcmp (err.class, "DeviceNotFound") != 0)
-      warning ("could not remove bitmap '%s': %s (the next backup removes "
-               "it)", name, err.desc);
-    control_error_free (&err);
+  if (cmd && *cmd && system (cmd) == -1)
+    nbdkit_debug ("%s: system: %m", name);
+}
+
+/* The pending "finish" record that step 4's catalog write leaves:
+ * the snapshot and the old bitmaps are still to go.  NULL (reported)
+ * if out of memory.
+ */
+static struct repo_pending *
+finish_record (const struct backup *b, const char *old_tinc,
+               const char *old_tdiff)
+{
+  struct repo_pending *fin = calloc (1, sizeof *fin);
+  const char *rm[2] = {
+    old_tinc, b->ch.level == REPO_FULL ? old_tdiff :
+    b->ch.level == REPO_DIFF ? b->new_extra : NULL
+  };
+  size_t i;
+
+  if (fin == NULL || (fin->added = calloc (2, sizeof *fin->added)) == NULL) {
+    free (fin);
+    nbdkit_error ("calloc: %m");
+    return NULL;
   }
-  json_object_put (ret);
+  fin->snapshot = true;
+  if (repo_set_string (&fin->op, "finish") == -1 ||
+      repo_set_string (&fin->id, b->id) == -1)
+    goto err;
+  for (i = 0; i < 2; ++i)
+    if (rm[i] && repo_set_string (&fin->added[fin->nr_added++], rm[i]) == -1)
+      goto err;
+  return fin;
+
+ err:
+  repo_pending_free (fin);
+  return NULL;
 }
 
 /* Step 4: one catalog write names the backup, moves the tracking and
- * clears pending; then the snapshot and the old bitmaps go.  Returns
- * an exit status; only a failed catalog write fails (and rolls back).
+ * replaces pending by a "finish" record; then the snapshot and the old
+ * bitmaps go, and pending is cleared.  Returns an exit status; only a
+ * failed catalog write fails (and rolls back).  If we die after that
+ * write, the next command completes the finish (repo_finish_pending).
  */
 static int
 finish_backup (struct backup *b)
 {
   struct repo *r = b->r;
-  struct repo_pending *pd = r->pending;
+  struct repo_pending *pd = r->pending, *fin;
   char *old_tinc = r->tracking_inc, *old_tdiff = r->tracking_diff;
   char *new_tdiff = b->ch.level == REPO_FULL ? b->new_extra : old_tdiff;
-  struct control_error err = { 0 };
-  json_object *ret = NULL;
 
-  if (repo_add_entry (r, &b->entry) == -1)
+  fin = finish_record (b, old_tinc, old_tdiff);
+  if (fin == NULL)
     return NBDBACKUP_EXIT_FAILED;
+  if (repo_add_entry (r, &b->entry) == -1) {
+    repo_pending_free (fin);
+    return NBDBACKUP_EXIT_FAILED;
+  }
   r->tracking_inc = b->new_inc;
   r->tracking_diff = new_tdiff;
-  r->pending = NULL;
+  r->pending = fin;
   if (repo_save (r) == -1) {
     /* Back to what the catalog on disk says, then roll back. */
     r->nr_entries--;
@@ -515,6 +546,7 @@ finish_backup (struct backup *b)
     r->tracking_inc = old_tinc;
     r->tracking_diff = old_tdiff;
     r->pending = pd;
+    repo_pending_free (fin);
     return NBDBACKUP_EXIT_FAILED;
   }
   /* The catalog owns the new names now; the old ones go. */
@@ -522,20 +554,15 @@ finish_backup (struct backup *b)
   if (b->ch.level == REPO_FULL)
     b->new_extra = NULL;
   repo_pending_free (pd);
-
-  if (control_execute (b->c, "snapshot-stop", NULL, &ret, &err) == 1) {
-    warning ("snapshot-stop: %s", err.desc);
-    control_error_free (&err);
-  }
-  json_object_put (ret);
-  remove_bitmap (b, old_tinc);
-  if (b->ch.level == REPO_FULL)
-    remove_bitmap (b, old_tdiff);
-  else
-    remove_bitmap (b, b->new_extra);   /* frozen, after a diff */
   free (old_tinc);
   if (b->ch.level == REPO_FULL)
     free (old_tdiff);
+
+  test_hook ("NBDBACKUP_TEST_BEFORE_FINISH");
+  if (repo_finish_pending (r, b->c) != NBDBACKUP_EXIT_OK)
+    warning ("backup %s is complete, but stopping its snapshot or "
+             "removing the old bitmaps failed: the next backup does it",
+             b->id);
   return NBDBACKUP_EXIT_OK;
 }
 
@@ -548,6 +575,22 @@ run_backup (struct backup *b)
   char *pending_id;
   int e;
 
+  if (r->pending && strcmp (r->pending->op, "finish") == 0) {
+    pending_id = strdup (r->pending->id);
+    if (pending_id == NULL) {
+      nbdkit_error ("strdup: %m");
+      return NBDBACKUP_EXIT_FAILED;
+    }
+    e = repo_finish_pending (r, b->c);
+    if (e != NBDBACKUP_EXIT_OK) {
+      free (pending_id);
+      return e;
+    }
+    fprintf (stderr, "%s: finished backup %s, interrupted after it was "
+             "recorded: its snapshot was stopped and the old bitmaps "
+             "removed\n", b->cmd, pending_id);
+    free (pending_id);
+  }
   if (r->pending) {
     pending_id = strdup (r->pending->id);
     if (pending_id == NULL) {

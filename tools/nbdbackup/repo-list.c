@@ -76,7 +76,10 @@ print_table (const struct repo *r)
             repo_level_name (e->level), e->parent ? e->parent : "-",
             size, copied, e->reason);
   }
-  if (r->pending)
+  if (r->pending && strcmp (r->pending->op, "finish") == 0)
+    printf ("(backup %s is complete; the next backup stops its snapshot "
+            "and removes the old bitmaps)\n", r->pending->id);
+  else if (r->pending)
     printf ("(backup %s was interrupted: the next backup rolls it back)\n",
             r->pending->id);
 }

@@ -51,12 +51,16 @@ struct repo_entry {
  * command that takes the exclusive lock rolls it back.
  */
 struct repo_pending {
-  char *op;                     /* "backup" or "prune" */
+  char *op;                     /* "backup", "finish" or "prune" */
   /* op "prune" (prune.c): only these two are set. */
   char **fold;                  /* ids made standalone full backups */
   size_t nr_fold;
   char **drop;                  /* ids removed */
   size_t nr_drop;
+  /* op "finish" (a backup in the catalog whose snapshot-stop and
+   * bitmap removals are still to do): id, added (the bitmaps to
+   * remove, "remove" in the catalog) and snapshot.
+   */
   /* op "backup": */
   char *id;
   enum repo_level level;
