@@ -134,10 +134,12 @@ no_snapshot () {
     [ "$(jq -c .disks "$repo/group.json")" = '["a","b"]' ]
     [ "$(jq -r .uri "$repo/a/catalog.json")" = "$A_uri" ]
     [ "$(stat -c %a "$repo")" = 700 ]
-    run -1 nbdbackup list "$repo/a" --disk=c
-    run -1 nbdbackup restore "$repo" "$d/x.img"
-    [[ "$output" == *"repository $repo is a group of disks (a, b): choose one with --disk=NAME"* ]] || \
-        [[ "$output" == *"no backup"* ]]
+    run -1 nbdbackup list --disk=c "$repo"
+    [[ "$output" == *"repository $repo has no disk 'c' (its disks: a, b)"* ]]
+    run -1 nbdbackup restore "$repo" "$d/x"
+    [[ "$output" == *"repository $repo: no group backup yet"* ]]
+    run -2 nbdbackup verify --disk=../a "$repo"
+    [[ "$output" == *"--disk: '../a' is not a disk name"* ]]
     run -1 nbdbackup mount "$repo" "$d/m.sock"
     [[ "$output" == *"repository $repo is a group of disks (a, b): choose one with --disk=NAME"* ]]
     run -1 nbdbackup restore --disk=c "$repo" "$d/x.img"

@@ -42,6 +42,7 @@
 #include "nbdbackup.h"
 #include "point.h"
 #include "repo.h"
+#include "group-repo.h"
 #include "serve.h"
 
 struct mount {
@@ -96,6 +97,7 @@ parse_options (int argc, char *argv[], struct mount *m)
 {
   enum { OPT_ID = 256, OPT_WRITABLE, OPT_OVERLAY, OPT_RUN, OPT_PIDFILE };
   static const struct option long_options[] = {
+    DISK_OPTION,
     { "help",     no_argument,       NULL, 'h' },
     { "id",       required_argument, NULL, OPT_ID },
     { "overlay",  required_argument, NULL, OPT_OVERLAY },

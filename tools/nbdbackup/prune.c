@@ -59,6 +59,7 @@
 #include "point.h"
 #include "prune.h"
 #include "repo.h"
+#include "group-repo.h"
 #include "target.h"
 
 struct prune {
@@ -100,6 +101,7 @@ parse_options (int argc, char *argv[], struct prune *pr)
 {
   enum { OPT_KEEP_LAST = 256, OPT_PROGRESS, OPT_NO_PROGRESS };
   static const struct option long_options[] = {
+    DISK_OPTION,
     { "help",        no_argument,       NULL, 'h' },
     { "keep-last",   required_argument, NULL, OPT_KEEP_LAST },
     { "no-progress", no_argument,       NULL, OPT_NO_PROGRESS },
@@ -429,17 +431,39 @@ do_prune (const struct prune *pr, struct repo *r)
   return -1;
 }
 
+static int prune_run (struct prune *prp);
+
+static int
+prune_disk (const char *path, const char *name, void *opaque)
+{
+  struct prune one = *(struct prune *) opaque;
+
+  one.repo = path;
+  return prune_run (&one);
+}
+
 int
 prune_main (int argc, char *argv[])
 {
   struct prune pr = { 0 };
-  struct repo *r = NULL;
   int ret;
 
   ret = parse_options (argc, argv, &pr);
   if (ret != -1)
     return ret;
   catch_signals ();
+  if (repo_disk == NULL && group_repo_is (pr.repo))
+    return group_each_disk (pr.repo, false, prune_disk, &pr);
+  return prune_run (&pr);
+}
+
+/* The command on one disk's repository.  Returns an exit status. */
+static int
+prune_run (struct prune *prp)
+{
+  struct prune pr = *prp;
+  struct repo *r = NULL;
+  int ret;
 
   ret = repo_open (pr.repo, REPO_LOCK_EXCLUSIVE, "nbdbackup prune", &r);
   if (ret != NBDBACKUP_EXIT_OK)
