@@ -182,28 +182,60 @@ no_snapshot () {
     cmp "$d/ra.img" "$d/a.img"
     cmp "$d/rb.img" "$d/b.img"
     run -0 nbdbackup verify "$repo"
+    [ "${lines[0]}" = "disk a:" ]
+    [[ "$output" == *"disk b:"* ]]
     run -0 nbdbackup list "$repo"
-    [[ "$output" == *"$id"* ]]
+    [[ "${lines[4]}" == "$id "*" a=inc b=inc" ]]
+    run -0 nbdbackup list --json --disk=b "$repo"
+    [ "$(echo "$output" | jq -r '.backups[-1].id')" = "$id" ]
+    # mount --disk serves one disk's point in time.
+    msock="$(new_socket)"
+    nbdbackup mount --disk=b --id="$id" --pidfile="$d/mount.pid" "$repo" \
+        "$msock" 2>"$d/mount.err" 3>&- &
+    mpid=$!
+    wait_for "nbdbackup mount serving" \
+        "[ -s '$d/mount.pid' ] || ! kill -0 $mpid 2>/dev/null"
+    nbdcopy "nbd+unix:///?socket=$msock" "$d/m.img"
+    kill "$mpid"
+    wait "$mpid"
+    cmp "$d/m.img" "$d/b.img"
+    # prune keeps the newest 2 group backups of every disk, exact.
+    run -0 nbdbackup prune --keep-last=2 "$repo"
+    [ "$(jq -c '[.backups[].id]' "$repo/group.json")" = \
+      "$(jq -c '[.backups[].id]' "$repo/a/catalog.json")" ]
+    [ "$(jq '.backups | length' "$repo/group.json")" = 2 ]
+    run -0 nbdbackup verify "$repo"
+    check_group_backup "$id"
+    cmp "$d/ra.img" "$d/a.img"
+    cmp "$d/rb.img" "$d/b.img"
 }
 
 @test "repo group: coordinator killed between prepare and commit: nothing applied" {
     init_group
     run -0 nbdbackup backup "$repo"
-    snap_catalogs before
+    bitmaps_a="$(nbdbackup bitmap list --json "$ctl_a" | jq -c '[.[] | {name, recording}]')"
+    bitmaps_b="$(nbdbackup bitmap list --json "$ctl_b" | jq -c '[.[] | {name, recording}]')"
     start_writer
     # Killed while every gate is closed: the servers abort (the
     # connections that prepared are gone, or the deadline passes).
     NBDBACKUP_TEST_BEFORE_COMMIT='kill -9 $PPID' \
         run -137 nbdbackup backup --deadline=5000 "$repo"
+    pending="$(jq -r .pending.id "$repo/a/catalog.json")"
+    [ "$pending" != null ]
+    [ "$(jq -r .pending.id "$repo/b/catalog.json")" = "$pending" ]
     before="$(written)"
     wait_for "the writer to resume" "[ \$(written) -gt $before ]"
+    # Nothing applied: no snapshot, the bitmaps as they were.
     no_snapshot "$ctl_a"
     no_snapshot "$ctl_b"
-    cmp "$repo/group.json" "$d/before/group.json"
+    [ "$(nbdbackup bitmap list --json "$ctl_a" | jq -c '[.[] | {name, recording}]')" = "$bitmaps_a" ]
+    [ "$(nbdbackup bitmap list --json "$ctl_b" | jq -c '[.[] | {name, recording}]')" = "$bitmaps_b" ]
+    [ "$(jq '.backups | length' "$repo/group.json")" = 1 ]
     stop_writer
     # The next group backup rolls the pending records back and is exact.
     run -0 nbdbackup backup "$repo"
-    [[ "$output" == *"rolled back the interrupted backup"* ]] || true
+    [ "${lines[0]}" = "nbdbackup backup: rolled back the interrupted backup $pending: its bitmaps were merged back and its files removed" ]
+    [ "${lines[1]}" = "${lines[0]}" ]
     id="$(jq -r '.backups[-1].id' "$repo/group.json")"
     [ "$(jq '.backups | length' "$repo/group.json")" = 2 ]
     check_group_backup "$id"

@@ -406,3 +406,46 @@ group_each_disk (const char *path, bool quiet,
   group_repo_close (g);
   return ret;
 }
+
+int
+group_forget_missing (const char *path, const char *cmd)
+{
+  struct group_repo *g = NULL;
+  size_t i, j, kept = 0;
+  int e;
+
+  e = group_repo_open (path, REPO_LOCK_EXCLUSIVE, cmd, &g);
+  if (e != NBDBACKUP_EXIT_OK)
+    return e;
+  for (i = 0; i < g->nr_backups; ++i) {
+    bool everywhere = true;
+
+    for (j = 0; everywhere && j < g->nr_disks; ++j) {
+      CLEANUP_FREE char *sub = group_disk_path (g, g->disks[j]);
+      struct repo *r = NULL;
+
+      if (sub == NULL ||
+          (e = repo_open (sub, REPO_LOCK_SHARED, cmd, &r)) !=
+          NBDBACKUP_EXIT_OK) {
+        group_repo_close (g);
+        return sub ? e : NBDBACKUP_EXIT_FAILED;
+      }
+      everywhere = repo_find (r, g->backups[i].id) != NULL;
+      repo_close (r);
+    }
+    if (everywhere)
+      g->backups[kept++] = g->backups[i];
+    else {
+      free (g->backups[i].id);
+      free (g->backups[i].instant);
+    }
+  }
+  e = NBDBACKUP_EXIT_OK;
+  if (kept != g->nr_backups) {
+    g->nr_backups = kept;
+    if (group_repo_save (g) == -1)
+      e = NBDBACKUP_EXIT_FAILED;
+  }
+  group_repo_close (g);
+  return e;
+}

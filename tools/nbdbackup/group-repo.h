@@ -90,6 +90,12 @@ extern int group_add_backup (struct group_repo *g, const char *id,
                              const char *instant, int64_t p50_us,
                              int64_t max_us);
 
+/* After a prune of every disk: drop from group.json the group
+ * backups that some disk no longer has (under REPO's exclusive lock).
+ * Returns an exit status.
+ */
+extern int group_forget_missing (const char *path, const char *cmd);
+
 /* Run fn on each disk's repository path REPO/NAME in turn (for the
  * commands that work on every disk of a group when no --disk is
  * given), printing "disk NAME:" before each unless quiet.  Returns

@@ -452,8 +452,18 @@ prune_main (int argc, char *argv[])
   if (ret != -1)
     return ret;
   catch_signals ();
-  if (repo_disk == NULL && group_repo_is (pr.repo))
-    return group_each_disk (pr.repo, false, prune_disk, &pr);
+  if (repo_disk == NULL && group_repo_is (pr.repo)) {
+    ret = group_each_disk (pr.repo, false, prune_disk, &pr);
+    if (ret == NBDBACKUP_EXIT_OK)
+      ret = group_forget_missing (pr.repo, "nbdbackup prune");
+    return ret;
+  }
+  if (repo_disk && group_repo_is (pr.repo)) {
+    ret = prune_run (&pr);
+    if (ret == NBDBACKUP_EXIT_OK)
+      ret = group_forget_missing (pr.repo, "nbdbackup prune");
+    return ret;
+  }
   return prune_run (&pr);
 }
 
