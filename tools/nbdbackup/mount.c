@@ -83,6 +83,9 @@ mount_usage (const char *cmd)
           "                            with its status\n"
           "      --pidfile=FILE        write nbdbackup's pid to FILE once "
           "serving\n"
+          "      --disk=NAME           the disk of a group repository "
+          "(required\n"
+          "                            for one)\n"
           HELP_VERBOSE_HELP
           "\n"
           "Exit status: 0 stopped by a signal, 1 failed, 2 usage error, 5 "

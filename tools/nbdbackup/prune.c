@@ -88,6 +88,9 @@ prune_usage (const char *cmd)
           "is not\n"
           "                            a terminal\n"
           "      --no-progress         never show the progress bar\n"
+          "      --disk=NAME           one disk of a group repository "
+          "(default:\n"
+          "                            every disk in turn)\n"
           HELP_VERBOSE_HELP
           "\n"
           "Exit status: 0 success, 1 failed (the repository is as it was), "

@@ -275,6 +275,9 @@ estimate_usage (const char *cmd)
           "snapshot.\n"
           "\n"
           "      --json                print the estimate as JSON\n"
+          "      --disk=NAME           one disk of a group repository "
+          "(default:\n"
+          "                            every disk in turn)\n"
           HELP_VERBOSE_HELP
           "\n"
           "Exit status: 0 success, 1 failure, 2 usage error, 3 the server "

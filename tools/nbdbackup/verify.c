@@ -78,6 +78,9 @@ verify_usage (const char *cmd)
           "      --no-progress         never show the progress bar\n"
           "      --json                print the results as JSON on "
           "stdout\n"
+          "      --disk=NAME           one disk of a group repository "
+          "(default:\n"
+          "                            every disk in turn)\n"
           HELP_VERBOSE_HELP
           "\n"
           "Exit status: 0 no errors, 1 errors found (or verify failed), 2 "
