@@ -8,9 +8,11 @@
 # to disk A, waits for the acknowledgement, then N to disk B, then
 # N+1 to A...: in every restored pair B is A or A - 1.  The
 # coordinator killed (-9) between prepare and commit, and a server
-# killed there, leave every catalog exactly as before.  The kills
-# happen at that exact step through the test-only hook
-# NBDBACKUP_TEST_BEFORE_COMMIT (run while every write gate is closed).
+# killed there, leave every catalog exactly as before; a server killed
+# after the commit fails the group backup and rolls back every disk.
+# The kills happen at those exact steps through the test-only hooks
+# NBDBACKUP_TEST_BEFORE_COMMIT (run while every write gate is closed)
+# and NBDBACKUP_TEST_AFTER_COMMIT.
 
 load helpers
 load dirtybitmap-helpers
@@ -40,9 +42,11 @@ teardown () {
     rm -f "$ctl_a" "$ctl_b"
 }
 
-# start_disk NAME FILE CONTROL
+# start_disk NAME FILE CONTROL: (again on the same socket if it ran
+# before: the catalogs name it).
 start_disk () {
-    start_nbdkit "$1" -t 1 --filter="$dirtybitmap" --filter="$fleece" \
+    local v="${1}_sock"
+    start_sock="${!v:-}" start_nbdkit "$1" -t 1 --filter="$dirtybitmap" --filter="$fleece" \
         file "$d/$2.img" fleece-snapshot=on-command fleece-store="$d" \
         dirtybitmap-control="$3" dirtybitmap-file="$d/$2.bitmaps"
 }
@@ -261,4 +265,41 @@ no_snapshot () {
     [ "$(nbdbackup bitmap list --json "$ctl_a" | jq -c '[.[] | {name, recording}]')" = "$a_bitmaps" ]
     ls "$repo/a" "$repo/b" | grep -v incomplete >/dev/null
     ! ls "$repo"/*/*.incomplete 2>/dev/null
+}
+
+@test "repo group: a server killed after the commit fails the group backup; every disk rolls back" {
+    init_group
+    run -0 nbdbackup backup "$repo"
+    first="$(jq -r '.backups[0].id' "$repo/group.json")"
+    io "$A_uri" "write -P 7 2M 64k"
+    io "$B_uri" "write -P 8 1M 64k"
+    snap_catalogs before
+    bitmaps_a="$(nbdbackup bitmap list --json "$ctl_a" | jq -c '[.[] | {name, recording}]')"
+    NBDBACKUP_TEST_AFTER_COMMIT="kill -9 $B_pid; \"$wait_for_cmd\" 'server B gone' '! kill -0 $B_pid 2>/dev/null'" \
+        run -1 nbdbackup backup "$repo"
+    echo "$output"
+    [[ "$output" == *"disk b: the copy failed"* ]]
+    [[ "$output" == *"nbdbackup backup: disk a: the backup failed and was rolled back: the repository and the server's bitmaps are as they were"* ]]
+    pending="$(jq -r .pending.id "$repo/b/catalog.json")"
+    [[ "$output" == *"nbdbackup backup: disk b: the failed backup $pending could not be rolled back: it stays pending, and the next backup rolls it back"* ]]
+    # Disk A is as before (but for the bitmap counter): catalog,
+    # bitmaps, no snapshot, no new file.
+    [ "$(jq -c 'del(."next-bitmap")' "$repo/a/catalog.json")" = \
+      "$(jq -c 'del(."next-bitmap")' "$d/before/catalog.json")" ]
+    cmp "$repo/group.json" "$d/before/group.json"
+    no_snapshot "$ctl_a"
+    [ "$(nbdbackup bitmap list --json "$ctl_a" | jq -c '[.[] | {name, recording}]')" = "$bitmaps_a" ]
+    [ "$(ls "$repo/a" | grep -c qcow2)" = 1 ]
+    # Disk B's server is gone: its record stays pending for the next run.
+    pending="$(jq -r .pending.id "$repo/b/catalog.json")"
+    [ "$pending" != null ]
+    start_disk B b "$ctl_b"
+    run -0 nbdbackup backup "$repo"
+    [ "${lines[0]}" = "nbdbackup backup: rolled back the interrupted backup $pending: its bitmaps were merged back and its files removed" ]
+    [[ "${lines[1]}" == "nbdbackup backup: disk a: level inc: 64.0 KiB changed since $first" ]]
+    [[ "${lines[2]}" == "nbdbackup backup: disk b: level inc: 64.0 KiB changed since $first" ]]
+    id="$(jq -r '.backups[-1].id' "$repo/group.json")"
+    check_group_backup "$id"
+    cmp "$d/ra.img" "$d/a.img"
+    cmp "$d/rb.img" "$d/b.img"
 }

@@ -416,6 +416,7 @@ group_backup_main (const struct backup *opts,
   for (i = 0; i < gb.n; ++i) {
     gb.d[i] = *opts;
     gb.d[i].path = gb.g->disks[i];
+    gb.d[i].disk = gb.g->disks[i];
     gb.d[i].progress = 0;
     gb.d[i].json = false;
   }
@@ -423,6 +424,8 @@ group_backup_main (const struct backup *opts,
   e = open_and_choose (&gb);
   if (e == NBDBACKUP_EXIT_OK)
     e = transact (&gb);
+  if (e == NBDBACKUP_EXIT_OK)
+    test_hook ("NBDBACKUP_TEST_AFTER_COMMIT");
   if (e == NBDBACKUP_EXIT_OK &&
       (copy_all (&gb) == -1 || record_all (&gb) == -1))
     e = NBDBACKUP_EXIT_FAILED;

@@ -676,9 +676,15 @@ backup_fail (struct backup *b)
     return;
   control_cleanup_mode (b->c);
   if (repo_rollback (b->r, b->c) == NBDBACKUP_EXIT_OK)
-    fprintf (stderr, "%s: the backup failed and was rolled back: the "
+    fprintf (stderr, "%s: %s%s%sthe backup failed and was rolled back: the "
              "repository and the server's bitmaps are as they were\n",
-             b->cmd);
+             b->cmd, b->disk ? "disk " : "", b->disk ? b->disk : "",
+             b->disk ? ": " : "");
+  else
+    nbdkit_error ("%s%s%sthe failed backup %s could not be rolled back: "
+                  "it stays pending, and the next backup rolls it back",
+                  b->disk ? "disk " : "", b->disk ? b->disk : "",
+                  b->disk ? ": " : "", b->id);
 }
 
 /* Steps 0 to 4 under the lock.  Returns an exit status. */
@@ -706,12 +712,9 @@ run_backup (struct backup *b)
   e = start_backup (b, &bm);
   server_bitmaps_free (&bm);
   if (e == NBDBACKUP_EXIT_OK) {
-    if (backup_copy (b) == 0)
-      e = backup_record (b);
+    e = backup_copy (b) == 0 ? backup_record (b) : NBDBACKUP_EXIT_FAILED;
     if (e == NBDBACKUP_EXIT_OK)
       backup_finish (b);
-    else
-      e = NBDBACKUP_EXIT_FAILED;
   }
   if (e != NBDBACKUP_EXIT_OK && r->pending)
     backup_fail (b);

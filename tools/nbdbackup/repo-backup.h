@@ -26,6 +26,7 @@ struct backup {
   /* Options. */
   const char *cmd;
   const char *path;
+  const char *disk;             /* a group's disk name, or NULL */
   int requested;                /* enum repo_level or LEVEL_AUTO */
   bool json;
   int progress;                 /* -1: if stderr is a terminal */
