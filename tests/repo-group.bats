@@ -155,7 +155,7 @@ no_snapshot () {
 @test "repo group: backups while the writer runs restore consistent pairs" {
     init_group
     start_writer
-    for i in 1 2 3; do
+    for i in 1 2 3 4 5; do
         before="$(written)"
         run -0 nbdbackup backup --json "$repo"
         echo "$output"
@@ -165,7 +165,7 @@ no_snapshot () {
         wait_for "the writer to go on" "[ \$(written) -gt $before ]"
     done
     stop_writer
-    [ "$(jq '.backups | length' "$repo/group.json")" = 3 ]
+    [ "$(jq '.backups | length' "$repo/group.json")" = 5 ]
     ids=($(jq -r '.backups[].id' "$repo/group.json"))
     # One instant, one id, one level per group backup.
     for id in "${ids[@]}"; do
@@ -174,9 +174,9 @@ no_snapshot () {
         check_group_backup "$id"
     done
     [ "$(jq -r '.backups[0].level' "$repo/a/catalog.json")" = full ]
-    [ "$(jq -r '.backups[2].level' "$repo/b/catalog.json")" = inc ]
+    [ "$(jq -r '.backups[4].level' "$repo/b/catalog.json")" = inc ]
     # The last one, restored for both disks at once, into a directory.
-    run -0 nbdbackup restore --id="${ids[2]}" "$repo" "$d/all"
+    run -0 nbdbackup restore --id="${ids[4]}" "$repo" "$d/all"
     cmp "$d/all/a.img" "$d/ra.img"
     cmp "$d/all/b.img" "$d/rb.img"
     # A backup now (quiet writer) equals the disks exactly.
@@ -185,11 +185,14 @@ no_snapshot () {
     check_group_backup "$id"
     cmp "$d/ra.img" "$d/a.img"
     cmp "$d/rb.img" "$d/b.img"
+    run -0 nbdbackup estimate "$repo"
+    [ "${lines[0]}" = "disk a:" ]
+    [[ "$output" == *"disk b:"* ]]
     run -0 nbdbackup verify "$repo"
     [ "${lines[0]}" = "disk a:" ]
     [[ "$output" == *"disk b:"* ]]
     run -0 nbdbackup list "$repo"
-    [[ "${lines[4]}" == "$id "*" a=inc b=inc" ]]
+    [[ "${lines[6]}" == "$id "*" a=inc b=inc" ]]
     run -0 nbdbackup list --json --disk=b "$repo"
     [ "$(echo "$output" | jq -r '.backups[-1].id')" = "$id" ]
     # mount --disk serves one disk's point in time.
@@ -299,6 +302,25 @@ no_snapshot () {
     [[ "${lines[1]}" == "nbdbackup backup: disk a: level inc: 64.0 KiB changed since $first" ]]
     [[ "${lines[2]}" == "nbdbackup backup: disk b: level inc: 64.0 KiB changed since $first" ]]
     id="$(jq -r '.backups[-1].id' "$repo/group.json")"
+    check_group_backup "$id"
+    cmp "$d/ra.img" "$d/a.img"
+    cmp "$d/rb.img" "$d/b.img"
+}
+
+@test "repo group: auto takes a full backup of every disk if one needs it, and says why" {
+    init_group
+    run -0 nbdbackup backup "$repo"
+    io "$A_uri" "write -P 7 2M 64k"
+    # Disk b's tracked bitmap is gone: b needs a full backup.
+    inc_b="$(jq -r .tracking.inc "$repo/b/catalog.json")"
+    run -0 nbdbackup bitmap remove "$ctl_b" "$inc_b"
+    run -3 nbdbackup backup --level=inc "$repo"
+    [[ "$output" == *"bitmap '$inc_b'"* ]]
+    run -0 nbdbackup backup "$repo"
+    [[ "${lines[0]}" == "nbdbackup backup: disk a: level full: disk b of the group needs a full backup: "*"'$inc_b'"* ]]
+    [[ "${lines[1]}" == "nbdbackup backup: disk b: level full: "*"'$inc_b'"* ]]
+    id="$(jq -r '.backups[-1].id' "$repo/group.json")"
+    [ "$(jq -r '.backups[-1].level' "$repo/a/catalog.json")" = full ]
     check_group_backup "$id"
     cmp "$d/ra.img" "$d/a.img"
     cmp "$d/rb.img" "$d/b.img"
