@@ -81,10 +81,10 @@ entry () {
         "$repo/catalog.json"
 }
 
-# check_backup ID ORACLE: the chain of ID converted by qemu-img alone
-# equals ORACLE; every file of the chain passes qemu-img check; the
-# digest list is the SHA-256 of each chunk of ORACLE and its digest
-# the catalog's.
+# check_backup ID ORACLE: the chain of ID converted by qemu-img alone,
+# and restored by nbdbackup restore, equals ORACLE; every file of the
+# chain passes qemu-img check; the digest list is the SHA-256 of each
+# chunk of ORACLE and its digest the catalog's.
 check_backup () {
     local id="$1" oracle="$2" f chunk
     run -0 qemu-img info --backing-chain "$repo/$id.qcow2"
@@ -97,6 +97,10 @@ check_backup () {
     run -0 qemu-img convert -O raw "$repo/$id.qcow2" "$d/converted.raw"
     cmp "$d/converted.raw" "$oracle"
     run -0 qemu-img compare -f qcow2 -F raw "$repo/$id.qcow2" "$oracle"
+    # And through nbdbackup's own restore, which checks every digest.
+    rm -f "$d/restored.raw"
+    run -0 nbdbackup restore --id="$id" "$repo" "$d/restored.raw"
+    cmp "$d/restored.raw" "$oracle"
     chunk="$(jq -r '."chunk-size"' "$repo/catalog.json")"
     diff <(split -b "$chunk" --filter=sha256sum "$oracle" | awk '{print $1}') \
          <(tail -c +33 "$repo/$id.digests" | od -An -v -tx1 | tr -d ' \n' |
