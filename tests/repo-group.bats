@@ -150,6 +150,20 @@ no_snapshot () {
     [[ "$output" == *"repository $repo has no disk 'c' (its disks: a, b)"* ]]
     run -2 nbdbackup backup --deadline=100 "$repo/a"
     [[ "$output" == *"--deadline and --parallel are for a group repository"* ]]
+    run -2 nbdbackup backup --parallel=0 "$repo"
+    [[ "$output" == *"--parallel: expected an integer from 1 to 64, got '0'"* ]]
+    run -2 nbdbackup backup --deadline=x "$repo"
+    [[ "$output" == *"--deadline: expected a number of milliseconds from 1 to 600000, got 'x'"* ]]
+    # A hostile group.json: a disk name that is a path.
+    cp "$repo/group.json" "$d/group.json"
+    jq '.disks[1] = "../b"' "$d/group.json" >"$repo/group.json"
+    run -1 nbdbackup backup "$repo"
+    [[ "$output" == *"$repo/group.json: disk 2: not a disk name (1 to 32 of A-Z a-z 0-9 _ -)"* ]]
+    jq '.version = 2' "$d/group.json" >"$repo/group.json"
+    run -1 nbdbackup list "$repo"
+    [[ "$output" == *"$repo/group.json: version 2 is not supported (this nbdbackup reads version 1)"* ]]
+    cp "$d/group.json" "$repo/group.json"
+    run -0 nbdbackup list "$repo"
 }
 
 @test "repo group: backups while the writer runs restore consistent pairs" {
