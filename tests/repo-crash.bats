@@ -169,3 +169,39 @@ start_paused_backup () {
     [[ "${lines[0]}" == "nbdbackup backup: level inc: "*" changed since $full" ]]
     check_backup "$(last_id)" "$d/o2.raw"
 }
+
+@test "repo crash: killed after the catalog names the backup: the next command finishes it" {
+    make_disk "$d/disk.img" 32M 5
+    start_disk
+    init_repo
+    run -0 nbdbackup backup "$repo"
+    full1="$(last_id)"
+    read -r inc1 diff1 < <(tracked)
+    write_some 1 20
+    snap_disk o1.raw
+    # Killed (-9) right after the catalog write that records the
+    # backup, before snapshot-stop and the old bitmaps' removal.
+    NBDBACKUP_TEST_BEFORE_FINISH='kill -9 $PPID' \
+        run -137 nbdbackup backup "$repo"
+    inc2="$(last_id)"
+    [ "$inc2" != "$full1" ]
+    [ "$(jq -r .pending.op "$repo/catalog.json")" = finish ]
+    [ "$(jq -r .pending.id "$repo/catalog.json")" = "$inc2" ]
+    # The snapshot is still active and the old inc bitmap still there.
+    [ "$(nbdbackup status --json "$ctlsock" | jq -r '.snapshots[0].active')" = true ]
+    our_bitmaps | grep -q "^$inc1 "
+    # The backup itself is complete and exact.
+    check_backup "$inc2" "$d/o1.raw"
+    run -0 nbdbackup list "$repo"
+    [[ "$output" == *"(backup $inc2 is complete; the next backup stops its snapshot and removes the old bitmaps)"* ]]
+    # The next backup finishes it (it used to fail: a snapshot is
+    # already active), then takes an exact inc.
+    write_some 2 20
+    snap_disk o2.raw
+    run -0 nbdbackup backup "$repo"
+    [ "${lines[0]}" = "nbdbackup backup: finished backup $inc2, interrupted after it was recorded: its snapshot was stopped and the old bitmaps removed" ]
+    [[ "${lines[1]}" == "nbdbackup backup: level inc: "*" changed since $inc2" ]]
+    [ "$(jq -r .pending "$repo/catalog.json")" = null ]
+    check_backup "$(last_id)" "$d/o2.raw"
+    check_tracking
+}

@@ -335,17 +335,26 @@ parse_pending (struct parse *p, json_object *o, struct repo_pending **out)
   if (strcmp (pd->op, "prune") == 0)
     return get_ids (p, o, "fold", &pd->fold, &pd->nr_fold) == -1 ||
       get_ids (p, o, "drop", &pd->drop, &pd->nr_drop) == -1 ? -1 : 0;
-  if (strcmp (pd->op, "backup") != 0) {
+  if (strcmp (pd->op, "finish") == 0) {
+    /* A backup recorded in the catalog whose snapshot-stop and bitmap
+     * removals ("remove", kept in pd->added) did not happen yet.
+     */
+    if (get_id (p, o, "id", false, &pd->id) == -1 ||
+        member (p, o, "remove", json_type_array, false, &a) == -1 ||
+        member (p, o, "snapshot", json_type_boolean, false, &v) == -1)
+      return -1;
+  }
+  else if (strcmp (pd->op, "backup") != 0) {
     bad (p, "unknown operation '%s'", pd->op);
     return -1;
   }
-  if (get_id (p, o, "id", false, &pd->id) == -1 ||
-      get_level (p, o, &pd->level) == -1 ||
-      get_string (p, o, "file", false, &pd->file) == -1 ||
-      check_name (p, "file", pd->file, pd->id, ".qcow2") == -1 ||
-      member (p, o, "added", json_type_array, false, &a) == -1 ||
-      get_bitmap (p, o, "disabled", true, &pd->disabled) == -1 ||
-      member (p, o, "snapshot", json_type_boolean, false, &v) == -1)
+  else if (get_id (p, o, "id", false, &pd->id) == -1 ||
+           get_level (p, o, &pd->level) == -1 ||
+           get_string (p, o, "file", false, &pd->file) == -1 ||
+           check_name (p, "file", pd->file, pd->id, ".qcow2") == -1 ||
+           member (p, o, "added", json_type_array, false, &a) == -1 ||
+           get_bitmap (p, o, "disabled", true, &pd->disabled) == -1 ||
+           member (p, o, "snapshot", json_type_boolean, false, &v) == -1)
     return -1;
   pd->snapshot = json_object_get_boolean (v);
   n = json_object_array_length (a);
@@ -597,6 +606,12 @@ pending_json (const struct repo_pending *pd)
     json_object_array_add (a, json_object_new_string (pd->added[i]));
   json_object_object_add (o, "op", json_object_new_string (pd->op));
   json_object_object_add (o, "id", json_object_new_string (pd->id));
+  if (strcmp (pd->op, "finish") == 0) {
+    json_object_object_add (o, "remove", a);
+    json_object_object_add (o, "snapshot",
+                            json_object_new_boolean (pd->snapshot));
+    return o;
+  }
   json_object_object_add (o, "level",
                           json_object_new_string
                           (repo_level_name (pd->level)));

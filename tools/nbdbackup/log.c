@@ -15,6 +15,7 @@
 
 #include <config.h>
 
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <pthread.h>
@@ -36,6 +37,11 @@ log_first_error (void)
 {
   return first_error;
 }
+
+/* Errors may come from several threads at once (a group backup
+ * copies disks in parallel).
+ */
+static pthread_mutex_t first_error_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static void
 remember_error (const char *msg)

@@ -42,6 +42,7 @@
 #include "nbdbackup.h"
 #include "point.h"
 #include "repo.h"
+#include "group-repo.h"
 #include "serve.h"
 
 struct mount {
@@ -82,6 +83,9 @@ mount_usage (const char *cmd)
           "                            with its status\n"
           "      --pidfile=FILE        write nbdbackup's pid to FILE once "
           "serving\n"
+          "      --disk=NAME           the disk of a group repository "
+          "(required\n"
+          "                            for one)\n"
           HELP_VERBOSE_HELP
           "\n"
           "Exit status: 0 stopped by a signal, 1 failed, 2 usage error, 5 "
@@ -96,6 +100,7 @@ parse_options (int argc, char *argv[], struct mount *m)
 {
   enum { OPT_ID = 256, OPT_WRITABLE, OPT_OVERLAY, OPT_RUN, OPT_PIDFILE };
   static const struct option long_options[] = {
+    DISK_OPTION,
     { "help",     no_argument,       NULL, 'h' },
     { "id",       required_argument, NULL, OPT_ID },
     { "overlay",  required_argument, NULL, OPT_OVERLAY },

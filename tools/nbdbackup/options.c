@@ -17,6 +17,7 @@
 
 #include "nbdkit-stubs.h"
 #include "nbdbackup.h"
+#include "group-repo.h"
 
 void
 format_size (char *buf, size_t len, uint64_t size)
@@ -46,6 +47,12 @@ common_option (int c, const char *cmd, void (*usage_fn) (const char *cmd))
   case 'h':
     usage_fn (cmd);
     return NBDBACKUP_EXIT_OK;
+  case OPT_DISK:
+    if (!group_name_ok (optarg))
+      return usage_error (cmd, "--disk: '%s' is not a disk name (1 to %d "
+                          "of A-Z a-z 0-9 _ -)", optarg, GROUP_MAX_NAME);
+    repo_disk = optarg;
+    return -1;
   default:
     /* getopt_long has printed what is wrong, naming the option. */
     fprintf (stderr, "Try '%s --help' for more information.\n", cmd);

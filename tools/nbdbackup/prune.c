@@ -59,6 +59,7 @@
 #include "point.h"
 #include "prune.h"
 #include "repo.h"
+#include "group-repo.h"
 #include "target.h"
 
 struct prune {
@@ -87,6 +88,9 @@ prune_usage (const char *cmd)
           "is not\n"
           "                            a terminal\n"
           "      --no-progress         never show the progress bar\n"
+          "      --disk=NAME           one disk of a group repository "
+          "(default:\n"
+          "                            every disk in turn)\n"
           HELP_VERBOSE_HELP
           "\n"
           "Exit status: 0 success, 1 failed (the repository is as it was), "
@@ -100,6 +104,7 @@ parse_options (int argc, char *argv[], struct prune *pr)
 {
   enum { OPT_KEEP_LAST = 256, OPT_PROGRESS, OPT_NO_PROGRESS };
   static const struct option long_options[] = {
+    DISK_OPTION,
     { "help",        no_argument,       NULL, 'h' },
     { "keep-last",   required_argument, NULL, OPT_KEEP_LAST },
     { "no-progress", no_argument,       NULL, OPT_NO_PROGRESS },
@@ -429,23 +434,56 @@ do_prune (const struct prune *pr, struct repo *r)
   return -1;
 }
 
+static int prune_run (struct prune *prp);
+
+static int
+prune_disk (const char *path, const char *name, void *opaque)
+{
+  struct prune one = *(struct prune *) opaque;
+
+  one.repo = path;
+  return prune_run (&one);
+}
+
 int
 prune_main (int argc, char *argv[])
 {
   struct prune pr = { 0 };
-  struct repo *r = NULL;
   int ret;
 
   ret = parse_options (argc, argv, &pr);
   if (ret != -1)
     return ret;
   catch_signals ();
+  if (repo_disk == NULL && group_repo_is (pr.repo)) {
+    ret = group_each_disk (pr.repo, false, prune_disk, &pr);
+    if (ret == NBDBACKUP_EXIT_OK)
+      ret = group_forget_missing (pr.repo, "nbdbackup prune");
+    return ret;
+  }
+  if (repo_disk && group_repo_is (pr.repo)) {
+    ret = prune_run (&pr);
+    if (ret == NBDBACKUP_EXIT_OK)
+      ret = group_forget_missing (pr.repo, "nbdbackup prune");
+    return ret;
+  }
+  return prune_run (&pr);
+}
+
+/* The command on one disk's repository.  Returns an exit status. */
+static int
+prune_run (struct prune *prp)
+{
+  struct prune pr = *prp;
+  struct repo *r = NULL;
+  int ret;
 
   ret = repo_open (pr.repo, REPO_LOCK_EXCLUSIVE, "nbdbackup prune", &r);
   if (ret != NBDBACKUP_EXIT_OK)
     return ret;
   ret = NBDBACKUP_EXIT_FAILED;
-  if (r->pending) {
+  /* A pending "finish" only concerns the server, not the files. */
+  if (r->pending && strcmp (r->pending->op, "finish") != 0) {
     nbdkit_error ("repository %s: backup %s was interrupted: run "
                   "'nbdbackup backup' to roll it back first", pr.repo,
                   r->pending->id);

@@ -59,6 +59,9 @@
 #include "disconnect.h"
 #include "nbdbackup.h"
 #include "repo.h"
+#include "repo-backup.h"
+#include "group-backup.h"
+#include "group-repo.h"
 #include "repo-level.h"
 #include "repo-rollback.h"
 #include "repo-server.h"
@@ -72,33 +75,6 @@
 #define COPY_CHUNK (1024 * 1024)
 #define QCOW2_CLUSTER (64 * 1024)
 
-struct backup {
-  /* Options. */
-  const char *cmd;
-  const char *path;
-  int requested;                /* enum repo_level or LEVEL_AUTO */
-  bool json;
-  int progress;                 /* -1: if stderr is a terminal */
-  unsigned connections;
-  unsigned requests;
-
-  /* State. */
-  struct repo *r;
-  struct control *c;
-  char *rolled_back;            /* id of a backup this run rolled back */
-  struct level_choice ch;
-  char *parent_id;              /* ch.parent's id (ch.parent moves) */
-  uint64_t disk_size;
-  char *id;
-  char instant[40];
-  char *new_inc, *new_extra;    /* new-diff (full) or frozen (diff) */
-  char *old_inc;                /* disabled by the transaction, or NULL */
-  char *old_diff;               /* removed after a full, or NULL */
-  const char *copied_bitmap;    /* inc: old_inc, diff: frozen */
-  struct copy_stats stats;
-  double start;
-  struct repo_entry entry;      /* made when the files are complete */
-};
 
 static void
 backup_usage (const char *cmd)
@@ -130,6 +106,15 @@ backup_usage (const char *cmd)
           "                            a terminal\n"
           "      --no-progress         never show the progress bar\n"
           "      --json                print a JSON summary on stdout\n"
+          "\n"
+          "For a group repository (nbdbackup init --disk ...), every disk "
+          "is backed\n"
+          "up at one instant (one group transaction over every server):\n"
+          "      --deadline=MS         servers abort the transaction by "
+          "themselves\n"
+          "                            after MS ms without a commit "
+          "(default %d)\n"
+          "      --parallel=N          disks copied at once (default %d)\n"
           HELP_VERBOSE_HELP
           "\n"
           "Exit status: 0 success, 1 the backup failed (rolled back), 2 "
@@ -137,7 +122,8 @@ backup_usage (const char *cmd)
           "3 the server refused or the level cannot be taken, 5 the "
           "repository is\n"
           "busy.  See nbdbackup(1).\n",
-          cmd, DEFAULT_CONNECTIONS, DEFAULT_REQUESTS);
+          cmd, DEFAULT_CONNECTIONS, DEFAULT_REQUESTS,
+          GROUP_DEFAULT_DEADLINE_MS, GROUP_DEFAULT_PARALLEL);
 }
 
 /* The old `nbdbackup backup SOCKET --target=...` started a push job:
@@ -156,11 +142,15 @@ old_syntax (int argc, char *argv[])
 }
 
 static int
-parse_options (int argc, char *argv[], struct backup *b)
+parse_options (int argc, char *argv[], struct backup *b,
+               struct group_options_cli *cli, bool *group_opts)
 {
-  enum { OPT_PROGRESS = 256, OPT_NO_PROGRESS, OPT_JSON };
+  enum { OPT_PROGRESS = 256, OPT_NO_PROGRESS, OPT_JSON, OPT_DEADLINE,
+         OPT_PARALLEL };
   static const struct option long_options[] = {
     { "connections", required_argument, NULL, 'C' },
+    { "deadline",    required_argument, NULL, OPT_DEADLINE },
+    { "parallel",    required_argument, NULL, OPT_PARALLEL },
     { "help",        no_argument,       NULL, 'h' },
     { "json",        no_argument,       NULL, OPT_JSON },
     { "level",       required_argument, NULL, 'l' },
@@ -210,6 +200,19 @@ parse_options (int argc, char *argv[], struct backup *b)
     case OPT_JSON:
       b->json = true;
       break;
+    case OPT_DEADLINE:
+      if (!parse_unsigned (optarg, 1, 600000, &cli->deadline_ms))
+        return usage_error (cmd, "--deadline: expected a number of "
+                            "milliseconds from 1 to 600000, got '%s'",
+                            optarg);
+      *group_opts = true;
+      break;
+    case OPT_PARALLEL:
+      if (!parse_unsigned (optarg, 1, GROUP_MAX_DISKS, &cli->parallel))
+        return usage_error (cmd, "--parallel: expected an integer from 1 "
+                            "to %d, got '%s'", GROUP_MAX_DISKS, optarg);
+      *group_opts = true;
+      break;
     default:
       e = common_option (opt, cmd, backup_usage);
       if (e != -1)
@@ -227,35 +230,42 @@ parse_options (int argc, char *argv[], struct backup *b)
   return -1;
 }
 
+/* The instant's ISO 8601 time in b->instant, from tv. */
+void
+backup_set_instant (struct backup *b, const struct timespec *ts)
+{
+  struct tm tm;
+  char s[32];
+
+  gmtime_r (&ts->tv_sec, &tm);
+  strftime (s, sizeof s, "%Y-%m-%dT%H:%M:%S", &tm);
+  snprintf (b->instant, sizeof b->instant, "%s.%03dZ", s,
+            (int) (ts->tv_nsec / 1000000));
+}
+
 /* The instant's id and ISO 8601 time, from the clock now. */
 static int
 set_instant (struct backup *b)
 {
-  struct timeval tv;
-  struct tm tm;
-  char s[32];
+  struct timespec ts;
 
-  gettimeofday (&tv, NULL);
-  gmtime_r (&tv.tv_sec, &tm);
-  strftime (s, sizeof s, "%Y-%m-%dT%H:%M:%S", &tm);
-  snprintf (b->instant, sizeof b->instant, "%s.%03dZ", s,
-            (int) (tv.tv_usec / 1000));
-  b->id = repo_new_id (b->r, tv.tv_sec);
+  clock_gettime (CLOCK_REALTIME, &ts);
+  backup_set_instant (b, &ts);
+  b->id = repo_new_id (b->r, ts.tv_sec);
   return b->id ? 0 : -1;
 }
 
-/* Steps 1 and 2: the pending record, then the transaction. */
-static int
-start_backup (struct backup *b, const struct server_bitmaps *bm)
+int
+backup_prepare (struct backup *b, const struct server_bitmaps *bm,
+                json_object **ret)
 {
   struct repo *r = b->r;
   struct repo_pending *pd;
   const struct server_bitmap *old;
-  json_object *actions, *args;
-  int e;
+  json_object *actions = NULL, *args;
 
-  if (set_instant (b) == -1 ||
-      (b->new_inc = repo_new_bitmap (r)) == NULL ||
+  b->old_next_bitmap = r->next_bitmap;
+  if ((b->new_inc = repo_new_bitmap (r)) == NULL ||
       (b->ch.level != REPO_INC &&
        (b->new_extra = repo_new_bitmap (r)) == NULL))
     return NBDBACKUP_EXIT_FAILED;
@@ -331,12 +341,45 @@ start_backup (struct backup *b, const struct server_bitmaps *bm)
   }
   if (action_add (actions, "snapshot-start", NULL) == -1)
     goto nomem;
-  e = server_transaction (b->c, actions, "starting the backup");
-  return e;
+  *ret = actions;
+  return NBDBACKUP_EXIT_OK;
 
  nomem:
+  json_object_put (actions);
   nbdkit_error ("json: out of memory");
   return NBDBACKUP_EXIT_FAILED;
+}
+
+/* Steps 1 and 2: the pending record, then the transaction. */
+static int
+start_backup (struct backup *b, const struct server_bitmaps *bm)
+{
+  json_object *actions;
+  int e;
+
+  if (set_instant (b) == -1)
+    return NBDBACKUP_EXIT_FAILED;
+  e = backup_prepare (b, bm, &actions);
+  if (e != NBDBACKUP_EXIT_OK)
+    return e;
+  return server_transaction (b->c, actions, "starting the backup");
+}
+
+void
+backup_forget_pending (struct backup *b)
+{
+  struct repo *r = b->r;
+  struct repo_pending *pd = r->pending;
+
+  if (pd == NULL)
+    return;
+  r->pending = NULL;
+  r->next_bitmap = b->old_next_bitmap;
+  if (repo_save (r) == -1) {
+    r->pending = pd;
+    return;
+  }
+  repo_pending_free (pd);
 }
 
 /* The digest list the copy starts from: zeros (full) or the parent's
@@ -387,9 +430,8 @@ make_entry (struct backup *b, const char *hex, const char *dname)
   return 0;
 }
 
-/* Step 3: copy into ID.qcow2 and ID.digests.  0 or -1 (reported). */
-static int
-copy_backup (struct backup *b)
+int
+backup_copy (struct backup *b)
 {
   struct repo *r = b->r;
   struct source src = { 0 };
@@ -468,46 +510,77 @@ copy_backup (struct backup *b)
   return ret;
 }
 
-/* Remove a bitmap that the repository no longer needs (name may be
- * NULL).  Failing is a warning: the next backup removes stale ones.
+/* A test-only hook: run the shell command in the environment
+ * variable name, if set (the suite uses it to kill us at an exact
+ * step).  Not documented for users.
  */
-static void
-remove_bitmap (struct backup *b, const char *name)
+void
+test_hook (const char *name)
 {
-  struct control_error err = { 0 };
-  json_object *ret = NULL;
+  const char *cmd = getenv (name);
 
-  if (name == NULL)
-    return;
-  if (control_execute (b->c, "block-dirty-bitmap-remove", name_arg (name),
-                       &ret, &err) == 1) {
-    if (strcmp (err.class, "DeviceNotFound") != 0)
-      warning ("could not remove bitmap '%s': %s (the next backup removes "
-               "it)", name, err.desc);
-    control_error_free (&err);
+  if (cmd && *cmd && system (cmd) == -1)
+    nbdkit_debug ("%s: system: %m", name);
+}
+
+/* The pending "finish" record that step 4's catalog write leaves:
+ * the snapshot and the old bitmaps are still to go.  NULL (reported)
+ * if out of memory.
+ */
+static struct repo_pending *
+finish_record (const struct backup *b, const char *old_tinc,
+               const char *old_tdiff)
+{
+  struct repo_pending *fin = calloc (1, sizeof *fin);
+  const char *rm[2] = {
+    old_tinc, b->ch.level == REPO_FULL ? old_tdiff :
+    b->ch.level == REPO_DIFF ? b->new_extra : NULL
+  };
+  size_t i;
+
+  if (fin == NULL || (fin->added = calloc (2, sizeof *fin->added)) == NULL) {
+    free (fin);
+    nbdkit_error ("calloc: %m");
+    return NULL;
   }
-  json_object_put (ret);
+  fin->snapshot = true;
+  if (repo_set_string (&fin->op, "finish") == -1 ||
+      repo_set_string (&fin->id, b->id) == -1)
+    goto err;
+  for (i = 0; i < 2; ++i)
+    if (rm[i] && repo_set_string (&fin->added[fin->nr_added++], rm[i]) == -1)
+      goto err;
+  return fin;
+
+ err:
+  repo_pending_free (fin);
+  return NULL;
 }
 
 /* Step 4: one catalog write names the backup, moves the tracking and
- * clears pending; then the snapshot and the old bitmaps go.  Returns
- * an exit status; only a failed catalog write fails (and rolls back).
+ * replaces pending by a "finish" record; then the snapshot and the old
+ * bitmaps go, and pending is cleared.  Returns an exit status; only a
+ * failed catalog write fails (and rolls back).  If we die after that
+ * write, the next command completes the finish (repo_finish_pending).
  */
-static int
-finish_backup (struct backup *b)
+int
+backup_record (struct backup *b)
 {
   struct repo *r = b->r;
-  struct repo_pending *pd = r->pending;
+  struct repo_pending *pd = r->pending, *fin;
   char *old_tinc = r->tracking_inc, *old_tdiff = r->tracking_diff;
   char *new_tdiff = b->ch.level == REPO_FULL ? b->new_extra : old_tdiff;
-  struct control_error err = { 0 };
-  json_object *ret = NULL;
 
-  if (repo_add_entry (r, &b->entry) == -1)
+  fin = finish_record (b, old_tinc, old_tdiff);
+  if (fin == NULL)
     return NBDBACKUP_EXIT_FAILED;
+  if (repo_add_entry (r, &b->entry) == -1) {
+    repo_pending_free (fin);
+    return NBDBACKUP_EXIT_FAILED;
+  }
   r->tracking_inc = b->new_inc;
   r->tracking_diff = new_tdiff;
-  r->pending = NULL;
+  r->pending = fin;
   if (repo_save (r) == -1) {
     /* Back to what the catalog on disk says, then roll back. */
     r->nr_entries--;
@@ -515,6 +588,7 @@ finish_backup (struct backup *b)
     r->tracking_inc = old_tinc;
     r->tracking_diff = old_tdiff;
     r->pending = pd;
+    repo_pending_free (fin);
     return NBDBACKUP_EXIT_FAILED;
   }
   /* The catalog owns the new names now; the old ones go. */
@@ -522,32 +596,46 @@ finish_backup (struct backup *b)
   if (b->ch.level == REPO_FULL)
     b->new_extra = NULL;
   repo_pending_free (pd);
-
-  if (control_execute (b->c, "snapshot-stop", NULL, &ret, &err) == 1) {
-    warning ("snapshot-stop: %s", err.desc);
-    control_error_free (&err);
-  }
-  json_object_put (ret);
-  remove_bitmap (b, old_tinc);
-  if (b->ch.level == REPO_FULL)
-    remove_bitmap (b, old_tdiff);
-  else
-    remove_bitmap (b, b->new_extra);   /* frozen, after a diff */
   free (old_tinc);
   if (b->ch.level == REPO_FULL)
     free (old_tdiff);
+
   return NBDBACKUP_EXIT_OK;
 }
 
-/* Steps 0 to 4 under the lock.  Returns an exit status. */
-static int
-run_backup (struct backup *b)
+void
+backup_finish (struct backup *b)
+{
+  test_hook ("NBDBACKUP_TEST_BEFORE_FINISH");
+  if (repo_finish_pending (b->r, b->c) != NBDBACKUP_EXIT_OK)
+    warning ("backup %s is complete, but stopping its snapshot or "
+             "removing the old bitmaps failed: the next backup does it",
+             b->id);
+}
+
+int
+backup_recover (struct backup *b)
 {
   struct repo *r = b->r;
-  struct server_bitmaps bm = { 0 };
   char *pending_id;
   int e;
 
+  if (r->pending && strcmp (r->pending->op, "finish") == 0) {
+    pending_id = strdup (r->pending->id);
+    if (pending_id == NULL) {
+      nbdkit_error ("strdup: %m");
+      return NBDBACKUP_EXIT_FAILED;
+    }
+    e = repo_finish_pending (r, b->c);
+    if (e != NBDBACKUP_EXIT_OK) {
+      free (pending_id);
+      return e;
+    }
+    fprintf (stderr, "%s: finished backup %s, interrupted after it was "
+             "recorded: its snapshot was stopped and the old bitmaps "
+             "removed\n", b->cmd, pending_id);
+    free (pending_id);
+  }
   if (r->pending) {
     pending_id = strdup (r->pending->id);
     if (pending_id == NULL) {
@@ -565,12 +653,52 @@ run_backup (struct backup *b)
     b->rolled_back = pending_id;
   }
   repo_remove_stale_bitmaps (r, b->c);
+  return NBDBACKUP_EXIT_OK;
+}
 
-  if (server_disk_size (r->uri, &b->disk_size) == -1)
+int
+backup_choose (struct backup *b, struct server_bitmaps *bm)
+{
+  int e;
+
+  if (server_disk_size (b->r->uri, &b->disk_size) == -1)
     return NBDBACKUP_EXIT_FAILED;
-  e = server_get_bitmaps (b->c, &bm);
+  e = server_get_bitmaps (b->c, bm);
   if (e == NBDBACKUP_EXIT_OK)
-    e = repo_choose_level (r, &bm, b->disk_size, b->requested, &b->ch);
+    e = repo_choose_level (b->r, bm, b->disk_size, b->requested, &b->ch);
+  return e;
+}
+
+void
+backup_fail (struct backup *b)
+{
+  if (b->r->pending == NULL)
+    return;
+  control_cleanup_mode (b->c);
+  if (repo_rollback (b->r, b->c) == NBDBACKUP_EXIT_OK)
+    fprintf (stderr, "%s: %s%s%sthe backup failed and was rolled back: the "
+             "repository and the server's bitmaps are as they were\n",
+             b->cmd, b->disk ? "disk " : "", b->disk ? b->disk : "",
+             b->disk ? ": " : "");
+  else
+    nbdkit_error ("%s%s%sthe failed backup %s could not be rolled back: "
+                  "it stays pending, and the next backup rolls it back",
+                  b->disk ? "disk " : "", b->disk ? b->disk : "",
+                  b->disk ? ": " : "", b->id);
+}
+
+/* Steps 0 to 4 under the lock.  Returns an exit status. */
+static int
+run_backup (struct backup *b)
+{
+  struct repo *r = b->r;
+  struct server_bitmaps bm = { 0 };
+  int e;
+
+  e = backup_recover (b);
+  if (e != NBDBACKUP_EXIT_OK)
+    return e;
+  e = backup_choose (b, &bm);
   if (e != NBDBACKUP_EXIT_OK) {
     server_bitmaps_free (&bm);
     return e;
@@ -584,18 +712,12 @@ run_backup (struct backup *b)
   e = start_backup (b, &bm);
   server_bitmaps_free (&bm);
   if (e == NBDBACKUP_EXIT_OK) {
-    if (copy_backup (b) == 0)
-      e = finish_backup (b);
-    else
-      e = NBDBACKUP_EXIT_FAILED;
+    e = backup_copy (b) == 0 ? backup_record (b) : NBDBACKUP_EXIT_FAILED;
+    if (e == NBDBACKUP_EXIT_OK)
+      backup_finish (b);
   }
-  if (e != NBDBACKUP_EXIT_OK && r->pending) {
-    control_cleanup_mode (b->c);
-    if (repo_rollback (r, b->c) == NBDBACKUP_EXIT_OK)
-      fprintf (stderr, "%s: the backup failed and was rolled back: the "
-               "repository and the server's bitmaps are as they were\n",
-               b->cmd);
-  }
+  if (e != NBDBACKUP_EXIT_OK && r->pending)
+    backup_fail (b);
   return e;
 }
 
@@ -651,15 +773,26 @@ backup_main (int argc, char *argv[])
     .cmd = argv[0], .requested = LEVEL_AUTO, .progress = -1,
     .connections = DEFAULT_CONNECTIONS, .requests = DEFAULT_REQUESTS,
   };
+  struct group_options_cli cli = {
+    .deadline_ms = GROUP_DEFAULT_DEADLINE_MS,
+    .parallel = GROUP_DEFAULT_PARALLEL,
+  };
+  bool group_opts = false;
   char copied[32];
   int e;
 
-  e = parse_options (argc, argv, &b);
+  e = parse_options (argc, argv, &b, &cli, &group_opts);
   if (e != -1)
     return e;
   stub_program_name = b.cmd;
   catch_signals ();
   b.start = monotonic_seconds ();
+  if (group_repo_is (b.path))
+    return group_backup_main (&b, &cli);
+  if (group_opts)
+    return usage_error (b.cmd, "--deadline and --parallel are for a group "
+                        "repository (nbdbackup init --disk), and %s is "
+                        "not one", b.path);
 
   e = repo_open (b.path, REPO_LOCK_EXCLUSIVE, b.cmd, &b.r);
   if (e == NBDBACKUP_EXIT_OK) {
@@ -678,16 +811,22 @@ backup_main (int argc, char *argv[])
   if (b.json)
     print_json (&b, e == NBDBACKUP_EXIT_OK);
 
-  control_close (b.c);
-  repo_close (b.r);
-  repo_entry_clear (&b.entry);
-  free (b.ch.reason);
-  free (b.rolled_back);
-  free (b.parent_id);
-  free (b.id);
-  free (b.new_inc);
-  free (b.new_extra);
-  free (b.old_inc);
-  free (b.old_diff);
+  backup_free (&b);
   return e;
+}
+
+void
+backup_free (struct backup *b)
+{
+  control_close (b->c);
+  repo_close (b->r);
+  repo_entry_clear (&b->entry);
+  free (b->ch.reason);
+  free (b->rolled_back);
+  free (b->parent_id);
+  free (b->id);
+  free (b->new_inc);
+  free (b->new_extra);
+  free (b->old_inc);
+  free (b->old_diff);
 }

@@ -34,6 +34,7 @@
 #include "disconnect.h"
 #include "nbdbackup.h"
 #include "repo.h"
+#include "group-repo.h"
 #include "repo-level.h"
 #include "repo-server.h"
 #include "source.h"
@@ -274,6 +275,9 @@ estimate_usage (const char *cmd)
           "snapshot.\n"
           "\n"
           "      --json                print the estimate as JSON\n"
+          "      --disk=NAME           one disk of a group repository "
+          "(default:\n"
+          "                            every disk in turn)\n"
           HELP_VERBOSE_HELP
           "\n"
           "Exit status: 0 success, 1 failure, 2 usage error, 3 the server "
@@ -342,18 +346,34 @@ run_estimate (struct repo *r, bool json)
   return e;
 }
 
+/* estimate of one disk's repository.  Returns an exit status. */
+static int
+estimate_disk (const char *path, const char *name, void *opaque)
+{
+  const bool *json = opaque;
+  struct repo *r;
+  int e;
+
+  e = repo_open (path, REPO_LOCK_SHARED, "nbdbackup estimate", &r);
+  if (e != NBDBACKUP_EXIT_OK)
+    return e;
+  e = run_estimate (r, *json);
+  repo_close (r);
+  return e;
+}
+
 int
 estimate_main (int argc, char *argv[])
 {
   enum { OPT_JSON = 256 };
   static const struct option long_options[] = {
+    DISK_OPTION,
     { "help",    no_argument, NULL, 'h' },
     { "json",    no_argument, NULL, OPT_JSON },
     { "verbose", no_argument, NULL, 'v' },
     { NULL, 0, NULL, 0 }
   };
   const char *cmd = argv[0];
-  struct repo *r;
   bool json = false;
   int opt, e;
 
@@ -370,10 +390,7 @@ estimate_main (int argc, char *argv[])
                         argv[optind + 1]);
   stub_program_name = cmd;
   catch_signals ();
-  e = repo_open (argv[optind], REPO_LOCK_SHARED, cmd, &r);
-  if (e != NBDBACKUP_EXIT_OK)
-    return e;
-  e = run_estimate (r, json);
-  repo_close (r);
-  return e;
+  if (repo_disk == NULL && group_repo_is (argv[optind]))
+    return group_each_disk (argv[optind], json, estimate_disk, &json);
+  return estimate_disk (argv[optind], NULL, &json);
 }

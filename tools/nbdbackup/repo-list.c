@@ -23,9 +23,11 @@
 
 #include <json.h>
 
+#include "cleanup.h"
 #include "nbdkit-stubs.h"
 #include "nbdbackup.h"
 #include "repo.h"
+#include "group-repo.h"
 
 static void
 list_usage (const char *cmd)
@@ -37,6 +39,9 @@ list_usage (const char *cmd)
           "the disk's size, bytes copied, and why that level was chosen.\n"
           "\n"
           "      --json                print the catalog as JSON\n"
+          "      --disk=NAME           a disk of a group repository (without "
+          "it: the\n"
+          "                            group backups, each disk's level)\n"
           HELP_VERBOSE_HELP
           "\n"
           "Exit status: 0 success, 1 failure, 2 usage error, 5 the "
@@ -76,9 +81,111 @@ print_table (const struct repo *r)
             repo_level_name (e->level), e->parent ? e->parent : "-",
             size, copied, e->reason);
   }
-  if (r->pending)
+  if (r->pending && strcmp (r->pending->op, "finish") == 0)
+    printf ("(backup %s is complete; the next backup stops its snapshot "
+            "and removes the old bitmaps)\n", r->pending->id);
+  else if (r->pending)
     printf ("(backup %s was interrupted: the next backup rolls it back)\n",
             r->pending->id);
+}
+
+/* A group repository without --disk: its group backups, with each
+ * disk's level (--json: one object with the disks and the backups).
+ */
+static int
+list_group (const char *path, bool json)
+{
+  struct group_repo *g = NULL;
+  struct repo **d;
+  size_t i, j;
+  int e;
+
+  e = group_repo_open (path, REPO_LOCK_SHARED, "nbdbackup list", &g);
+  if (e != NBDBACKUP_EXIT_OK)
+    return e;
+  d = calloc (g->nr_disks, sizeof *d);
+  if (d == NULL) {
+    nbdkit_error ("calloc: %m");
+    group_repo_close (g);
+    return NBDBACKUP_EXIT_FAILED;
+  }
+  for (i = 0; i < g->nr_disks && e == NBDBACKUP_EXIT_OK; ++i) {
+    CLEANUP_FREE char *sub = group_disk_path (g, g->disks[i]);
+
+    e = sub ? repo_open (sub, REPO_LOCK_SHARED, "nbdbackup list", &d[i]) :
+      NBDBACKUP_EXIT_FAILED;
+  }
+  if (e != NBDBACKUP_EXIT_OK)
+    goto out;
+
+  if (json) {
+    json_object *o = json_object_new_object ();
+    json_object *disks = json_object_new_array ();
+    json_object *backups = json_object_new_array ();
+
+    for (i = 0; i < g->nr_disks; ++i)
+      json_object_array_add (disks, json_object_new_string (g->disks[i]));
+    for (i = 0; i < g->nr_backups; ++i) {
+      const struct group_backup *b = &g->backups[i];
+      json_object *e1 = json_object_new_object ();
+      json_object *levels = json_object_new_object ();
+
+      json_object_object_add (e1, "id", json_object_new_string (b->id));
+      json_object_object_add (e1, "instant",
+                              json_object_new_string (b->instant));
+      json_object_object_add (e1, "gate-closed-p50-us",
+                              json_object_new_int64 (b->closed_p50_us));
+      json_object_object_add (e1, "gate-closed-max-us",
+                              json_object_new_int64 (b->closed_max_us));
+      for (j = 0; j < g->nr_disks; ++j) {
+        const struct repo_entry *x = repo_find (d[j], b->id);
+
+        json_object_object_add (levels, g->disks[j],
+                                x ? json_object_new_string
+                                (repo_level_name (x->level)) : NULL);
+      }
+      json_object_object_add (e1, "levels", levels);
+      json_object_array_add (backups, e1);
+    }
+    json_object_object_add (o, "repository", json_object_new_string (path));
+    json_object_object_add (o, "group", json_object_new_boolean (1));
+    json_object_object_add (o, "disks", disks);
+    json_object_object_add (o, "backups", backups);
+    printf ("%s\n", json_object_to_json_string_ext
+            (o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
+    json_object_put (o);
+    goto out;
+  }
+
+  printf ("%-18s %-24s %-22s %s\n", "ID", "INSTANT", "GATES P50/MAX (MS)",
+          "LEVELS");
+  for (i = 0; i < g->nr_backups; ++i) {
+    const struct group_backup *b = &g->backups[i];
+    char gates[64];
+
+    snprintf (gates, sizeof gates, "%.3f/%.3f", b->closed_p50_us / 1000.0,
+              b->closed_max_us / 1000.0);
+    printf ("%-18s %-24s %-22s", b->id, b->instant, gates);
+    for (j = 0; j < g->nr_disks; ++j) {
+      const struct repo_entry *x = repo_find (d[j], b->id);
+
+      printf (" %s=%s", g->disks[j], x ? repo_level_name (x->level) : "?");
+    }
+    putchar ('\n');
+  }
+  for (j = 0; j < g->nr_disks; ++j)
+    if (d[j]->pending)
+      printf ("(disk %s: backup %s is pending: the next backup %s it)\n",
+              g->disks[j], d[j]->pending->id,
+              strcmp (d[j]->pending->op, "finish") == 0 ? "finishes" :
+              "rolls back");
+
+ out:
+  for (i = 0; i < g->nr_disks; ++i)
+    repo_close (d[i]);
+  free (d);
+  group_repo_close (g);
+  return e;
 }
 
 int
@@ -86,6 +193,7 @@ list_main (int argc, char *argv[])
 {
   enum { OPT_JSON = 256 };
   static const struct option long_options[] = {
+    DISK_OPTION,
     { "help",    no_argument, NULL, 'h' },
     { "json",    no_argument, NULL, OPT_JSON },
     { "verbose", no_argument, NULL, 'v' },
@@ -109,6 +217,8 @@ list_main (int argc, char *argv[])
                         argv[optind + 1]);
   stub_program_name = cmd;
 
+  if (repo_disk == NULL && group_repo_is (argv[optind]))
+    return list_group (argv[optind], json);
   e = repo_open (argv[optind], REPO_LOCK_SHARED, cmd, &r);
   if (e != NBDBACKUP_EXIT_OK)
     return e;

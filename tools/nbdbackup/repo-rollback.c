@@ -176,6 +176,43 @@ repo_rollback (struct repo *r, struct control *c)
   return NBDBACKUP_EXIT_OK;
 }
 
+int
+repo_finish_pending (struct repo *r, struct control *c)
+{
+  struct repo_pending *pd = r->pending;
+  size_t i;
+
+  for (i = 0; i <= pd->nr_added; ++i) {
+    struct control_error err = { 0 };
+    json_object *ret = NULL;
+    bool stop = i == 0;
+    const char *name = stop ? NULL : pd->added[i - 1];
+
+    if (stop && !pd->snapshot)
+      continue;
+    if (control_execute (c, stop ? "snapshot-stop" :
+                         "block-dirty-bitmap-remove",
+                         stop ? NULL : name_arg (name), &ret, &err) == -1) {
+      nbdkit_error ("could not finish backup %s: the repository keeps it "
+                    "pending, and the next command tries again", pd->id);
+      return NBDBACKUP_EXIT_FAILED;
+    }
+    json_object_put (ret);
+    /* Done already (the server restarted, or the crash came later). */
+    if (err.desc)
+      nbdkit_debug ("finish %s: %s: %s", pd->id,
+                    stop ? "snapshot-stop" : name, err.desc);
+    control_error_free (&err);
+  }
+  r->pending = NULL;
+  if (repo_save (r) == -1) {
+    r->pending = pd;
+    return NBDBACKUP_EXIT_FAILED;
+  }
+  repo_pending_free (pd);
+  return NBDBACKUP_EXIT_OK;
+}
+
 void
 repo_remove_stale_bitmaps (struct repo *r, struct control *c)
 {

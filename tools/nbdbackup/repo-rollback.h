@@ -22,6 +22,13 @@
  */
 extern int repo_rollback (struct repo *r, struct control *c);
 
+/* Complete r->pending of op "finish" (there must be one): stop the
+ * snapshot (none active is fine), remove the bitmaps it lists (a
+ * missing one is fine), clear pending and save.  Returns an exit
+ * status; on failure pending stays for the next try.
+ */
+extern int repo_finish_pending (struct repo *r, struct control *c);
+
 /* Remove the bitmaps with the repository's prefix that the catalog
  * neither tracks nor has pending (left by a backup that succeeded but
  * could not remove them).  Failures are warnings.

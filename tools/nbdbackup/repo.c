@@ -47,6 +47,7 @@
 #include "nbdkit-stubs.h"
 #include "nbdbackup.h"
 #include "repo.h"
+#include "group-repo.h"
 #include "prune.h"
 
 const char *
@@ -300,6 +301,8 @@ repo_alloc (const char *path)
   return r;
 }
 
+static int make_dir (const char *path, bool *created);
+
 /* REPO must be a real directory. */
 static int
 check_dir (const char *path)
@@ -323,6 +326,74 @@ check_dir (const char *path)
   return 0;
 }
 
+/* repo_open of a group repository: the disk chosen with --disk. */
+static int
+open_group_disk (const char *path, enum repo_lock_mode mode, const char *cmd,
+                 struct repo **ret)
+{
+  struct group_repo *g = NULL;
+  CLEANUP_FREE char *names = NULL, *sub = NULL;
+  size_t i, len = 0;
+  bool found = false;
+  int e;
+
+  e = group_repo_open (path, REPO_LOCK_SHARED, cmd, &g);
+  if (e != NBDBACKUP_EXIT_OK)
+    return e;
+  for (i = 0; i < g->nr_disks; ++i) {
+    len += strlen (g->disks[i]) + 2;
+    found |= repo_disk && strcmp (repo_disk, g->disks[i]) == 0;
+  }
+  names = calloc (1, len + 1);
+  if (names == NULL) {
+    nbdkit_error ("calloc: %m");
+    group_repo_close (g);
+    return NBDBACKUP_EXIT_FAILED;
+  }
+  for (i = 0; i < g->nr_disks; ++i) {
+    if (i)
+      strcat (names, ", ");
+    strcat (names, g->disks[i]);
+  }
+  if (repo_disk == NULL)
+    nbdkit_error ("repository %s is a group of disks (%s): choose one "
+                  "with --disk=NAME", path, names);
+  else if (!found)
+    nbdkit_error ("repository %s has no disk '%s' (its disks: %s)", path,
+                  repo_disk, names);
+  else
+    sub = group_disk_path (g, repo_disk);
+  group_repo_close (g);
+  if (sub == NULL)
+    return NBDBACKUP_EXIT_FAILED;
+  return repo_open (sub, mode, cmd, ret);
+}
+
+int
+repo_lock_dir (const char *path, bool create, enum repo_lock_mode mode,
+               const char *cmd, struct repo **ret)
+{
+  struct repo *r;
+  bool made = false;
+  int e;
+
+  if (create ? make_dir (path, &made) == -1 : check_dir (path) == -1)
+    return NBDBACKUP_EXIT_FAILED;
+  r = repo_alloc (path);
+  if (r == NULL) {
+    if (made)
+      rmdir (path);
+    return NBDBACKUP_EXIT_FAILED;
+  }
+  e = take_lock (r, mode, cmd);
+  if (e != NBDBACKUP_EXIT_OK) {
+    repo_close (r);
+    return e;
+  }
+  *ret = r;
+  return NBDBACKUP_EXIT_OK;
+}
+
 int
 repo_open (const char *path, enum repo_lock_mode mode, const char *cmd,
            struct repo **ret)
@@ -340,6 +411,11 @@ repo_open (const char *path, enum repo_lock_mode mode, const char *cmd,
   catalog = repo_file (r, REPO_CATALOG);
   if (catalog == NULL)
     goto err;
+  if (lstat (catalog, &st) == -1 && errno == ENOENT &&
+      group_repo_is (path)) {
+    repo_close (r);
+    return open_group_disk (path, mode, cmd, ret);
+  }
   if (lstat (catalog, &st) == -1 && errno == ENOENT) {
     nbdkit_error ("repository %s: not an nbdbackup repository (it has no "
                   "%s; make one with nbdbackup init)", path, REPO_CATALOG);

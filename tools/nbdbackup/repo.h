@@ -51,12 +51,16 @@ struct repo_entry {
  * command that takes the exclusive lock rolls it back.
  */
 struct repo_pending {
-  char *op;                     /* "backup" or "prune" */
+  char *op;                     /* "backup", "finish" or "prune" */
   /* op "prune" (prune.c): only these two are set. */
   char **fold;                  /* ids made standalone full backups */
   size_t nr_fold;
   char **drop;                  /* ids removed */
   size_t nr_drop;
+  /* op "finish" (a backup in the catalog whose snapshot-stop and
+   * bitmap removals are still to do): id, added (the bitmaps to
+   * remove, "remove" in the catalog) and snapshot.
+   */
   /* op "backup": */
   char *id;
   enum repo_level level;
@@ -109,11 +113,22 @@ extern int repo_create (const char *path, const struct repo_params *p,
 /* Open the repository at path: a real directory (not a symlink) with
  * our catalog.  Takes the lock in mode for cmd (refused at once if
  * another command holds it: NBDBACKUP_EXIT_BUSY, naming the holder),
- * then reads and checks the whole catalog.  Returns an exit status;
+ * then reads and checks the whole catalog.  A group repository
+ * (group-repo.h) opens the repository of the disk chosen with --disk
+ * (repo_disk), and is refused without one.  Returns an exit status;
  * *ret on success.
  */
 extern int repo_open (const char *path, enum repo_lock_mode mode,
                       const char *cmd, struct repo **ret);
+
+/* Only the directory and its lock: check that path is a real
+ * directory (with create: make it, or take an empty one, mode 0700)
+ * and take REPO/lock in mode for cmd.  For group repositories
+ * (group-repo.c).  Returns an exit status; *ret on success.
+ */
+extern int repo_lock_dir (const char *path, bool create,
+                          enum repo_lock_mode mode, const char *cmd,
+                          struct repo **ret);
 
 /* Write the catalog atomically.  0, or -1 (reported). */
 extern int repo_save (struct repo *r);

@@ -21,6 +21,7 @@
 
 #include <config.h>
 
+#include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <stdbool.h>
@@ -37,12 +38,14 @@
 #include "nbd-uri.h"
 #include "nbdkit-stubs.h"
 #include "parse.h"
+#include "cleanup.h"
 #include "chain.h"
 #include "copy.h"
 #include "digest.h"
 #include "nbdbackup.h"
 #include "point.h"
 #include "repo.h"
+#include "group-repo.h"
 #include "target.h"
 
 #define DEFAULT_REQUESTS 16
@@ -77,6 +80,12 @@ restore_usage (const char *cmd)
           "Options:\n"
           "      --id=ID               the backup to restore (default: the "
           "newest)\n"
+          "      --disk=NAME           the disk of a group repository; "
+          "without it,\n"
+          "                            every disk is restored into the "
+          "directory\n"
+          "                            TARGET as NAME.img (NAME.qcow2 with "
+          "-f qcow2)\n"
           "  -f, --format=raw|qcow2    format of a file TARGET (default: "
           "qcow2 if\n"
           "                            TARGET ends in .qcow2 or .qcow, else "
@@ -112,6 +121,7 @@ parse_options (int argc, char *argv[], struct restore *rs)
     { "connections", required_argument, NULL, 'C' },
     { "force",       no_argument,       NULL, OPT_FORCE },
     { "format",      required_argument, NULL, 'f' },
+    DISK_OPTION,
     { "help",        no_argument,       NULL, 'h' },
     { "id",          required_argument, NULL, OPT_ID },
     { "json",        no_argument,       NULL, OPT_JSON },
@@ -284,6 +294,78 @@ print_summary (const struct restore *rs, const char *id,
   return r;
 }
 
+static int restore_run (struct restore *rs);
+
+/* A group repository without --disk: backup rs->id of every disk
+ * (default: the newest group backup) into the directory rs->target,
+ * as NAME.img (raw) or NAME.qcow2 (--format=qcow2).
+ */
+static int
+restore_group (struct restore *rs)
+{
+  struct group_repo *g = NULL;
+  const char *id = rs->id;
+  struct stat st;
+  size_t i;
+  int e;
+
+  if (rs->topts.format == TARGET_NBD) {
+    nbdkit_error ("repository %s is a group of disks: restore one disk to "
+                  "an NBD URI with --disk=NAME, or every disk into a "
+                  "directory", rs->repo);
+    return NBDBACKUP_EXIT_FAILED;
+  }
+  e = group_repo_open (rs->repo, REPO_LOCK_SHARED, "nbdbackup restore", &g);
+  if (e != NBDBACKUP_EXIT_OK)
+    return e;
+  e = NBDBACKUP_EXIT_FAILED;
+  if (id == NULL && g->nr_backups == 0) {
+    nbdkit_error ("repository %s: no group backup yet", rs->repo);
+    goto out;
+  }
+  if (id == NULL)
+    id = g->backups[g->nr_backups - 1].id;
+  else if (group_find (g, id) == NULL) {
+    nbdkit_error ("repository %s: no group backup with id '%s'", rs->repo,
+                  id);
+    goto out;
+  }
+  if (mkdir (rs->target, 0700) == -1 && errno != EEXIST) {
+    nbdkit_error ("target directory %s: %m", rs->target);
+    goto out;
+  }
+  if (lstat (rs->target, &st) == -1 || !S_ISDIR (st.st_mode)) {
+    nbdkit_error ("target %s: is not a directory (a group repository is "
+                  "restored into a directory, one file per disk; or choose "
+                  "one disk with --disk=NAME)", rs->target);
+    goto out;
+  }
+  e = NBDBACKUP_EXIT_OK;
+  for (i = 0; i < g->nr_disks && e == NBDBACKUP_EXIT_OK; ++i) {
+    CLEANUP_FREE char *sub = group_disk_path (g, g->disks[i]);
+    CLEANUP_FREE char *target = NULL;
+    struct restore one = *rs;
+
+    if (sub == NULL ||
+        asprintf (&target, "%s/%s.%s", rs->target, g->disks[i],
+                  rs->topts.format == TARGET_QCOW2 ? "qcow2" : "img") == -1) {
+      nbdkit_error ("malloc: %m");
+      e = NBDBACKUP_EXIT_FAILED;
+      break;
+    }
+    one.repo = sub;
+    one.id = id;
+    one.target = target;
+    e = restore_run (&one);
+    if (e == NBDBACKUP_EXIT_OK && !rs->json)
+      printf ("restored disk %s of backup %s to %s\n", g->disks[i], id,
+              target);
+  }
+ out:
+  group_repo_close (g);
+  return e;
+}
+
 int
 restore_main (int argc, char *argv[])
 {
@@ -292,6 +374,24 @@ restore_main (int argc, char *argv[])
     .connections = 1,
     .copy = { .requests = DEFAULT_REQUESTS, .chunk = CHUNK },
   };
+  int r;
+
+  r = parse_options (argc, argv, &rs);
+  if (r != -1)
+    return r;
+  catch_signals ();
+  if (repo_disk == NULL && group_repo_is (rs.repo))
+    return restore_group (&rs);
+  return restore_run (&rs);
+}
+
+/* Restore rs->id (or the newest) of the repository rs->repo into
+ * rs->target.  Returns an exit status.
+ */
+static int
+restore_run (struct restore *rsp)
+{
+  struct restore rs = *rsp;
   struct repo *repo = NULL;
   const struct repo_entry *e = NULL;
   struct point p = { 0 };
@@ -301,10 +401,6 @@ restore_main (int argc, char *argv[])
   double start;
   int r, ret = NBDBACKUP_EXIT_FAILED;
 
-  r = parse_options (argc, argv, &rs);
-  if (r != -1)
-    return r;
-  catch_signals ();
   start = monotonic_seconds ();
 
   if (check_target (&rs) == -1)

@@ -39,6 +39,7 @@
 #include "nbdbackup.h"
 #include "point.h"
 #include "repo.h"
+#include "group-repo.h"
 
 struct verify {
   const char *repo;
@@ -77,6 +78,9 @@ verify_usage (const char *cmd)
           "      --no-progress         never show the progress bar\n"
           "      --json                print the results as JSON on "
           "stdout\n"
+          "      --disk=NAME           one disk of a group repository "
+          "(default:\n"
+          "                            every disk in turn)\n"
           HELP_VERBOSE_HELP
           "\n"
           "Exit status: 0 no errors, 1 errors found (or verify failed), 2 "
@@ -90,6 +94,7 @@ parse_options (int argc, char *argv[], struct verify *v)
 {
   enum { OPT_ID = 256, OPT_JSON, OPT_PROGRESS, OPT_NO_PROGRESS };
   static const struct option long_options[] = {
+    DISK_OPTION,
     { "help",        no_argument,       NULL, 'h' },
     { "id",          required_argument, NULL, OPT_ID },
     { "json",        no_argument,       NULL, OPT_JSON },
@@ -228,10 +233,37 @@ print_json (const struct verify *v, const struct result *res, size_t n,
   return r;
 }
 
+static int verify_run (struct verify *vp);
+
+static int
+verify_disk (const char *path, const char *name, void *opaque)
+{
+  struct verify one = *(struct verify *) opaque;
+
+  one.repo = path;
+  return verify_run (&one);
+}
+
 int
 verify_main (int argc, char *argv[])
 {
   struct verify v = { 0 };
+  int ret;
+
+  ret = parse_options (argc, argv, &v);
+  if (ret != -1)
+    return ret;
+  catch_signals ();
+  if (repo_disk == NULL && group_repo_is (v.repo))
+    return group_each_disk (v.repo, v.json, verify_disk, &v);
+  return verify_run (&v);
+}
+
+/* The command on one disk's repository.  Returns an exit status. */
+static int
+verify_run (struct verify *vp)
+{
+  struct verify v = *vp;
   struct repo *r = NULL;
   struct result *res = NULL;
   const struct repo_entry *one = NULL;
@@ -239,11 +271,6 @@ verify_main (int argc, char *argv[])
   uint64_t bytes = 0;
   unsigned bad = 0;
   int ret;
-
-  ret = parse_options (argc, argv, &v);
-  if (ret != -1)
-    return ret;
-  catch_signals ();
 
   ret = repo_open (v.repo, REPO_LOCK_SHARED, "nbdbackup verify", &r);
   if (ret != NBDBACKUP_EXIT_OK)
