@@ -29,19 +29,21 @@
 bool log_verbose = false;
 
 static char *first_error;
-/* Copy engine workers may report errors too. */
+/* Errors may come from several threads at once: the copy engine's
+ * workers, and a group backup copying disks in parallel.
+ */
 static pthread_mutex_t first_error_lock = PTHREAD_MUTEX_INITIALIZER;
 
 const char *
 log_first_error (void)
 {
-  return first_error;
-}
+  const char *r;
 
-/* Errors may come from several threads at once (a group backup
- * copies disks in parallel).
- */
-static pthread_mutex_t first_error_lock = PTHREAD_MUTEX_INITIALIZER;
+  pthread_mutex_lock (&first_error_lock);
+  r = first_error;
+  pthread_mutex_unlock (&first_error_lock);
+  return r;
+}
 
 static void
 remember_error (const char *msg)
