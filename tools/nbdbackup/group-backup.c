@@ -363,21 +363,7 @@ print_json (const struct gbackup *gb, bool ok)
       break;
     json_object_object_add (d, "disk",
                             json_object_new_string (gb->g->disks[i]));
-    json_object_object_add (d, "level",
-                            str_or_null (b->ch.reason ?
-                                         repo_level_name (b->ch.level) :
-                                         NULL));
-    json_object_object_add (d, "reason", str_or_null (b->ch.reason));
-    json_object_object_add (d, "parent", str_or_null (b->parent_id));
-    json_object_object_add (d, "rolled_back", str_or_null (b->rolled_back));
-    json_object_object_add (d, "bytes_total",
-                            json_object_new_int64 (b->stats.total));
-    json_object_object_add (d, "bytes_copied",
-                            json_object_new_int64 (b->stats.copied));
-    json_object_object_add (d, "bytes_zero",
-                            json_object_new_int64 (b->stats.zero));
-    json_object_object_add (d, "bytes_skipped",
-                            json_object_new_int64 (b->stats.skipped));
+    backup_json_fields (b, d);
     json_object_array_add (disks, d);
   }
   json_object_object_add (o, "disks", disks);

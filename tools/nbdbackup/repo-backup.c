@@ -727,19 +727,9 @@ str_or_null (const char *s)
   return s ? json_object_new_string (s) : NULL;
 }
 
-static void
-print_json (const struct backup *b, bool ok)
+void
+backup_json_fields (const struct backup *b, json_object *o)
 {
-  json_object *o = json_object_new_object ();
-  const char *err = log_first_error ();
-  char secs[32];
-
-  if (o == NULL)
-    return;
-  snprintf (secs, sizeof secs, "%.3f", monotonic_seconds () - b->start);
-  json_object_object_add (o, "command", json_object_new_string ("backup"));
-  json_object_object_add (o, "repository", json_object_new_string (b->path));
-  json_object_object_add (o, "id", str_or_null (ok ? b->id : NULL));
   json_object_object_add (o, "level",
                           str_or_null (b->ch.reason ?
                                        repo_level_name (b->ch.level) : NULL));
@@ -754,6 +744,22 @@ print_json (const struct backup *b, bool ok)
                           json_object_new_int64 (b->stats.zero));
   json_object_object_add (o, "bytes_skipped",
                           json_object_new_int64 (b->stats.skipped));
+}
+
+static void
+print_json (const struct backup *b, bool ok)
+{
+  json_object *o = json_object_new_object ();
+  const char *err = log_first_error ();
+  char secs[32];
+
+  if (o == NULL)
+    return;
+  snprintf (secs, sizeof secs, "%.3f", monotonic_seconds () - b->start);
+  json_object_object_add (o, "command", json_object_new_string ("backup"));
+  json_object_object_add (o, "repository", json_object_new_string (b->path));
+  json_object_object_add (o, "id", str_or_null (ok ? b->id : NULL));
+  backup_json_fields (b, o);
   json_object_object_add (o, "seconds",
                           json_object_new_double_s (0, secs));
   json_object_object_add (o, "result",

@@ -98,6 +98,13 @@ extern void backup_fail (struct backup *b);
 /* Free b's state, close its control connection and repository. */
 extern void backup_free (struct backup *b);
 
+/* Add b's level, reason, parent, rolled_back and byte counts to the
+ * JSON object o (--json of a backup, and of each disk of a group's).
+ */
+struct json_object;
+extern void backup_json_fields (const struct backup *b,
+                                struct json_object *o);
+
 /* A test-only hook: run the shell command in environment variable
  * name, if set.
  */
