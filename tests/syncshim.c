@@ -37,6 +37,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -90,6 +91,15 @@ is_sidecar (const char *path)
     strstr (path, " (deleted)") == NULL;
 }
 
+/* Syncs of the sidecar may run in several threads at once (a remap's
+ * sync beside the writers' shared one).  Real storage never loses
+ * what an earlier sync made durable, so the copies are taken and
+ * published one at a time: the copy published last is the newest.
+ * (Unserialized, an older copy could be renamed over a newer one and
+ * the model would forget bits a writer had already relied on.)
+ */
+static pthread_mutex_t durable_lock = PTHREAD_MUTEX_INITIALIZER;
+
 /* Copy fd's contents to PATH.durable (atomically: a crash of the
  * process during the copy leaves the previous one).
  */
@@ -100,6 +110,8 @@ keep_durable (int fd, const char *path)
   ssize_t n;
   off_t off = 0;
   int out;
+
+  pthread_mutex_lock (&durable_lock);
 
   snprintf (dst, sizeof dst, "%s.durable", path);
   snprintf (tmp, sizeof tmp, "%s.durable-new", path);
@@ -114,6 +126,7 @@ keep_durable (int fd, const char *path)
   close (out);
   if (rename (tmp, dst) == -1)
     abort ();
+  pthread_mutex_unlock (&durable_lock);
 }
 
 /* The common part of fsync and fdatasync. */
