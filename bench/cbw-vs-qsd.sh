@@ -41,8 +41,12 @@
 #          4K writes for SECONDS_PER seconds; same sides.
 #  slow    writer, first touch, into a slow NBD target: cbw-target is
 #          a second nbdkit behind the rate filter (SLOW_RATE bits/s,
-#          default 400M, 50 MiB/s), with cbw-buffer-size=SLOW_BUFFER
-#          (default 128M) and as many writes as the buffer holds
+#          default 400M, 50 MiB/s) with burstiness=0.1: the filter's
+#          default lets 2 s worth (100 MB) through at full speed
+#          first, which is more than the whole timed run, so without
+#          it the target is not slow at all while it is measured.
+#          cbw-buffer-size=SLOW_BUFFER (default 256M, all of it the
+#          pre-faulted pool) and as many writes as the buffer holds
 #          clusters, so the figure is the writer's rate while the
 #          buffer lasts; sides: file plugin with no backup, cbw (and
 #          old).  Each cbw run then drains the buffer at the slow rate
@@ -303,13 +307,14 @@ run_first () { run_writer first "$@"; }
 
 run_slow () {                   # run_slow SIDE DISK
     local s n; s="$(src "$2")"
-    n=$(($(numfmt --from=iec "${SLOW_BUFFER:-128M}") / 65536))
+    n=$(($(numfmt --from=iec "${SLOW_BUFFER:-256M}") / 65536))
     case "$1" in
     base) serve f file "$s" ;;
     cbw) truncate -s "$SIZE" "$data/tgt.raw"
-         serve t --filter=rate file "$data/tgt.raw" rate="${SLOW_RATE:-400M}"
+         serve t --filter=rate file "$data/tgt.raw" rate="${SLOW_RATE:-400M}" \
+             burstiness=0.1
          serve f --filter="$cbw" file "$s" cbw-target="$t_uri" cbw-sync=none \
-             cbw-buffer-size="${SLOW_BUFFER:-128M}" ;;
+             cbw-buffer-size="${SLOW_BUFFER:-256M}" ;;
     *) V=-; return ;;
     esac
     V=$("$nbdload" --op write --pattern rand --bs 4K --qd 16 \

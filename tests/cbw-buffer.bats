@@ -74,3 +74,37 @@ held () {
     [ "$(cluster "$d/tgt.img" 0)" = "$(cluster "$d/orig.img" 0)" ]
     [ "$(cluster "$d/tgt.img" 32)" = "$(cluster "$d/orig.img" 32)" ]
 }
+
+@test "cbw-buffer: a write inside a cluster copies only its blocks, the drainer the rest" {
+    # Four first writes keep the four drainers busy with a paused
+    # target; cluster 8's slot then waits in the queue while three
+    # writes land in it: block 0 (read), block 5 (read) and block 0
+    # again (nothing read).  After the target resumes, cluster 8 on
+    # the target is as it was at the instant, although the drainer
+    # read its other blocks only after those writes.
+    w="write -P 0x61"
+    run -0 nbdkit -v -U - --filter="$cbw" file "$d/disk.img" -D cbw.engine=1 \
+        cbw-target="$tgt_uri" cbw-sync=none cbw-status="$d/status.json" \
+        --run "timeout 120 qemu-io -f raw \"\$uri\" \
+                 -c '$w 0 4096' -c '$w 64K 4096' -c '$w 128K 4096' \
+                 -c '$w 192K 4096' &&
+               $(held 4) &&
+               timeout 120 qemu-io -f raw \"\$uri\" \
+                 -c 'write -P 0x62 512K 4096' -c 'write -P 0x63 $((512 * 1024 + 5 * 1024)) 1024' \
+                 -c 'write -P 0x64 $((512 * 1024 + 100)) 200' &&
+               '$pause_ctl_cmd' '$psock' r"
+    echo "$output"
+    grep -q '"state":"completed"' "$d/status.json"
+    # 64K clusters, 1K blocks: 4K reads four blocks, 1K one, the
+    # third write none.
+    [ "$(grep -c 'copy cluster 8 blocks' <<<"$output")" -eq 2 ]
+    grep -q 'copy cluster 8 blocks 0xf (before write, partial)' <<<"$output"
+    grep -q 'copy cluster 8 blocks 0x20 (before write, partial)' <<<"$output"
+    stop_nbdkit tgt
+    for c in 0 1 2 3 8; do
+        [ "$(cluster "$d/tgt.img" $c)" = "$(cluster "$d/orig.img" $c)" ]
+    done
+    run -0 qemu-io -f raw -c "read -P 0x64 $((512 * 1024 + 100)) 200" \
+        -c "read -P 0x63 $((512 * 1024 + 5 * 1024)) 1024" \
+        -c "read -P 0x62 $((512 * 1024 + 1024)) 3072" "$d/disk.img"
+}

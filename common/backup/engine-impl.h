@@ -59,6 +59,18 @@ struct engine {
   char *pool;
   size_t pool_bytes;
   uint32_t pool_slots;
+  /* Partial copies (engine-buffer.c): the source context the drainers
+   * read the rest of a cluster with (NULL: no partial copies), the
+   * size of a block (1 << blk_bits bytes, nr_blks to a cluster, at
+   * most 64), and the table of partly copied clusters (held_mask + 1
+   * entries, a power of two, linear probing; lock held).
+   */
+  nbdkit_next *drain_next;
+  unsigned blk_bits, nr_blks;
+  struct buffered_copy **held;
+  uint64_t held_mask;
+  uint64_t nr_held;             /* Entries in held (lock held). */
+  bool held_closed;             /* No new held clusters (lock held). */
 
   /* One bit per cluster, set while it is CLEAN or COPIED: the write
    * fast path reads it without the lock.  Changed (atomically) only
@@ -145,6 +157,18 @@ extern void engine_break_locked (struct engine *e, const char *msg);
  */
 extern int engine_buffer_copy (struct engine *e, nbdkit_next *next,
                                uint64_t first, uint64_t n);
+
+/* Copy-before-write for a write of [offset, offset+count) inside the
+ * one cluster c, copying only the blocks the write touches (a partial
+ * copy: the rest of the cluster stays protected, and a drainer reads
+ * it when it writes the cluster out).  Lock held; it may be dropped
+ * and taken again.  Returns 0: the write may go down; -1: the read
+ * failed (the snapshot is broken); 1: not done this way (the caller
+ * copies the cluster as usual); 2: wait (e->cond) and ask again.
+ */
+extern int engine_buffer_partial_locked (struct engine *e, nbdkit_next *next,
+                                         uint64_t c, uint64_t offset,
+                                         uint64_t count);
 
 /* Let the drainers write what is queued, then end them, and give
  * back the pool.

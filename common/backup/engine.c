@@ -66,9 +66,10 @@
  * the two files, holds struct engine.  Everyone else goes through the
  * locked calls of engine.h.
  *
- * Deliberately not done: partial-cluster copies (a write of one byte
- * copies the whole cluster, as QEMU does), and per-cluster wait
- * queues (one condition variable is simpler and waits are rare).
+ * Partial-cluster copies exist only with the buffer (engine-buffer.c):
+ * without one, a write of one byte copies the whole cluster, as QEMU
+ * does.  Deliberately not done: per-cluster wait queues (one condition
+ * variable is simpler and waits are rare).
  */
 
 #include <config.h>
@@ -199,6 +200,8 @@ engine_protect (struct engine *e, uint64_t first, uint64_t end)
 void
 engine_activate (struct engine *e)
 {
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&e->lock);
+  e->held_closed = false;
   atomic_store (&e->active, true);
 }
 
@@ -206,6 +209,13 @@ void
 engine_deactivate (struct engine *e)
 {
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&e->lock);
+  /* Partly copied clusters (engine-buffer.c) still have old data
+   * only on the source: protect them until the drainers have read
+   * it.  No new ones meanwhile.
+   */
+  e->held_closed = true;
+  while (e->nr_held > 0 && !e->broken)
+    pthread_cond_wait (&e->cond, &e->lock);
   atomic_store (&e->active, false);
   pthread_cond_broadcast (&e->cond);
 }
@@ -351,6 +361,18 @@ engine_before_write (struct engine *e, nbdkit_next *next,
   for (;;) {
     if (!atomic_load (&e->active))
       break;
+    /* Inside one cluster, with a buffer: copy only what it touches.
+     * Not done (1) or asked to wait (2): the usual way below does
+     * both.
+     */
+    if (c1 - c0 == 1 && e->drain_next) {
+      int r = engine_buffer_partial_locked (e, next, c0, offset, count);
+
+      if (r == 0)
+        break;
+      if (r == -1)
+        continue;               /* Broken: the write goes on. */
+    }
     n = claim_run_locked (e, c0, c1, max_run, &first);
     if (n > 0) {
       int r;

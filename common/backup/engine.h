@@ -47,6 +47,7 @@ struct engine_stats {
   uint64_t bytes_discarded;     /* Dropped from the snapshot (discard). */
   uint64_t bytes_buffered;      /* Copied before writes via the buffer. */
   uint64_t buffer_full;         /* Copies that found the buffer full. */
+  uint64_t partial_copies;      /* Clusters first copied in part. */
 };
 
 /* The engine's state is private to engine.c and engine-timed.c
@@ -91,10 +92,13 @@ extern void engine_set_copy_timeout (struct engine *e, double seconds);
 /* Give copy-before-write a buffer of up to bytes (0: none): a writer
  * then waits only for the old data to be read into memory, and
  * threads write it to the target behind it (engine-buffer.c).  Used
- * only under CBW_BREAK_SNAPSHOT, and not with snapshot readers.  Call
- * before activating.
+ * only under CBW_BREAK_SNAPSHOT, and not with snapshot readers.  With
+ * drain_next (a source context that lives as long as the engine), a
+ * write inside one cluster copies only the blocks it touches and the
+ * drainers read the rest of the cluster.  Call before activating.
  */
-extern void engine_set_buffer (struct engine *e, uint64_t bytes);
+extern void engine_set_buffer (struct engine *e, uint64_t bytes,
+                               nbdkit_next *drain_next);
 
 /* Wait until no claimed copy is in flight, the buffer's included
  * (call after deactivating, before finishing or closing the target).
@@ -123,7 +127,10 @@ extern void engine_protect_bytes (struct engine *e, uint64_t offset,
  */
 extern int engine_skip_zeros (struct engine *e, nbdkit_next *next);
 
-/* Start (or stop) copy-before-write. */
+/* Start (or stop) copy-before-write.  engine_deactivate first waits
+ * for the clusters that the buffer holds in part (engine_set_buffer)
+ * to be read whole, unless the snapshot is broken.
+ */
 extern void engine_activate (struct engine *e);
 extern void engine_deactivate (struct engine *e);
 

@@ -101,16 +101,30 @@ static __thread bool block_source_reads;
 static struct gate source_gate;
 static pthread_mutex_t source_lock = PTHREAD_MUTEX_INITIALIZER;
 static unsigned source_reads;
+static uint64_t source_bytes;
 static bool held_read_done;
+/* A read by any thread that ends a cluster in [tail_lo, tail_hi) (a
+ * drainer reading the rest of a held cluster) waits at tail_gate.
+ */
+static uint64_t tail_lo, tail_hi;
+static struct gate tail_gate;
 
 static int
 fake_pread (nbdkit_next *next, void *buf, uint32_t count, uint64_t offset,
             uint32_t flags, int *err)
 {
   assert (offset + count <= SIZE);
+  uint64_t end_c = (offset + count) / CLUSTER;
+  bool tail;
+
   pthread_mutex_lock (&source_lock);
   source_reads++;
+  source_bytes += count;
+  tail = (offset + count) % CLUSTER == 0 &&
+    tail_lo < end_c && end_c <= tail_hi;
   pthread_mutex_unlock (&source_lock);
+  if (tail)
+    gate_pass (&tail_gate);
   if (block_source_reads)
     gate_pass (&source_gate);
   memcpy (buf, disk + offset, count);
@@ -255,6 +269,9 @@ setup (enum cbw_on_error on_error, double copy_timeout)
   gate_init (&mt.hold_gate);
   gate_init (&source_gate);
   source_reads = 0;
+  source_bytes = 0;
+  tail_lo = tail_hi = 0;
+  gate_init (&tail_gate);
   held_read_done = false;
   last_error[0] = '\0';
 
@@ -395,12 +412,13 @@ test_claims (void)
 }
 
 /* test_claims with the copy-before-write buffer, small enough to be
- * full often (so both the buffered and the direct path run): still
- * every cluster copied exactly once, and the target exact once the
- * buffer has drained.
+ * full often (so the partial, the buffered and the direct path all
+ * run): still every cluster copied exactly once, and the target exact
+ * once the buffer has drained.  With job_after, the writers run alone
+ * first (as under sync=none), so most first writes are partial copies.
  */
 static void
-test_buffer (void)
+test_buffer (bool job_after)
 {
   struct engine *e = setup (CBW_BREAK_SNAPSHOT, 0);
   struct writer w[NR_WRITERS];
@@ -410,15 +428,18 @@ test_buffer (void)
   bool broken;
   unsigned i;
 
-  engine_set_buffer (e, 3 * CLUSTER);
+  engine_set_buffer (e, 3 * CLUSTER, next);
   pthread_barrier_init (&start_line, NULL, NR_WRITERS);
-  pthread_create (&jt, NULL, job_thread, e);
+  if (!job_after)
+    pthread_create (&jt, NULL, job_thread, e);
   for (i = 0; i < NR_WRITERS; ++i) {
     w[i] = (struct writer) { .e = e, .id = i, .seed = 4242 + i };
     pthread_create (&wt[i], NULL, writer_thread, &w[i]);
   }
   for (i = 0; i < NR_WRITERS; ++i)
     pthread_join (wt[i], NULL);
+  if (job_after)
+    pthread_create (&jt, NULL, job_thread, e);
   pthread_join (jt, NULL);
   pthread_barrier_destroy (&start_line);
   engine_deactivate (e);
@@ -428,7 +449,76 @@ test_buffer (void)
   assert (pending == 0 && !broken);
   assert (st.bytes_copied + st.bytes_zero == SIZE);
   assert (st.bytes_buffered <= st.bytes_by_writes);
+  if (job_after)
+    assert (st.partial_copies > 0);
   check_target_exact ();
+  engine_free (e);
+}
+
+static uint64_t
+read_so_far (void)
+{
+  uint64_t r;
+
+  pthread_mutex_lock (&source_lock);
+  r = source_bytes;
+  pthread_mutex_unlock (&source_lock);
+  return r;
+}
+
+/* Partial copies, deterministically.  Every drainer is kept busy
+ * reading the rest of clusters 10-13 (held at tail_gate), so cluster
+ * 5's slot stays queued: a write to block 0 of it reads that block
+ * only; a write to block 3 adds block 3 to the slot; a write to block
+ * 0 again reads nothing.  Once the drainers go on, cluster 5 reaches
+ * the target whole, once, as it was at the instant.
+ */
+static void
+test_partial (void)
+{
+  struct engine *e = setup (CBW_BREAK_SNAPSHOT, 0);
+  const uint64_t blk = 512;
+  struct engine_stats st;
+  uint64_t c, before;
+  bool broken;
+
+  engine_set_buffer (e, 8 * CLUSTER, next);
+  tail_lo = 10;
+  tail_hi = 14;
+  for (c = 10; c < 14; ++c)
+    assert (guest_write (e, c * CLUSTER + 7, 9, 'a') == 0);
+  gate_wait_arrived (&tail_gate, 4);   /* All four drainers, held. */
+  assert (read_so_far () == 4 * blk + 4 * (CLUSTER - blk));
+
+  before = read_so_far ();
+  assert (guest_write (e, 5 * CLUSTER + 100, 200, 'b') == 0);
+  assert (read_so_far () - before == blk);
+  assert (guest_write (e, 5 * CLUSTER + 3 * blk, blk, 'c') == 0);
+  assert (read_so_far () - before == 2 * blk);
+  assert (guest_write (e, 5 * CLUSTER + 10, 50, 'd') == 0);
+  assert (read_so_far () - before == 2 * blk);
+  /* Blocks 1-2 span two blocks, one already there: one more read. */
+  assert (guest_write (e, 5 * CLUSTER + blk - 1, 2, 'e') == 0);
+  assert (read_so_far () - before == 3 * blk);
+  st = stats (e, NULL, NULL);
+  assert (st.partial_copies == 5);
+  assert (mt.writes[5] == 0);
+
+  gate_open (&tail_gate);
+  engine_deactivate (e);
+  engine_quiesce (e);
+  st = stats (e, NULL, &broken);
+  assert (!broken);
+  for (c = 0; c < NR_CLUSTERS; ++c) {
+    bool copied = c == 5 || (c >= 10 && c < 14);
+
+    assert (mt.writes[c] == (copied ? 1 : 0));
+    if (copied)
+      assert (memcmp (mt.data + c * CLUSTER, oracle + c * CLUSTER,
+                      CLUSTER) == 0);
+  }
+  /* The drainer read what the writers had not: the whole of 5. */
+  assert (read_so_far () - before == CLUSTER);
   engine_free (e);
 }
 
@@ -481,6 +571,75 @@ bg_done (struct bg_write *b)
   d = b->done;
   pthread_mutex_unlock (&b->lock);
   return d;
+}
+
+/* engine_deactivate with a cluster held in part: the rest of cluster
+ * 5 is still only on the source, and the drainer reading it is held.
+ * Deactivation must wait for that read (and the write of the cluster
+ * to the target): a write after it may change the rest at once.  The
+ * main thread gives the deactivating thread a moment before letting
+ * the drainer go, so that the old engine, which returned at once,
+ * fails here (the pass never depends on the moment).
+ */
+struct deact { struct engine *e; pthread_mutex_t lock; pthread_cond_t cond;
+               bool done; unsigned writes_seen; };
+
+static void *
+deactivate_thread (void *vp)
+{
+  struct deact *d = vp;
+
+  engine_deactivate (d->e);
+  pthread_mutex_lock (&mt.lock);
+  d->writes_seen = mt.writes[5];
+  pthread_mutex_unlock (&mt.lock);
+  /* A write after the end of protection: it must not reach the
+   * target.
+   */
+  memset (disk + 5 * CLUSTER + CLUSTER - 10, 'z', 10);
+  pthread_mutex_lock (&d->lock);
+  d->done = true;
+  pthread_cond_broadcast (&d->cond);
+  pthread_mutex_unlock (&d->lock);
+  return NULL;
+}
+
+static void
+test_partial_deactivate (void)
+{
+  struct engine *e = setup (CBW_BREAK_SNAPSHOT, 0);
+  struct deact d = { .e = e, .done = false };
+  struct timespec t;
+  pthread_t th;
+
+  pthread_mutex_init (&d.lock, NULL);
+  pthread_cond_init (&d.cond, NULL);
+  engine_set_buffer (e, 8 * CLUSTER, next);
+  tail_lo = 5;
+  tail_hi = 6;
+  assert (guest_write (e, 5 * CLUSTER + 7, 9, 'a') == 0);
+  gate_wait_arrived (&tail_gate, 1);
+  pthread_create (&th, NULL, deactivate_thread, &d);
+  clock_gettime (CLOCK_REALTIME, &t);
+  t.tv_nsec += 100 * 1000 * 1000;
+  if (t.tv_nsec >= 1000000000) {
+    t.tv_sec++;
+    t.tv_nsec -= 1000000000;
+  }
+  pthread_mutex_lock (&d.lock);
+  while (!d.done &&
+         pthread_cond_timedwait (&d.cond, &d.lock, &t) != ETIMEDOUT)
+    ;
+  pthread_mutex_unlock (&d.lock);
+  gate_open (&tail_gate);
+  pthread_join (th, NULL);
+  engine_quiesce (e);
+  assert (d.writes_seen == 1);
+  assert (memcmp (mt.data + 5 * CLUSTER, oracle + 5 * CLUSTER, CLUSTER) == 0);
+  assert (stats (e, NULL, NULL).partial_copies == 1);
+  engine_free (e);
+  pthread_mutex_destroy (&d.lock);
+  pthread_cond_destroy (&d.cond);
 }
 
 static void
@@ -883,7 +1042,10 @@ main (void)
   pthread_mutex_init (&mt.lock, NULL);
 
   test_claims ();
-  test_buffer ();
+  test_buffer (false);
+  test_buffer (true);
+  test_partial ();
+  test_partial_deactivate ();
   test_writer_waits ();
   test_fail_write ();
   test_break_snapshot ();

@@ -329,7 +329,8 @@ backup_prepare (const struct backup_spec *s, const char *p,
   engine_set_copy_timeout (b->engine, s->copy_timeout);
   engine_set_buffer (b->engine,
                      s->buffer_size != BUFFER_AUTO ? s->buffer_size
-                     : s->format == TARGET_NBD ? BUFFER_NBD_DEFAULT : 0);
+                     : s->format == TARGET_NBD ? BUFFER_NBD_DEFAULT : 0,
+                     next);
 
   switch (s->sync) {
   case SYNC_TOP:
