@@ -327,10 +327,7 @@ backup_prepare (const struct backup_spec *s, const char *p,
     goto err;
   }
   engine_set_copy_timeout (b->engine, s->copy_timeout);
-  engine_set_buffer (b->engine,
-                     s->buffer_size != BUFFER_AUTO ? s->buffer_size
-                     : s->format == TARGET_NBD ? BUFFER_NBD_DEFAULT : 0,
-                     next);
+  engine_set_buffer (b->engine, s->buffer_size, next);
 
   switch (s->sync) {
   case SYNC_TOP:

@@ -28,12 +28,14 @@
 enum sync_mode { SYNC_FULL, SYNC_TOP, SYNC_NONE, SYNC_INCREMENTAL };
 extern const char *const sync_name[];
 
-/* cbw-buffer-size by default: a buffer for an NBD target only (a
- * file target's writes go to the page cache, which is buffer enough:
- * measured, a second buffer in front of it only costs writers).
+/* cbw-buffer-size by default, for every kind of target.  (A file
+ * target had none before partial copies: its writes go to the page
+ * cache, and a whole-cluster buffer in front of that only cost
+ * writers.  With partial copies a first write reads only its blocks,
+ * and the first-touch writer into a raw file went from 21-48k to
+ * 62-65k IOPS, into qcow2 from 37-41k to 46-50k.)
  */
-#define BUFFER_AUTO UINT64_MAX
-#define BUFFER_NBD_DEFAULT (64 * 1024 * 1024)
+#define BUFFER_DEFAULT (64 * 1024 * 1024)
 
 struct backup_spec {
   char *target;                 /* Path (absolute) or NBD URI. */

@@ -76,7 +76,7 @@ struct backup_spec cbw_defaults = {
   .cluster_size = 65536,
   .workers = 4,
   .on_error = CBW_BREAK_SNAPSHOT,
-  .buffer_size = BUFFER_AUTO,
+  .buffer_size = BUFFER_DEFAULT,
   .bitmap_mode = DIRTY_MODE_ON_SUCCESS,
 };
 static bool finish_on_exit = true;      /* cbw-on-exit */
