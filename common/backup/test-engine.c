@@ -108,6 +108,7 @@ static bool held_read_done;
  */
 static uint64_t tail_lo, tail_hi;
 static struct gate tail_gate;
+static bool tail_fail;          /* ... and then fails with EIO. */
 
 static int
 fake_pread (nbdkit_next *next, void *buf, uint32_t count, uint64_t offset,
@@ -125,6 +126,10 @@ fake_pread (nbdkit_next *next, void *buf, uint32_t count, uint64_t offset,
   pthread_mutex_unlock (&source_lock);
   if (tail)
     gate_pass (&tail_gate);
+  if (tail && tail_fail) {
+    *err = EIO;
+    return -1;
+  }
   if (block_source_reads)
     gate_pass (&source_gate);
   memcpy (buf, disk + offset, count);
@@ -271,6 +276,7 @@ setup (enum cbw_on_error on_error, double copy_timeout)
   source_reads = 0;
   source_bytes = 0;
   tail_lo = tail_hi = 0;
+  tail_fail = false;
   gate_init (&tail_gate);
   held_read_done = false;
   last_error[0] = '\0';
@@ -640,6 +646,35 @@ test_partial_deactivate (void)
   engine_free (e);
   pthread_mutex_destroy (&d.lock);
   pthread_cond_destroy (&d.cond);
+}
+
+/* The drainer cannot read the rest of a held cluster: the snapshot
+ * breaks with the error, deactivation does not wait for ever, and the
+ * target never gets the cluster.
+ */
+static void
+test_partial_drain_fails (void)
+{
+  struct engine *e = setup (CBW_BREAK_SNAPSHOT, 0);
+  char *error = NULL;
+  bool broken;
+
+  engine_set_buffer (e, 8 * CLUSTER, next);
+  tail_lo = 5;
+  tail_hi = 6;
+  tail_fail = true;
+  gate_open (&tail_gate);
+  assert (guest_write (e, 5 * CLUSTER + 7, 9, 'a') == 0);
+  engine_deactivate (e);
+  engine_quiesce (e);
+  engine_get_stats (e, NULL, NULL, &broken, &error);
+  assert (broken);
+  assert (error && strcmp (error, "reading the source at offset 20992 "
+                           "failed: Input/output error") == 0);
+  assert (mt.writes[5] == 0);
+  free (error);
+  last_error[0] = '\0';
+  engine_free (e);
 }
 
 static void
@@ -1046,6 +1081,7 @@ main (void)
   test_buffer (true);
   test_partial ();
   test_partial_deactivate ();
+  test_partial_drain_fails ();
   test_writer_waits ();
   test_fail_write ();
   test_break_snapshot ();
