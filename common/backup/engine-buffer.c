@@ -302,8 +302,7 @@ drainer (void *vp)
       int err = 0;
 
       if (read_blocks (e, e->drain_next, b, all_blocks (e) & ~b->mask,
-                       &read_bytes,
-                       &err, &at) == -1) {
+                       &read_bytes, &err, &at) == -1) {
         ok = false;
         snprintf (failure, sizeof failure,
                   "reading the source at offset %" PRIu64 " failed: %s",
@@ -486,14 +485,13 @@ engine_buffer_partial_locked (struct engine *e, nbdkit_next *next,
   if (e->drain_next == NULL || e->on_error != CBW_BREAK_SNAPSHOT ||
       e->copy_timeout > 0)
     return 1;
-  if (e->held_closed &&
-      bitmap_get_blk (&e->state, c, CLUSTER_CLEAN) == CLUSTER_PENDING)
-    return 1;                   /* Deactivating: whole copies only. */
   switch (bitmap_get_blk (&e->state, c, CLUSTER_CLEAN)) {
   case CLUSTER_PENDING: {
     uint64_t len = MIN ((uint64_t) e->cluster_size,
                         e->size - (c << e->cluster_bits));
 
+    if (e->held_closed)
+      return 1;                 /* Deactivating: whole copies only. */
     /* A write of the whole cluster needs it all anyway; so does one
      * that finds no room (the usual path then copies to the target).
      */
