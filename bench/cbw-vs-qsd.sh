@@ -197,20 +197,23 @@ src () {
 # after `sync` returns, and whichever run comes next waits behind them
 # (seen: sparse pushes of 0.12 s or 0.8 s on the same side).  So wait,
 # up to 30 s, until the kernel's I/O pressure (PSI) stops growing:
-# less than 5 ms of stall in 0.5 s.
+# less than 5 ms of stall in 0.5 s.  Then warm_memory (lib.sh): the
+# wait gives the VM's balloon time to hand freed memory back to the
+# host, and the run that takes it again would pay for that.
 io_stall () { sed -n 's/^some .*total=//p' /proc/pressure/io 2>/dev/null; }
 clean_targets () {
     local a b i
     rm -f "$data"/tgt.* "$data"/tmp.qcow2 "$data"/store.img
     sync
     a=$(io_stall)
-    [ -n "$a" ] || return 0
+    [ -n "$a" ] || { warm_memory "${WARM:-4G}"; return 0; }
     for i in $(seq 60); do
         sleep 0.5
         b=$(io_stall)
         [ $((b - a)) -lt 5000 ] && break
         a=$b
     done
+    warm_memory "${WARM:-4G}"
 }
 
 # ---- QMP sessions (qsd's monitor, cbw's control socket) ----

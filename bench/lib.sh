@@ -51,6 +51,25 @@ bench_cleanup () {
     rm -rf "$data" "$socks"
 }
 
+# warm_memory SIZE: touch SIZE of memory and free it again, just
+# before a run.  In a VM whose balloon reports free pages to the host
+# (virtio-balloon free page reporting, as here), memory freed a few
+# seconds ago goes back to the host, and the next run that takes it
+# pays a host page fault per page: a run that writes gigabytes of page
+# cache then measures the VM, not the software (the first-touch
+# writer of every side fell to a third, and the sides to parity).
+# Pages just freed are taken back before they are reported.  In
+# /dev/shm (tmpfs: the pages are freed when the file is removed);
+# skipped if it is missing.
+warm_memory () {
+    local f
+    [ -d /dev/shm ] && [ -w /dev/shm ] || return 0
+    f="$(mktemp /dev/shm/bench-warm.XXXXXX)"
+    dd if=/dev/zero of="$f" bs=1M count="$(($(numfmt --from=iec "$1") >> 20))" \
+       status=none 2>/dev/null || :
+    rm -f "$f"
+}
+
 # start_server NAME SOCKET PIDFILE CMD...: run the server CMD in the
 # background until it has written PIDFILE and made SOCKET, its output
 # in $data/NAME.log; sets ${NAME}_pid, ${NAME}_sock and ${NAME}_uri.
