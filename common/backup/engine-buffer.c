@@ -347,6 +347,18 @@ drainer (void *vp)
   return NULL;
 }
 
+/* Queue b for the drainers.  Lock held. */
+static void
+enqueue_locked (struct engine *e, struct buffered_copy *b)
+{
+  if (e->buf_tail)
+    e->buf_tail->next = b;
+  else
+    e->buf_head = b;
+  e->buf_tail = b;
+  pthread_cond_signal (&e->drain_cond);
+}
+
 /* Start the drainers, once.  Lock held.  False if none could start. */
 static bool
 start_drainers_locked (struct engine *e)
@@ -461,12 +473,7 @@ engine_buffer_copy (struct engine *e, nbdkit_next *next,
   engine_settle (e, first, first + n, true);
   e->pending -= n;
   e->stats.bytes_buffered += len;
-  if (e->buf_tail)
-    e->buf_tail->next = b;
-  else
-    e->buf_head = b;
-  e->buf_tail = b;
-  pthread_cond_signal (&e->drain_cond);
+  enqueue_locked (e, b);
   pthread_cond_broadcast (&e->cond);
   pthread_mutex_unlock (&e->lock);
   return 0;
@@ -558,14 +565,8 @@ engine_buffer_partial_locked (struct engine *e, nbdkit_next *next,
   /* A new slot goes to the drainers either way: they end the claim
    * (a broken snapshot's is just let go).
    */
-  if (fresh) {
-    if (e->buf_tail)
-      e->buf_tail->next = b;
-    else
-      e->buf_head = b;
-    e->buf_tail = b;
-    pthread_cond_signal (&e->drain_cond);
-  }
+  if (fresh)
+    enqueue_locked (e, b);
   pthread_cond_broadcast (&e->cond);
   return r;
 }

@@ -387,28 +387,41 @@ writer_thread (void *vp)
   return NULL;
 }
 
+/* NR_WRITERS writer threads (seeds seed, seed+1, ...) and the job,
+ * racing from the start or, with job_after, the job once the writers
+ * are done.
+ */
 static void
-test_claims (void)
+run_writers_and_job (struct engine *e, unsigned seed, bool job_after)
 {
-  struct engine *e = setup (CBW_BREAK_SNAPSHOT, 0);
   struct writer w[NR_WRITERS];
   pthread_t wt[NR_WRITERS], jt;
-  struct engine_stats st;
-  uint64_t pending;
-  bool broken;
   unsigned i;
 
   pthread_barrier_init (&start_line, NULL, NR_WRITERS);
-  pthread_create (&jt, NULL, job_thread, e);
+  if (!job_after)
+    pthread_create (&jt, NULL, job_thread, e);
   for (i = 0; i < NR_WRITERS; ++i) {
-    w[i] = (struct writer) { .e = e, .id = i, .seed = 42 + i };
+    w[i] = (struct writer) { .e = e, .id = i, .seed = seed + i };
     pthread_create (&wt[i], NULL, writer_thread, &w[i]);
   }
   for (i = 0; i < NR_WRITERS; ++i)
     pthread_join (wt[i], NULL);
+  if (job_after)
+    pthread_create (&jt, NULL, job_thread, e);
   pthread_join (jt, NULL);
   pthread_barrier_destroy (&start_line);
+}
 
+static void
+test_claims (void)
+{
+  struct engine *e = setup (CBW_BREAK_SNAPSHOT, 0);
+  struct engine_stats st;
+  uint64_t pending;
+  bool broken;
+
+  run_writers_and_job (e, 42, false);
   st = stats (e, &pending, &broken);
   assert (pending == 0 && !broken);
   assert (st.bytes_copied + st.bytes_zero == SIZE);
@@ -427,27 +440,12 @@ static void
 test_buffer (bool job_after)
 {
   struct engine *e = setup (CBW_BREAK_SNAPSHOT, 0);
-  struct writer w[NR_WRITERS];
-  pthread_t wt[NR_WRITERS], jt;
   struct engine_stats st;
   uint64_t pending;
   bool broken;
-  unsigned i;
 
   engine_set_buffer (e, 3 * CLUSTER, next);
-  pthread_barrier_init (&start_line, NULL, NR_WRITERS);
-  if (!job_after)
-    pthread_create (&jt, NULL, job_thread, e);
-  for (i = 0; i < NR_WRITERS; ++i) {
-    w[i] = (struct writer) { .e = e, .id = i, .seed = 4242 + i };
-    pthread_create (&wt[i], NULL, writer_thread, &w[i]);
-  }
-  for (i = 0; i < NR_WRITERS; ++i)
-    pthread_join (wt[i], NULL);
-  if (job_after)
-    pthread_create (&jt, NULL, job_thread, e);
-  pthread_join (jt, NULL);
-  pthread_barrier_destroy (&start_line);
+  run_writers_and_job (e, 4242, job_after);
   engine_deactivate (e);
   engine_quiesce (e);           /* The job waits for the drain so. */
 
