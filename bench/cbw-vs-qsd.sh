@@ -192,28 +192,10 @@ src () {
     echo "$data/src.$1"
 }
 # clean_targets: remove the last run's files, and let the machine
-# settle: on a file system mounted with -o discard, freeing a target of
-# gigabytes sends discards that the disk works through for seconds
-# after `sync` returns, and whichever run comes next waits behind them
-# (seen: sparse pushes of 0.12 s or 0.8 s on the same side).  So wait,
-# up to 30 s, until the kernel's I/O pressure (PSI) stops growing:
-# less than 5 ms of stall in 0.5 s.  Then warm_memory (lib.sh): the
-# wait gives the VM's balloon time to hand freed memory back to the
-# host, and the run that takes it again would pay for that.
-io_stall () { sed -n 's/^some .*total=//p' /proc/pressure/io 2>/dev/null; }
+# settle (lib.sh) before the next run.
 clean_targets () {
-    local a b i
     rm -f "$data"/tgt.* "$data"/tmp.qcow2 "$data"/store.img
-    sync
-    a=$(io_stall)
-    [ -n "$a" ] || { warm_memory "${WARM:-4G}"; return 0; }
-    for i in $(seq 60); do
-        sleep 0.5
-        b=$(io_stall)
-        [ $((b - a)) -lt 5000 ] && break
-        a=$b
-    done
-    warm_memory "${WARM:-4G}"
+    settle
 }
 
 # ---- QMP sessions (qsd's monitor, cbw's control socket) ----

@@ -27,16 +27,19 @@
 # got.  Then the rate limit is lifted (the rate filter's rate-file), the
 # backup finishes at full speed, and the target is compared with cmp to
 # a copy of the disk taken before the server started: the backup must
-# hold the disk as it was at the snapshot instant.  The disk is
-# restored from that copy before (b) and (c).
+# hold the disk as it was at the snapshot instant.  Before every run
+# the disk is restored from that copy and the machine settles (lib.sh:
+# I/O pressure, then memory warmed).  (a), (b) and (b') run in rounds,
+# each round starting one setup later (a b b', b b' a, b' a b, ...);
+# the first round is a warm-up and is not counted, and the table gives
+# medians with min and max.  (c) runs once, at the end.
 #
 # Also the snapshot's read throughput: nbdcopy to null: of the fleece
 # snapshot export of a quiet disk, against nbdcopy of the same disk
 # served by the plain file plugin.
 #
 # Warm cache, stated: the disk is in the page cache throughout (it was
-# just written or restored), a warm-up writer run of each workload comes
-# first, and `sync` runs before every measured run.
+# just written or restored), and `sync` runs before every measured run.
 #
 # Prints a table with ratios to the baselines and writes it to
 # bench/results/fleece-bench-DATE.txt.  Asserts nothing about speed;
@@ -46,8 +49,8 @@
 # Environment: SIZE (disk size, default 2G), SECONDS_PER (writer
 # seconds, default 8), RATE (target rate in bits per second, default
 # 50M), REPEAT (measured snapshot reads of each kind, best kept,
-# default 2), WREPS (runs of each fleece setup in (2), order
-# alternating, medians printed when more than 1; default 1), TMPDIR
+# default 2), WREPS (counted rounds of the writers in (2), default 3),
+# WARM (lib.sh's settle), TMPDIR
 # (where the disks go, default /var/tmp).  Needs
 # about 4 * SIZE of free space.
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -56,7 +59,7 @@ SIZE="${SIZE:-2G}"
 SECS="${SECONDS_PER:-8}"
 RATE="${RATE:-50M}"
 REPEAT="${REPEAT:-2}"
-WREPS="${WREPS:-1}"
+WREPS="${WREPS:-3}"
 fleece="$abs_top_builddir/filters/fleece/.libs/nbdkit-fleece-filter.so"
 cbw="$abs_top_builddir/filters/cbw/.libs/nbdkit-cbw-filter.so"
 requires nbdkit nbdcopy cmp numfmt
@@ -139,7 +142,8 @@ writer () {
     local setup="$1" t0 pull_pid prog
     shift
     note="" check=""
-    sync
+    restore
+    settle
     case "$setup" in
     plain)
         serve src file "$src"
@@ -207,7 +211,6 @@ writer () {
         failed=1
     fi
     stop tgt
-    restore
 }
 
 label () {
@@ -226,49 +229,52 @@ median_range () {
 }
 
 out '\n(2) writers for %s s each on the %s disk, the backup target\n' "$SECS" "$SIZE"
-out '    limited to rate=%s (warm cache, a warm-up run of each workload\n' "$RATE"
-out '    first; ratio = MiB/s over the file plugin'"'"'s)\n\n'
-out '%-19s %-23s %9s %8s %9s %9s %6s  %s\n' workload setup "MiB/s" IOPS \
-    "p50 us" "p99 us" ratio "backup when the writer ended"
+out '    limited to rate=%s (warm cache; rounds of the three setups in\n' "$RATE"
+out '    rotated order, the first round a warm-up, not counted; before\n'
+out '    each run the disk is restored and the machine settles; the\n'
+out '    cbw push runs once, last)\n\n'
+out '%-19s %-23s %5s %9s %8s %9s %9s  %s\n' workload setup round "MiB/s" IOPS \
+    "p50 us" "p99 us" "backup when the writer ended"
 checks=()
 declare -A M
+summary=()
 for wl in "rand 4K write QD16:--pattern rand --bs 4K --qd 16" \
           "seq 1M write QD4:--pattern seq --bs 1M --qd 4"; do
     name="${wl%%:*}" args="${wl#*:}"
-    # shellcheck disable=SC2086
-    writer plain $args                   # warm-up
-    restore
-    base=""
-    # The two fleece setups WREPS times, their order alternating.
-    setups=(plain)
-    for ((rep = 0; rep < WREPS; rep++)); do
-        if ((rep % 2)); then setups+=(fleece-discard fleece)
-        else setups+=(fleece fleece-discard); fi
-    done
-    setups+=(cbw)
+    order=(plain fleece fleece-discard)
     M=()
-    for setup in "${setups[@]}"; do
+    runs=()
+    for ((rep = 0; rep <= WREPS; rep++)); do
+        for ((i = 0; i < 3; i++)); do
+            runs+=("$rep:${order[(rep + i) % 3]}")
+        done
+    done
+    runs+=("1:cbw")
+    for run in "${runs[@]}"; do
+        rep="${run%%:*}" setup="${run#*:}"
         # shellcheck disable=SC2086
         writer "$setup" $args
-        [ "$setup" != plain ] || restore
         m=$(field mib_per_s "$data/j")
-        [ -n "$base" ] || base="$m"
-        M[$setup]+="$m "
-        out '%-19s %-23s %9s %8s %9s %9s %6s  %s\n' "$name" "$(label "$setup")" \
+        [ "$rep" = 0 ] || M[$setup]+="$m "
+        out '%-19s %-23s %5s %9s %8s %9s %9s  %s\n' "$name" "$(label "$setup")" \
+            "$([ "$rep" = 0 ] && echo warm || echo "$rep")" \
             "$m" "$(field iops "$data/j")" "$(field lat_us_p50 "$data/j")" \
-            "$(field lat_us_p99 "$data/j")" "$(ratio "$m" "$base")" "$note"
-        [ -z "$check" ] || checks+=("${wl%%:*}, $(label "$setup"): $check")
+            "$(field lat_us_p99 "$data/j")" "$note"
+        [ -z "$check" ] || checks+=("${wl%%:*}, $(label "$setup"), round $rep: $check")
         name=""
     done
-    if ((WREPS > 1)); then
-        for setup in fleece fleece-discard; do
-            # shellcheck disable=SC2086
-            out '%-19s %-23s %s MiB/s median (min-max) of %s, ratio %s\n' "" \
-                "$(label "$setup")" "$(median_range ${M[$setup]})" "$WREPS" \
-                "$(ratio "$(median_range ${M[$setup]} | cut -d' ' -f1)" "$base")"
-        done
-    fi
+    base=$(median_range ${M[plain]} | cut -d' ' -f1)
+    for setup in plain fleece fleece-discard cbw; do
+        # shellcheck disable=SC2086
+        summary+=("$(printf '%-19s %-23s %-34s %6s' "$([ "$setup" = plain ] && echo "${wl%%:*}")" \
+            "$(label "$setup")" "$(median_range ${M[$setup]})" \
+            "$(ratio "$(median_range ${M[$setup]} | cut -d' ' -f1)" "$base")")")
+    done
 done
+out '\nsummary: MiB/s, median (min-max) of %s counted rounds (cbw: one run);\n' "$WREPS"
+out 'ratio = median over the file plugin'"'"'s median\n\n'
+out '%-19s %-23s %-34s %6s\n' workload setup "MiB/s" ratio
+for l in "${summary[@]}"; do out '%s\n' "$l"; done
 
 out '\ncorrectness (rate limit lifted after the writer, backup finished,\n'
 out 'target compared with a copy of the disk taken before the server started):\n'

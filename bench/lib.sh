@@ -70,6 +70,31 @@ warm_memory () {
     rm -f "$f"
 }
 
+# settle: just before a timed run, let the machine settle.  sync;
+# then, on a file system mounted with -o discard, freeing a file of
+# gigabytes sends discards that the disk works through for seconds
+# after `sync` returns, and whichever run comes next waits behind them
+# (seen: sparse pushes of 0.12 s or 0.8 s on the same side).  So wait,
+# up to 30 s, until the kernel's I/O pressure (PSI) stops growing:
+# less than 5 ms of stall in 0.5 s.  Then warm_memory (WARM, default
+# 4G): the wait gives the VM's balloon time to hand freed memory back
+# to the host, and the run that takes it again would pay for that.
+io_stall () { sed -n 's/^some .*total=//p' /proc/pressure/io 2>/dev/null; }
+settle () {
+    local a b i
+    sync
+    a=$(io_stall)
+    if [ -n "$a" ]; then
+        for i in $(seq 60); do
+            sleep 0.5
+            b=$(io_stall)
+            [ $((b - a)) -lt 5000 ] && break
+            a=$b
+        done
+    fi
+    warm_memory "${WARM:-4G}"
+}
+
 # start_server NAME SOCKET PIDFILE CMD...: run the server CMD in the
 # background until it has written PIDFILE and made SOCKET, its output
 # in $data/NAME.log; sets ${NAME}_pid, ${NAME}_sock and ${NAME}_uri.
