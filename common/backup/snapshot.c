@@ -94,46 +94,48 @@ engine_snapshot_pread (struct engine *e, nbdkit_next *next, void *buf,
   return 0;
 }
 
-/* Add the extents of copied clusters [offset, stop): zero and data as
- * the store says.  The caller is registered as their reader, so no
+/* Add the extents of copied clusters [offset, stop): data and holes
+ * as the store has them, a pair of seeks per run of data rather than
+ * one per cluster.  The caller is registered as their reader, so no
  * discard changes them meanwhile.
  */
 static int
-add_stored_extents (struct engine *e, uint64_t offset, uint64_t stop,
+add_stored_extents (uint64_t offset, uint64_t stop,
                     struct nbdkit_extents *extents,
-                    bool (*stored_zero) (void *, uint64_t, uint64_t),
+                    uint64_t (*next_data) (void *, uint64_t, uint64_t,
+                                           uint64_t *),
                     void *opaque, int *err)
 {
-  uint64_t cs = engine_cluster_size (e);
   uint64_t pos = offset;
 
   while (pos < stop) {
-    uint64_t cend = MIN (stop, (pos / cs + 1) * cs);
-    bool z = stored_zero && stored_zero (opaque, pos, cend - pos);
-    uint64_t q = cend;
+    uint64_t d = pos, de = stop;
 
-    while (q < stop) {
-      uint64_t qe = MIN (stop, q + cs);
-      if ((stored_zero && stored_zero (opaque, q, qe - q)) != z)
-        break;
-      q = qe;
-    }
-    if (nbdkit_add_extent (extents, pos, q - pos,
-                           z ? NBDKIT_EXTENT_ZERO | NBDKIT_EXTENT_HOLE
-                           : 0) == -1) {
-      *err = errno;
-      return -1;
-    }
-    pos = q;
+    if (next_data)
+      d = next_data (opaque, pos, stop, &de);
+    if (de <= d)
+      de = stop;                /* Never stuck: the rest is data. */
+    if (d > pos &&
+        nbdkit_add_extent (extents, pos, d - pos,
+                           NBDKIT_EXTENT_ZERO | NBDKIT_EXTENT_HOLE) == -1)
+      goto fail;
+    if (d < stop && nbdkit_add_extent (extents, d, de - d, 0) == -1)
+      goto fail;
+    pos = d < stop ? de : stop;
   }
   return 0;
+
+ fail:
+  *err = errno;
+  return -1;
 }
 
 int
 engine_snapshot_extents (struct engine *e, nbdkit_next *next,
                          uint32_t count, uint64_t offset, uint32_t flags,
                          struct nbdkit_extents *extents,
-                         bool (*stored_zero) (void *, uint64_t, uint64_t),
+                         uint64_t (*next_data) (void *, uint64_t, uint64_t,
+                                                uint64_t *),
                          void *opaque, int *err)
 {
   uint64_t start = offset, end = offset + count;
@@ -180,7 +182,7 @@ engine_snapshot_extents (struct engine *e, nbdkit_next *next,
       /* Registered while looking at the store's holes: a discard
        * must not punch new ones meanwhile.
        */
-      int r = add_stored_extents (e, offset, stop, extents, stored_zero,
+      int r = add_stored_extents (offset, stop, extents, next_data,
                                   opaque, err);
 
       engine_reader_end (e, &me, NULL);

@@ -25,16 +25,20 @@ extern int engine_snapshot_pread (struct engine *e, nbdkit_next *next,
                                   void *buf, uint32_t count, uint64_t offset,
                                   int *err);
 
-/* Extents of the snapshot: copied clusters are ZERO|HOLE where
- * stored_zero says so, else data; the rest as the source says.
+/* Extents of the snapshot: copied clusters are data where next_data
+ * finds data in the store, ZERO|HOLE elsewhere; the rest as the source
+ * says.  next_data (opaque, offset, end, &data_end) returns the first
+ * byte of data in [offset, end) (end if none) and where that data ends
+ * (target_store_next_data); NULL: all data.
  */
 extern int engine_snapshot_extents (struct engine *e, nbdkit_next *next,
                                     uint32_t count, uint64_t offset,
                                     uint32_t flags,
                                     struct nbdkit_extents *extents,
-                                    bool (*stored_zero) (void *opaque,
-                                                         uint64_t offset,
-                                                         uint64_t count),
+                                    uint64_t (*next_data) (void *opaque,
+                                                           uint64_t offset,
+                                                           uint64_t end,
+                                                           uint64_t *data_end),
                                     void *opaque, int *err);
 
 #endif /* NBDKIT_BACKUP_SNAPSHOT_H */

@@ -31,11 +31,13 @@ extern struct target *target_store_open (const char *param, const char *where,
  */
 extern int target_store_check (const char *param, const char *where);
 
-/* True if [offset, offset+count) of the store reads as zeros because
- * nothing was written there (a hole).
+/* The first byte of data (what the store was written) in [offset,
+ * end), or end if there is none; *data_end is where that data ends
+ * (at most end).  Everything else reads as zeros (a hole).  Without a
+ * map from the file system, all of it is data.
  */
-extern bool target_store_is_hole (void *store, uint64_t offset,
-                                  uint64_t count);
+extern uint64_t target_store_next_data (void *store, uint64_t offset,
+                                        uint64_t end, uint64_t *data_end);
 
 /* Bytes of data the store holds now, and the most it has held. */
 extern uint64_t target_store_used (struct target *t);

@@ -262,15 +262,24 @@ target_store_check (const char *param, const char *where)
   return 0;
 }
 
-bool
-target_store_is_hole (void *vs, uint64_t offset, uint64_t count)
+uint64_t
+target_store_next_data (void *vs, uint64_t offset, uint64_t end,
+                        uint64_t *data_end)
 {
   struct store *s = vs;
-  off_t d = lseek (s->fd, offset, SEEK_DATA);
+  off_t d = lseek (s->fd, offset, SEEK_DATA), h;
 
-  if (d == -1)
-    return errno == ENXIO;      /* No data from here to EOF. */
-  return (uint64_t) d >= offset + count;
+  if (d == -1 && errno != ENXIO) {
+    *data_end = end;            /* No map: all data, as before. */
+    return offset;
+  }
+  if (d == -1 || (uint64_t) d >= end) {
+    *data_end = end;            /* ENXIO: no data up to EOF. */
+    return end;
+  }
+  h = lseek (s->fd, d, SEEK_HOLE);
+  *data_end = h == -1 ? end : MIN ((uint64_t) h, end);
+  return d;
 }
 
 uint64_t

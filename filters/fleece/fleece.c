@@ -703,7 +703,7 @@ fleece_extents (nbdkit_next *next, void *handle, uint32_t count,
   }
   else
     r = engine_snapshot_extents (engine, next, count, offset, flags, extents,
-                                 target_store_is_hole, store, err);
+                                 target_store_next_data, store, err);
   pthread_rwlock_unlock (&snap_lock);
   return r;
 }
