@@ -230,6 +230,7 @@ write_cluster_slow (struct qcow2_image *img, uint64_t vc,
   uint64_t cs = img->cluster_size, toff, idx, e, host, ne;
   unsigned char *table;
   CLEANUP_FREE unsigned char *c = NULL;
+  const unsigned char *data;
   enum cluster_kind k;
 
   if (l2_get_table (img, vc, true, &table, &toff, &idx, err) == -1)
@@ -249,20 +250,25 @@ write_cluster_slow (struct qcow2_image *img, uint64_t vc,
         (*err = errno, nbdkit_error ("%s: write: %m", img->path), -1) : 0;
   }
 
-  c = malloc (cs);
-  if (c == NULL) {
-    *err = errno;
-    nbdkit_error ("malloc: %m");
-    return -1;
-  }
-  if (in != 0 || len != cs) {
-    if (read_old_cluster (img, vc, e, c, err) == -1)
+  if (buf && in == 0 && len == cs)
+    data = buf;                 /* All of it: written as it is. */
+  else {
+    c = malloc (cs);
+    if (c == NULL) {
+      *err = errno;
+      nbdkit_error ("malloc: %m");
       return -1;
+    }
+    if (in != 0 || len != cs) {
+      if (read_old_cluster (img, vc, e, c, err) == -1)
+        return -1;
+    }
+    if (buf)
+      memcpy (c + in, buf, len);
+    else
+      memset (c + in, 0, len);
+    data = c;
   }
-  if (buf)
-    memcpy (c + in, buf, len);
-  else
-    memset (c + in, 0, len);
 
   if (k == CLUSTER_ZERO_ALLOC && (e & QCOW2_OFLAG_COPIED)) {
     /* Preallocated and owned: fill it, then drop the zero flag. */
@@ -277,7 +283,7 @@ write_cluster_slow (struct qcow2_image *img, uint64_t vc,
   }
   if (meta_check_write (img, vc * cs + in, host, cs, err) == -1)
     return -1;
-  if (full_pwrite (img->fd, c, cs, host) == -1) {
+  if (full_pwrite (img->fd, data, cs, host) == -1) {
     *err = errno;
     nbdkit_error ("%s: write: %m", img->path);
     return -1;
