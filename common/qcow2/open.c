@@ -217,6 +217,12 @@ qcow2_get_cluster_size (const struct qcow2_image *img)
   return img->cluster_size;
 }
 
+int
+qcow2_get_fd (const struct qcow2_image *img)
+{
+  return img->fd;
+}
+
 bool
 qcow2_is_readonly (const struct qcow2_image *img)
 {

@@ -66,6 +66,11 @@ extern uint64_t qcow2_get_size (const struct qcow2_image *img);
 /* Cluster size in bytes. */
 extern uint32_t qcow2_get_cluster_size (const struct qcow2_image *img);
 
+/* The image file's descriptor, for page-cache hints (the target's
+ * writeback); all I/O goes through the library.
+ */
+extern int qcow2_get_fd (const struct qcow2_image *img);
+
 /* True if the image was opened read-only. */
 extern bool qcow2_is_readonly (const struct qcow2_image *img);
 

@@ -42,18 +42,11 @@
 /* Largest zero request: the count is 32 bits. */
 #define FILE_MAX_ZERO (UINT32_C (1) << 30)
 
-/* Bulk writes whose writeback has been started and whose pages are
- * not yet dropped: a ring of the newest WB_RING.
- */
-#define WB_RING 8
-
 struct file_target {
   struct target t;              /* Must be first. */
   int fd;
   bool can_punch;               /* fallocate hole punching works. */
-  pthread_mutex_t wb_lock;      /* Protects the ring. */
-  unsigned wb_next;
-  struct { uint64_t offset, len; } wb[WB_RING];
+  struct writeback wb;          /* Page-cache hygiene. */
 };
 
 /* The name the data is at now. */
@@ -62,9 +55,6 @@ where (struct target *t)
 {
   return t->working_name ? t->working_name : t->name;
 }
-
-/* Writes at least this big start their writeback at once. */
-#define WRITEBACK_MIN (256 * 1024)
 
 static int
 file_pwrite (struct target *t, const void *buf, uint32_t count,
@@ -85,33 +75,9 @@ file_pwrite (struct target *t, const void *buf, uint32_t count,
     }
     p += r; count -= r; offset += r;
   }
-  /* A bulk copy (the job's chunks, a pull) starts writing the data
-   * out now, as nbdcopy does, instead of piling up gigabytes of dirty
-   * pages for the final fsync to write at once; and once a bulk write
-   * WB_RING writes back is on the disk, its pages leave the page
-   * cache: nobody reads a backup as it is written, and fresh pages
-   * for the next writes come cheaper from a small, warm set than from
-   * gigabytes of dirty cache.  Only hints: the final fsync is what
-   * makes the target durable, and a failure shows there.
-   */
-  if (len >= WRITEBACK_MIN) {
-    uint64_t old_offset, old_len;
-
-    sync_file_range (ft->fd, start, len, SYNC_FILE_RANGE_WRITE);
-    pthread_mutex_lock (&ft->wb_lock);
-    old_offset = ft->wb[ft->wb_next].offset;
-    old_len = ft->wb[ft->wb_next].len;
-    ft->wb[ft->wb_next].offset = start;
-    ft->wb[ft->wb_next].len = len;
-    ft->wb_next = (ft->wb_next + 1) % WB_RING;
-    pthread_mutex_unlock (&ft->wb_lock);
-    if (old_len > 0) {
-      sync_file_range (ft->fd, old_offset, old_len,
-                       SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
-                       SYNC_FILE_RANGE_WAIT_AFTER);
-      posix_fadvise (ft->fd, old_offset, old_len, POSIX_FADV_DONTNEED);
-    }
-  }
+  /* A bulk copy (the job's chunks, a pull): page-cache hygiene. */
+  if (len >= WRITEBACK_MIN)
+    writeback_push (&ft->wb, ft->fd, start, len);
   return 0;
 }
 
@@ -201,7 +167,7 @@ file_close (struct target *t)
 
   if (ft->fd >= 0)
     close (ft->fd);
-  pthread_mutex_destroy (&ft->wb_lock);
+  writeback_destroy (&ft->wb);
   free (t->name);
   free (t->working_name);
   free (ft);
@@ -291,7 +257,7 @@ target_file_open (const char *param, const char *path,
     return NULL;
   ft->fd = -1;
   ft->can_punch = true;
-  pthread_mutex_init (&ft->wb_lock, NULL);
+  writeback_init (&ft->wb);
 
   if (kind == EXISTING_BLOCKDEV)
     r = open_blockdev (param, ft, size);

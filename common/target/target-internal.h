@@ -8,6 +8,7 @@
 #ifndef NBDKIT_BACKUP_TARGET_INTERNAL_H
 #define NBDKIT_BACKUP_TARGET_INTERNAL_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/stat.h>
@@ -54,6 +55,34 @@ extern int target_unpublish (const char *param, struct target *t);
  * place).  0 or -1 (reported).
  */
 extern int target_publish (struct target *t);
+
+/* Page-cache hygiene for bulk writes (writeback.c).  A bulk write is
+ * at least WRITEBACK_MIN bytes; the pages of the WB_RING newest bulk
+ * ranges are kept, older ones are dropped once on disk.
+ */
+#define WRITEBACK_MIN (256 * 1024)
+#define WB_RING 8
+struct writeback {
+  pthread_mutex_t lock;         /* Protects the rest. */
+  unsigned next;                /* Next ring slot. */
+  uint64_t mark;                /* writeback_push_tail: pushed up to here. */
+  struct { uint64_t offset, len; } ring[WB_RING];
+};
+extern void writeback_init (struct writeback *w);
+extern void writeback_destroy (struct writeback *w);
+
+/* [offset, offset+len) of fd was just written in bulk: start its
+ * writeback, and drop the pages of the range pushed WB_RING calls ago
+ * once they are on the disk.
+ */
+extern void writeback_push (struct writeback *w, int fd, uint64_t offset,
+                            uint64_t len);
+
+/* fd grows at its end as bulk data is written (a new qcow2 image
+ * allocates its clusters there): push what it gained since the last
+ * push, once that is at least WRITEBACK_MIN.
+ */
+extern void writeback_push_tail (struct writeback *w, int fd);
 
 /* The backends.  kind is what target_existing found. */
 extern struct target *target_file_open (const char *param, const char *path,

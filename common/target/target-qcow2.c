@@ -52,6 +52,7 @@
 struct qcow2_target {
   struct target t;              /* Must be first. */
   struct qcow2_image *img;
+  struct writeback wb;          /* Page-cache hygiene. */
 };
 
 /* errno from the library's *err. */
@@ -71,6 +72,11 @@ q_pwrite (struct target *t, const void *buf, uint32_t count,
 
   if (qcow2_pwrite (qt->img, buf, count, offset, &err) == -1)
     return failed (err);
+  /* A bulk copy: page-cache hygiene, over what the image gained at
+   * its end (new clusters go there, between the metadata they need).
+   */
+  if (count >= WRITEBACK_MIN)
+    writeback_push_tail (&qt->wb, qcow2_get_fd (qt->img));
   return 0;
 }
 
@@ -134,6 +140,7 @@ q_close (struct target *t)
 
   if (qt->img)
     qcow2_close (qt->img);
+  writeback_destroy (&qt->wb);
   free (t->name);
   free (t->working_name);
   free (qt);
@@ -263,6 +270,7 @@ target_qcow2_open (const char *param, const char *path,
   qt = target_alloc (sizeof *qt, &qcow2_ops, path, size, QCOW2_MAX_ZERO);
   if (qt == NULL)
     return NULL;
+  writeback_init (&qt->wb);
 
   if (kind == EXISTING_FILE && !o->replace)
     r = open_existing (param, qt, size);
