@@ -99,7 +99,9 @@
 # steady slow raw qcow2 snap), SLOW_RATE, SLOW_BUFFER, DISKS (alloc sparse), SIDES (which sides:
 # base cbw q7 q10, and old: cbw and fleece from the build tree
 # OLD_BUILDDIR, to compare two versions in one run; default all but
-# old), DIR (/var/tmp), QEMU10, GET_QEMU10.
+# old), CBW_NBDKIT_ARGS (more nbdkit options for the cbw and fleece
+# sides, such as --threads=4; none by default), DIR (/var/tmp),
+# QEMU10, GET_QEMU10.
 # Needs about 5 x SIZE of free space in DIR.
 here="$(cd "$(dirname "$0")" && pwd)"
 . "$here/lib.sh"
@@ -111,6 +113,7 @@ WHAT="${WHAT:-first steady slow raw qcow2 snap}"
 DISKS="${DISKS:-alloc sparse}"
 SIDES="${SIDES:-base cbw q7 q10}"
 QEMU10="${QEMU10:-/var/tmp/qemu10/root/usr/bin}"
+read -r -a nbdkit_args <<<"${CBW_NBDKIT_ARGS:-}"
 cbw="$abs_top_builddir/filters/cbw/.libs/nbdkit-cbw-filter.so"
 fleece="$abs_top_builddir/filters/fleece/.libs/nbdkit-fleece-filter.so"
 requires nbdkit qemu-storage-daemon qemu-img socat nbdcopy
@@ -155,6 +158,7 @@ bytes=$(numfmt --from=iec "$SIZE")
 ncl=$((bytes / 65536))
 results_open cbw-vs-qsd "nbdkit $(nbdkit --version | awk '{print $2}'), qsd $("${QSD[q7]}" --version | awk 'NR==1 {print $3}')${QSD[q10]:+ and $("${QSD[q10]}" --version | awk 'NR==1 {print $3}')}"
 out '# disks %s (%s), reps %s + 1 warm-up, sides: %s\n' "$SIZE" "$DISKS" "$REPS" "${sides[*]}"
+[ -z "${CBW_NBDKIT_ARGS:-}" ] || out '# cbw and fleece sides served with: nbdkit %s\n' "$CBW_NBDKIT_ARGS"
 
 # ---- disks ----
 mk_disks () {
@@ -275,7 +279,7 @@ new_target () {                 # new_target raw|qcow2 PATH
 cbw_start () {                  # cbw_start FILE: cbw, idle, with a control socket
     new_socket
     local ctl="$socks/ctl.$nserved"
-    serve cbw --filter="$cbw" file "$1" cbw-control="$ctl"
+    serve cbw "${nbdkit_args[@]}" --filter="$cbw" file "$1" cbw-control="$ctl"
     qmp_open cbw "$ctl"
 }
 cbw_stop () { qmp_close cbw; stop cbw; }
@@ -324,7 +328,7 @@ run_slow () {                   # run_slow SIDE DISK
     cbw) truncate -s "$SIZE" "$data/tgt.raw"
          serve t --filter=rate file "$data/tgt.raw" rate="${SLOW_RATE:-400M}" \
              burstiness=0.1
-         serve f --filter="$cbw" file "$s" cbw-target="$t_uri" cbw-sync=none \
+         serve f "${nbdkit_args[@]}" --filter="$cbw" file "$s" cbw-target="$t_uri" cbw-sync=none \
              cbw-buffer-size="${SLOW_BUFFER:-256M}" ;;
     *) V=-; return ;;
     esac
@@ -365,7 +369,7 @@ run_snap () {                   # run_snap SIDE DISK
     local s live snap st wpid; s="$(src "$2")"
     case "$1" in
     base) V=-; return ;;
-    cbw) serve fl --filter="$fleece" file "$s" fleece-store="$data/store.img"
+    cbw) serve fl "${nbdkit_args[@]}" --filter="$fleece" file "$s" fleece-store="$data/store.img"
          live="$fl_uri" snap="nbd+unix:///snapshot?socket=$fl_sock" st="$data/store.img" ;;
     q*) qemu-img create -q -f qcow2 "$data/tmp.qcow2" "$SIZE"
         qsd_start "$1"; qsd_src "$s"
