@@ -84,6 +84,11 @@ extern void writeback_push (struct writeback *w, int fd, uint64_t offset,
  */
 extern void writeback_push_tail (struct writeback *w, int fd);
 
+/* What fd holds now is not the caller's bulk data (an existing image
+ * written in place): writeback_push_tail starts after it.
+ */
+extern void writeback_mark_end (struct writeback *w, int fd);
+
 /* The backends.  kind is what target_existing found. */
 extern struct target *target_file_open (const char *param, const char *path,
                                         enum target_existing kind,

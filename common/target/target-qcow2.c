@@ -280,6 +280,7 @@ target_qcow2_open (const char *param, const char *path,
       target_placed (param, path, kind,
                      kind == EXISTING_NONE || o->replace) == -1)
     goto err;
+  writeback_mark_end (&qt->wb, qcow2_get_fd (qt->img));
   return &qt->t;
 
  err:

@@ -67,6 +67,18 @@ writeback_push (struct writeback *w, int fd, uint64_t offset, uint64_t len)
 }
 
 void
+writeback_mark_end (struct writeback *w, int fd)
+{
+  struct stat st;
+
+  if (fstat (fd, &st) == 0 && st.st_size > 0) {
+    pthread_mutex_lock (&w->lock);
+    w->mark = st.st_size;
+    pthread_mutex_unlock (&w->lock);
+  }
+}
+
+void
 writeback_push_tail (struct writeback *w, int fd)
 {
   struct stat st;
