@@ -301,15 +301,12 @@ data_bytes (struct store *s, uint64_t offset, uint64_t end)
   uint64_t n = 0;
 
   while (offset < end) {
-    off_t d = lseek (s->fd, offset, SEEK_DATA), h;
+    uint64_t de, d = target_store_next_data (s, offset, end, &de);
 
-    if (d == -1 || (uint64_t) d >= end)
-      break;                    /* ENXIO: no data up to EOF. */
-    h = lseek (s->fd, d, SEEK_HOLE);
-    if (h == -1)
-      h = end;
-    n += MIN ((uint64_t) h, end) - d;
-    offset = h;
+    if (d >= end)
+      break;
+    n += de - d;
+    offset = de;
   }
   return n;
 }
